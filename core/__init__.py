@@ -1,0 +1,1 @@
+"""core: an object store and task runtime with Ray Core's API (see DESIGN.md)."""
