@@ -1,0 +1,7 @@
+"""`python -m dataflow ...`: see dataflow/cli.py."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,221 @@
+"""What runs in a worker: one shard through the model.
+
+    iter_batches(shard) ─► RecordBatch ─► to_format ─► predictor (timeout) ─► to_table (+ keep columns)
+                                              │ raises
+                                              ├─ on_error fail/skip: PredictError (shard, rows) ─► driver retries / reports
+                                              └─ on_error quarantine: bisect the batch down to the rows that fail;
+                                                 those rows (+ _error, _shard, _path, _row) become the quarantine table
+
+The predictor (model + predict.fn) is built once per worker per run and cached here, keyed by the
+run's token: a callable class's __init__ or a `setup` function runs once per worker, not per shard.
+The shard's predictions return to the driver as one Arrow table (through the object store), so
+the driver is the only writer and each part file is written exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from .batches import add_columns, column_sums, to_format, to_table
+from .exceptions import BatchTimeoutError, PredictError
+from .models import PerWorker, make_predictor
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything a worker needs besides the model; small and picklable."""
+
+    run_token: str
+    shard: Any                      # connectors.Shard
+    read_columns: list[str] | None  # model columns + keep columns
+    model_columns: list[str] | None
+    filters: Any
+    storage_options: dict
+    batch_size: int
+    batch_format: str
+    keep_columns: list[str]
+    output_column: str
+    timeout: float | None
+    on_error: str
+    predict_fn: Any                 # None, "module:function", or a callable
+
+
+@dataclass
+class ShardResult:
+    index: int
+    table: pa.Table
+    quarantine: pa.Table | None = None
+    rows_in: int = 0
+    rows_quarantined: int = 0
+    sums: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    pid: int = 0
+    first_error: str = ""
+
+    @property
+    def rows(self) -> int:
+        return self.table.num_rows
+
+
+_CACHE: dict[str, Any] = {}
+
+
+def _predictor(task: ShardTask, model: Any):
+    if _CACHE.get("token") != task.run_token:
+        _CACHE.clear()  # a new run: drop the last run's model (and its shared-memory mapping)
+        if isinstance(model, PerWorker):
+            model = model.build()
+        _CACHE.update(token=task.run_token, predictor=make_predictor(model, task.predict_fn))
+    return _CACHE["predictor"]
+
+
+def run_shard(task: ShardTask, model: Any) -> ShardResult:
+    """Predict one shard; the task function every backend runs."""
+    from connectors import iter_batches
+
+    start = time.perf_counter()
+    predictor = _predictor(task, model)
+    shard = task.shard
+    tables: list[pa.Table] = []
+    bad: list[pa.Table] = []
+    first_error = ""
+    offset = 0
+    rows_in = 0
+    for rb in iter_batches(shard, batch_size=task.batch_size, columns=task.read_columns,
+                           filters=task.filters, storage_options=task.storage_options):
+        if isinstance(rb, pa.Table):
+            rb = rb.combine_chunks().to_batches()[0] if rb.num_rows else pa.RecordBatch.from_pylist([], schema=rb.schema)
+        n = rb.num_rows
+        rows_in += n
+        try:
+            tables.append(_predict(task, predictor, rb))
+        except Exception as exc:
+            if task.on_error != "quarantine":
+                raise PredictError(f"shard {shard.index} ({shard.path}) rows {offset}-{offset + n - 1}: "
+                                   f"{_describe(exc)}", shard.index) from exc
+            good, failed = _bisect(task, predictor, rb, exc)
+            tables += good
+            if failed:
+                first_error = first_error or failed[0][1]
+                bad.append(_quarantine_rows(task, rb, offset, failed))
+        offset += n
+    table = _concat(tables, task)
+    quarantine = pa.concat_tables(bad) if bad else None
+    return ShardResult(
+        index=shard.index, table=table, quarantine=quarantine, rows_in=rows_in,
+        rows_quarantined=quarantine.num_rows if quarantine is not None else 0,
+        sums=column_sums(table), seconds=time.perf_counter() - start, pid=os.getpid(),
+        first_error=first_error)
+
+
+def _predict(task: ShardTask, predictor, rb: pa.RecordBatch) -> pa.Table:
+    model_view = rb.select(task.model_columns) if task.model_columns else rb
+    batch = to_format(model_view, task.batch_format)
+    if task.batch_format == "torch":
+        import torch
+
+        with torch.inference_mode():
+            output = call_with_timeout(predictor, batch, task.timeout)
+    else:
+        output = call_with_timeout(predictor, batch, task.timeout)
+    table = to_table(output, rb.num_rows, task.output_column)
+    return add_columns(table, rb, task.keep_columns)
+
+
+def _bisect(task: ShardTask, predictor, rb: pa.RecordBatch, exc: BaseException,
+            base: int = 0) -> tuple[list[pa.Table], list[tuple[int, str]]]:
+    """Split a failing batch in halves until the failing rows are alone.
+
+    Returns the predictions of the rows that passed (in input order) and (row, error) pairs with
+    row positions relative to `rb`. k bad rows cost O(k log n) calls. A timeout is not bisected:
+    each half could time out again, so the whole batch is quarantined at once."""
+    if rb.num_rows <= 1 or isinstance(exc, BatchTimeoutError):
+        text = _describe(exc)
+        return [], [(base + j, text) for j in range(rb.num_rows)]
+    mid = rb.num_rows // 2
+    good: list[pa.Table] = []
+    failed: list[tuple[int, str]] = []
+    for part, off in ((rb.slice(0, mid), 0), (rb.slice(mid), mid)):
+        try:
+            good.append(_predict(task, predictor, part))
+        except Exception as part_exc:
+            g, f = _bisect(task, predictor, part, part_exc, base + off)
+            good += g
+            failed += f
+    return good, failed
+
+
+def _quarantine_rows(task: ShardTask, rb: pa.RecordBatch, offset: int,
+                     failed: list[tuple[int, str]]) -> pa.Table:
+    rows = rb.take(pa.array([r for r, _ in failed], pa.int64()))
+    t = pa.Table.from_batches([rows])
+    n = len(failed)
+    t = t.append_column("_error", pa.array([e for _, e in failed], pa.string()))
+    t = t.append_column("_shard", pa.array([task.shard.index] * n, pa.int64()))
+    t = t.append_column("_path", pa.array([task.shard.path] * n, pa.string()))
+    return t.append_column("_row", pa.array([offset + r for r, _ in failed], pa.int64()))
+
+
+def _concat(tables: list[pa.Table], task: ShardTask) -> pa.Table:
+    if not tables:
+        return pa.table({})
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise PredictError(f"shard {task.shard.index}: predict returned batches with different "
+                           f"columns or types ({exc}); return the same columns for every batch",
+                           task.shard.index) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _Alarm(BaseException):
+    """Raised by SIGALRM inside the model; a BaseException so `except Exception` in model code
+    cannot swallow it."""
+
+
+def call_with_timeout(fn, arg, timeout: float | None):
+    """fn(arg), bounded by `timeout` seconds. In the main thread a SIGALRM interrupts the call
+    (the Python code of the model, or a blocking system call); elsewhere the call runs in a helper
+    thread that we stop waiting for (it cannot be killed, the driver's deadline backs this up)."""
+    if timeout is None:
+        return fn(arg)
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+        def on_alarm(signum, frame):
+            raise _Alarm()
+
+        old = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            return fn(arg)
+        except _Alarm:
+            raise BatchTimeoutError(f"a batch ran longer than predict.timeout ({timeout:g} s)") from None
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+    box: dict[str, Any] = {}
+
+    def target():
+        try:
+            box["value"] = fn(arg)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True, name="dataflow-predict")
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise BatchTimeoutError(f"a batch ran longer than predict.timeout ({timeout:g} s)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

@@ -1,0 +1,148 @@
+"""Where tasks run: a thin adapter around `core` (local engine or Ray, as `core.init` decides),
+and an inline backend that runs each task in the driver for debugging (pdb, prints).
+
+The executor only needs: start, workers, put, submit, wait, result, cancel, stop. A task's own
+exception reaches the executor as `TaskFailure` with the original error as `.cause`, whatever
+the backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+class TaskFailure(Exception):
+    """A task did not produce a result: it raised, its worker died, or it was cancelled.
+    `.cause` is the task's own exception when there is one."""
+
+    def __init__(self, message: str, cause: BaseException | None = None):
+        self.cause = cause
+        super().__init__(message)
+
+
+class CoreBackend:
+    """Tasks on `core`. Starts a session unless one is already running (and then leaves it)."""
+
+    name = "core"
+
+    def __init__(self, *, num_cpus=None, object_store_memory=None, spill=None, address=None):
+        self.init_kwargs = {k: v for k, v in dict(num_cpus=num_cpus, object_store_memory=object_store_memory,
+                                                  spill=spill, address=address).items() if v is not None}
+        self.owns_session = False
+        self._remote: dict[Callable, Any] = {}
+
+    def start(self) -> None:
+        import core
+
+        if not core.is_initialized():
+            core.init(**self.init_kwargs)
+            self.owns_session = True
+
+    def workers(self) -> int:
+        import core
+
+        try:
+            return max(1, int(core.cluster_resources().get("CPU", 1)))
+        except Exception:  # a backend without cluster_resources: assume the requested size
+            return int(self.init_kwargs.get("num_cpus") or 1)
+
+    def put(self, value: Any) -> Any:
+        import core
+
+        return core.put(value)
+
+    def submit(self, fn: Callable, *args: Any) -> Any:
+        import core
+
+        remote = self._remote.get(fn)
+        if remote is None:
+            # Retries are the executor's (it counts and reports them), so core does none.
+            remote = self._remote[fn] = core.remote(num_cpus=1, max_retries=0, retry_exceptions=False)(fn)
+        return remote.remote(*args)
+
+    def wait(self, handles: list, timeout: float) -> list:
+        import core
+
+        ready, _ = core.wait(list(handles), num_returns=1, timeout=timeout)
+        return ready
+
+    def result(self, handle: Any) -> Any:
+        import core
+        from core.exceptions import CoreError, TaskError
+
+        try:
+            return core.get(handle)
+        except TaskError as exc:
+            cause = exc.cause if exc.cause is not None else exc
+            raise TaskFailure(_first_line(cause), cause) from exc
+        except CoreError as exc:  # worker crashed, object lost, store full, cancelled
+            raise TaskFailure(f"{type(exc).__name__}: {_first_line(exc)}", exc) from exc
+
+    def cancel(self, handle: Any) -> None:
+        import core
+
+        try:
+            core.cancel(handle)
+        except Exception:  # already finished or already gone: nothing to cancel
+            pass
+
+    def stop(self) -> None:
+        import core
+
+        if self.owns_session and core.is_initialized():
+            core.shutdown()
+        self.owns_session = False
+
+
+class _Done:
+    __slots__ = ("value", "error")
+
+    def __init__(self, value=None, error=None):
+        self.value, self.error = value, error
+
+
+class InlineBackend:
+    """Every task runs in the driver, at submit time, one after another."""
+
+    name = "inline"
+
+    def __init__(self, **_ignored):
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def workers(self) -> int:
+        return 1
+
+    def put(self, value: Any) -> Any:
+        return value
+
+    def submit(self, fn: Callable, *args: Any) -> _Done:
+        try:
+            return _Done(value=fn(*args))
+        except Exception as exc:
+            return _Done(error=exc)
+
+    def wait(self, handles: list, timeout: float) -> list:
+        return list(handles)[:1]
+
+    def result(self, handle: _Done) -> Any:
+        if handle.error is not None:
+            raise TaskFailure(_first_line(handle.error), handle.error)
+        return handle.value
+
+    def cancel(self, handle: Any) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def make_backend(name: str, **kwargs) -> CoreBackend | InlineBackend:
+    return {"core": CoreBackend, "inline": InlineBackend}[name](**kwargs)

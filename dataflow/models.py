@@ -1,0 +1,252 @@
+"""Models: where they come from, how they reach the workers, and how a batch goes through them.
+
+    driver                                           each worker (once per run, then cached)
+    ──────                                           ─────────────────────────────────────────
+    model.factory(**args) ─┐                         Shared: the put object, mapped zero-copy
+    model.path (fsspec)    ├─► Shared(value) ─put─►    (numpy/torch weights stay in shared memory)
+    model.instance        ─┘                                   │
+    model.setup / TorchScript ─► PerWorker(build) ─put─► build() ─┤
+                                                               ▼
+                                       make_predictor(model, predict.fn) -> batch -> output
+
+`Shared` is the DDSF pattern: the model is built once in the driver and put once; every worker
+maps the same bytes. `PerWorker` is for what cannot be pickled (a connection, a lock, a compiled
+TorchScript module): only a small recipe is put, and each worker runs it once.
+
+Before the put, `check_picklable` pickles the model with out-of-band buffers (so an 800 MB array
+costs nothing to check) and, if that fails, walks the object to name the captured object that
+does not pickle.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .exceptions import ModelError, UnpicklableModelError
+from .spec import ModelSpec, callable_arity, resolve_ref
+
+
+@dataclass
+class Shared:
+    """A model built in the driver, put once, mapped by every worker."""
+
+    value: Any
+
+
+@dataclass
+class PerWorker:
+    """A recipe (a picklable zero-argument callable) that builds the model in each worker."""
+
+    build: Callable[[], Any]
+    description: str = ""
+
+
+@dataclass
+class _SetupCall:
+    """`setup(**args)`, resolved in the worker: the function travels by name when given as a
+    `module:function` string, so nothing it closes over is ever pickled."""
+
+    setup: Any
+    args: dict = field(default_factory=dict)
+
+    def __call__(self) -> Any:
+        fn = resolve_ref(self.setup) if isinstance(self.setup, str) else self.setup
+        return fn(**self.args)
+
+
+def _load_torchscript(data: bytes) -> Any:
+    import torch
+
+    module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+    module.eval()
+    return module
+
+
+def load_model(spec: ModelSpec) -> Shared | PerWorker:
+    """Build (or read) the model the spec names, in the driver."""
+    if spec.instance is not None:
+        return Shared(spec.instance)
+    if spec.setup is not None:
+        return PerWorker(_SetupCall(spec.setup, dict(spec.args)), f"setup {_name(spec.setup)}")
+    if spec.factory is not None:
+        fn = resolve_ref(spec.factory) if isinstance(spec.factory, str) else spec.factory
+        try:
+            return Shared(fn(**spec.args))
+        except Exception as exc:
+            raise ModelError(f"model.factory {_name(spec.factory)} raised {type(exc).__name__}: {exc}") from exc
+    return _load_file(spec.path, spec.format, spec.storage_options)
+
+
+def _load_file(uri: str, fmt: str, storage_options: dict) -> Shared | PerWorker:
+    import fsspec
+
+    try:
+        with fsspec.open(uri, "rb", **storage_options) as f:
+            data = f.read()
+    except Exception as exc:  # fsspec raises whatever the backend raises
+        raise ModelError(f"model.path: cannot read {uri}: {type(exc).__name__}: {exc}") from exc
+    if fmt == "auto":
+        fmt = sniff_format(data, uri)
+    try:
+        if fmt == "torchscript":
+            # A ScriptModule does not pickle: put the file's bytes once, load them in each worker.
+            _load_torchscript(data)  # fail here, in the driver, with a clear error
+            return PerWorker(functools.partial(_load_torchscript, data), f"TorchScript {uri}")
+        if fmt == "torch":
+            import torch
+
+            model = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+            if hasattr(model, "eval"):
+                model.eval()
+            return Shared(model)
+        import cloudpickle  # noqa: F401  (registers the reducers cloudpickled files need)
+
+        return Shared(pickle.loads(data))
+    except ModuleNotFoundError as exc:
+        raise ModelError(f"model.path {uri} ({fmt}) needs module {exc.name!r}: "
+                         f"pip install {exc.name}" if exc.name == "torch" else
+                         f"model.path {uri} ({fmt}) refers to module {exc.name!r}, which is not importable") from exc
+    except Exception as exc:
+        raise ModelError(f"model.path: cannot load {uri} as {fmt}: {type(exc).__name__}: {exc}") from exc
+
+
+def sniff_format(data: bytes, uri: str = "") -> str:
+    """pickle, torch (torch.save zip archive) or torchscript, from the bytes."""
+    if data[:4] == b"PK\x03\x04":
+        try:
+            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+        except zipfile.BadZipFile:
+            names = []
+        # TorchScript archives carry the compiled code; torch.save archives only data.pkl + data/.
+        if any("/code/" in n for n in names) or any(n.endswith("constants.pkl") for n in names):
+            return "torchscript"
+        return "torch"
+    if uri.endswith((".pt", ".pth")) and data[:1] == b"\x80" and b"torch" in data[:256]:
+        return "torch"  # the legacy (non-zip) torch.save format
+    return "pickle"
+
+
+def _name(ref: Any) -> str:
+    if isinstance(ref, str):
+        return ref
+    return f"{getattr(ref, '__module__', '?')}:{getattr(ref, '__qualname__', repr(ref))}"
+
+
+# ---------------------------------------------------------------------------------------------
+# picklability
+
+
+def _dumps(value: Any) -> None:
+    import cloudpickle
+
+    # buffer_callback keeps big arrays out of band: the check copies no weights.
+    cloudpickle.dumps(value, protocol=5, buffer_callback=lambda b: None)
+
+
+def check_picklable(value: Any, what: str = "model") -> None:
+    """Raise UnpicklableModelError naming the first captured object that does not pickle."""
+    try:
+        _dumps(value)
+    except Exception as exc:
+        culprit, obj, err = _find_culprit(value, what, exc, depth=0, seen=set())
+        kind = type(obj).__name__
+        raise UnpicklableModelError(
+            f"the {what} cannot be pickled, so it cannot be put in the object store: {culprit} "
+            f"(a {kind}) does not pickle ({type(err).__name__}: {err}). Build such objects in "
+            f"each worker instead: give `model: {{setup: 'package.module:function'}}` (runs once "
+            f"per worker, never pickled), or a callable class as `predict.fn` whose __init__ "
+            f"creates it", culprit) from exc
+
+
+def _children(obj: Any, path: str):
+    """(access path, child) pairs of what pickling `obj` would also pickle."""
+    if isinstance(obj, functools.partial):
+        yield f"{path}.func", obj.func
+        for i, a in enumerate(obj.args):
+            yield f"{path}.args[{i}]", a
+        for k, v in (obj.keywords or {}).items():
+            yield f"{path}.keywords[{k!r}]", v
+        return
+    code = getattr(obj, "__code__", None)
+    if code is not None:
+        for name, cell in zip(code.co_freevars, obj.__closure__ or ()):
+            try:
+                yield f"{path} closure variable {name!r}", cell.cell_contents
+            except ValueError:
+                pass
+        g = getattr(obj, "__globals__", {})
+        for name in code.co_names:
+            if name in g:
+                yield f"{path} global {name!r}", g[name]
+        for k, v in getattr(obj, "__dict__", {}).items():
+            yield f"{path}.{k}", v
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield f"{path}[{k!r}]", v
+        return
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        for i, v in enumerate(obj):
+            yield f"{path}[{i}]", v
+        return
+    d = getattr(obj, "__dict__", None)
+    if isinstance(d, dict):
+        for k, v in d.items():
+            yield f"{path}.{k}", v
+    for slot in getattr(type(obj), "__slots__", ()) or ():
+        if hasattr(obj, slot):
+            yield f"{path}.{slot}", getattr(obj, slot)
+    bound_self = getattr(obj, "__self__", None)
+    if bound_self is not None and not isinstance(bound_self, type(pickle)):
+        yield f"{path}.__self__", bound_self
+
+
+def _find_culprit(obj: Any, path: str, err: BaseException, depth: int, seen: set) -> tuple[str, Any, BaseException]:
+    if depth > 8 or id(obj) in seen:
+        return path, obj, err
+    seen.add(id(obj))
+    for child_path, child in _children(obj, path):
+        try:
+            _dumps(child)
+        except Exception as child_err:
+            return _find_culprit(child, child_path, child_err, depth + 1, seen)
+    return path, obj, err
+
+
+# ---------------------------------------------------------------------------------------------
+# worker side: model + predict.fn -> one callable over batches
+
+
+def make_predictor(model: Any, fn: Any) -> Callable[[Any], Any]:
+    """The callable a worker applies to each batch.
+
+    - no `fn`: `model(batch)`, or `model.predict(batch)`;
+    - a class: built once here as `cls(model)` (or `cls()`), then `obj(batch)`;
+    - a function: `fn(model, batch)`, or `fn(batch)` when it takes one argument.
+    """
+    if isinstance(fn, str):
+        fn = resolve_ref(fn)
+    if fn is None:
+        if callable(model):
+            return model
+        if callable(getattr(model, "predict", None)):
+            return model.predict
+        raise ModelError(f"the model (a {type(model).__name__}) is neither callable nor has a "
+                         f"predict() method; give predict.fn")
+    if isinstance(fn, type):
+        try:
+            obj = fn(model) if callable_arity(fn.__init__) >= 2 else fn()
+        except Exception as exc:
+            raise ModelError(f"predict.fn {_name(fn)}: building it in the worker raised "
+                             f"{type(exc).__name__}: {exc}") from exc
+        if not callable(obj):
+            raise ModelError(f"predict.fn {_name(fn)} has no __call__(batch)")
+        return obj
+    if callable_arity(fn) <= 1:
+        return fn
+    return functools.partial(fn, model)

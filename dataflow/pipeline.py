@@ -1,0 +1,232 @@
+"""`Pipeline`: a validated spec, and the run that carries it out.
+
+    Pipeline.from_yaml / Pipeline(...)      spec validated here, before anything runs
+        │
+        ├─ plan()    source.generate (first use) ─► connectors.plan_shards ─► [Shard]
+        │
+        ├─ run()     open_sink ─► skip committed shards (resume) ─► _execute ─► one sink write per
+        │            ShardDone (quarantine part first, then the part, whose commit marks the shard done)
+        │
+        └─ stream()  _execute ─► each shard's predictions, as they finish (nothing written)
+
+    _execute: backend.start ─► load_model ─► check_picklable ─► put once ─► Executor.run ─► backend.stop
+
+The backend starts before the model is built so that the workers boot while the driver builds
+it. After the put the driver drops its own copy of the model: only the object store holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from typing import Any, Iterator
+
+from . import spec as spec_mod
+from .exceptions import RunError, SpecError
+from .progress import Progress, Silent
+from .summary import FailedShard, MemorySampler, Summary
+
+
+class Pipeline:
+    """A DDSF pipeline: the same function (the model) over different data (the shards)."""
+
+    def __init__(self, source: Any = None, model: Any = None, predict: Any = None, sink: Any = None,
+                 runtime: Any = None, *, name: str | None = None, report: str | None = None,
+                 spec: spec_mod.PipelineSpec | None = None):
+        self.spec = spec if spec is not None else spec_mod.from_python(
+            source=source, model=model, predict=predict, sink=sink, runtime=runtime, name=name, report=report)
+        self.last_summary: Summary | None = None
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> "Pipeline":
+        """Load and validate a pipeline file; `overrides` are `key.path=value` strings (`--set`)."""
+        return cls(spec=spec_mod.load(path, overrides))
+
+    def __repr__(self) -> str:
+        sink = self.spec.sink.uri if self.spec.sink else None
+        return f"Pipeline(name={self.spec.name!r}, source={self.spec.source.parquet!r}, sink={sink!r})"
+
+    # -- planning ---------------------------------------------------------------------------
+    @property
+    def read_columns(self) -> list[str] | None:
+        src, pred = self.spec.source, self.spec.predict
+        if src.columns is None:
+            return None
+        return list(dict.fromkeys(list(src.columns) + list(pred.keep_columns)))
+
+    def prepare_source(self, progress: Progress | None = None) -> None:
+        """Run `source.generate` when the (local) source path does not exist yet."""
+        src = self.spec.source
+        gen = src.generate
+        if gen is None or not isinstance(src.parquet, str) or not _is_local(src.parquet):
+            return
+        path = src.parquet.removeprefix("file://")
+        if os.path.exists(path):
+            return
+        fn = spec_mod.resolve_ref(gen.factory) if isinstance(gen.factory, str) else gen.factory
+        if progress:
+            progress.line(f"source {src.parquet} is missing: generating it with {gen.factory}")
+        fn(path, **gen.args)
+
+    def plan(self, progress: Progress | None = None) -> list:
+        """The shards the source splits into (generating the sample source on first use)."""
+        from connectors import plan_shards
+
+        self.prepare_source(progress)
+        src = self.spec.source
+        return plan_shards(src.parquet, columns=self.read_columns, filters=_filters(src.filters),
+                           shard_by=src.shard_by, target_rows=src.target_rows,
+                           storage_options=src.storage_options or None)
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self, *, restart: bool = False, progress: Progress | bool | None = None) -> Summary:
+        """Run to the sink; returns the Summary. Raises RunError when a shard keeps failing with
+        `on_error: fail` (its `.summary` tells what was done). Ctrl-C stops the run, keeps the
+        committed shards, and re-raises KeyboardInterrupt: run again to resume."""
+        from connectors import open_sink
+
+        s = self.spec
+        if s.sink is None:
+            raise SpecError("sink: run() needs a sink (an output URI); use stream() to get the "
+                            "predictions without writing them")
+        progress = _progress(progress, s.report)
+        summary = Summary(name=s.name, status="done", output=s.sink.uri)
+        self.last_summary = summary
+        start = time.monotonic()
+        mode = "overwrite" if restart else s.sink.mode
+        with MemorySampler() as memory:
+            try:
+                shards = self.plan(progress)
+                sink = open_sink(s.sink.uri, format=s.sink.format, mode=mode,
+                                 storage_options=s.sink.storage_options or None)
+                try:
+                    committed = sink.committed() if mode == "resume" else {}
+                    todo = [sh for sh in shards if sh.index not in committed]
+                    summary.shards = len(shards)
+                    summary.shards_skipped = len(shards) - len(todo)
+                    progress.start(s.name, len(shards), sum(sh.num_rows for sh in todo), summary.shards_skipped)
+                    if todo:
+                        with contextlib.closing(self._execute(todo)) as events:
+                            for event in events:
+                                self._record(event, summary, progress, sink)
+                finally:
+                    sink.close()
+            except KeyboardInterrupt:
+                summary.status = "interrupted"
+                raise
+            finally:
+                progress.close()
+                summary.wall_time = time.monotonic() - start
+        summary.peak_memory = memory.peak
+        if summary.status == "failed":
+            f = summary.failed[0]
+            raise RunError(f"shard {f.index} ({f.path}) failed after {f.attempts} attempts: {f.error}", summary)
+        return summary
+
+    def stream(self, *, format: str = "pandas") -> Iterator[Any]:
+        """Each shard's predictions (a pandas DataFrame, or a pyarrow Table with
+        `format="pyarrow"`) as soon as it is ready, in completion order. Nothing is written to the
+        sink. Breaking out of the loop cancels the remaining work."""
+        if format not in ("pandas", "pyarrow"):
+            raise ValueError(f'stream(format=...) must be "pandas" or "pyarrow", got {format!r}')
+        shards = self.plan()
+        with contextlib.closing(self._execute(shards)) as events:
+            for event in events:
+                from .executor import ShardDone, ShardFailed
+
+                if isinstance(event, ShardDone):
+                    table = event.result.table
+                    yield table.to_pandas() if format == "pandas" else table
+                elif isinstance(event, ShardFailed) and self.spec.runtime.on_error == "fail":
+                    raise RunError(f"shard {event.shard.index} ({event.shard.path}) failed after "
+                                   f"{event.attempts} attempts: {event.error}")
+
+    # -- internals --------------------------------------------------------------------------
+    def _record(self, event: Any, summary: Summary, progress: Progress, sink: Any) -> None:
+        from .executor import ShardDone, ShardFailed, ShardRetry
+
+        if isinstance(event, ShardDone):
+            r = event.result
+            # The quarantine part first: the part's commit is what marks the shard done, so a
+            # crash in between redoes the shard and rewrites both, the same.
+            if r.quarantine is not None and r.quarantine.num_rows:
+                sink.write_quarantine(r.index, r.quarantine)
+                summary.rows_quarantined += r.quarantine.num_rows
+                summary.quarantined_shards.append(r.index)
+                summary.status = "partial" if summary.status == "done" else summary.status
+            sink.write_part(r.index, r.table)
+            summary.rows += r.table.num_rows
+            summary.shards_done += 1
+            progress.shard_done(r.index, r.rows_in, r.table.num_rows, r.seconds, r.sums, r.rows_quarantined)
+        elif isinstance(event, ShardRetry):
+            progress.shard_retry(event.shard.index, event.attempt, event.error)
+        elif isinstance(event, ShardFailed):
+            summary.failed.append(FailedShard(event.shard.index, event.shard.path, event.error, event.attempts))
+            progress.shard_failed(event.shard.index, event.attempts, event.error)
+            summary.status = "failed" if self.spec.runtime.on_error == "fail" else "partial"
+
+    def _execute(self, shards: list) -> Iterator[Any]:
+        from ._task import ShardTask, run_shard
+        from .backends import make_backend
+        from .executor import Executor, default_max_in_flight, task_deadline
+        from .models import PerWorker, check_picklable, load_model
+
+        s = self.spec
+        rt, pred, src = s.runtime, s.predict, s.source
+        backend = make_backend(rt.backend, num_cpus=rt.num_cpus, object_store_memory=rt.object_store_memory,
+                               spill=rt.spill, address=rt.address)
+        backend.start()
+        try:
+            source = load_model(s.model)
+            payload = source if isinstance(source, PerWorker) else source.value
+            del source
+            check_picklable(payload, "model")
+            if pred.fn is not None and not isinstance(pred.fn, str):
+                check_picklable(pred.fn, "predict function")
+            model_ref = backend.put(payload)
+            del payload  # the store holds the model now; the driver keeps no copy
+            token = uuid.uuid4().hex
+            model_columns = list(src.columns) if src.columns is not None else None
+
+            def make_args(shard):
+                return ShardTask(
+                    run_token=token, shard=shard, read_columns=self.read_columns,
+                    model_columns=model_columns, filters=_filters(src.filters),
+                    storage_options=dict(src.storage_options), batch_size=pred.batch_size,
+                    batch_format=pred.batch_format, keep_columns=list(pred.keep_columns),
+                    output_column=pred.output_column, timeout=pred.timeout, on_error=rt.on_error,
+                    predict_fn=pred.fn)
+
+            executor = Executor(
+                backend=backend, fn=run_shard, make_args=make_args, model_ref=model_ref,
+                max_in_flight=rt.max_in_flight or default_max_in_flight(backend.workers()),
+                max_retries=rt.max_retries, fail_fast=rt.on_error == "fail",
+                deadline_for=lambda sh: task_deadline(pred.timeout, sh.num_rows, pred.batch_size,
+                                                      rt.on_error == "quarantine"))
+            with contextlib.closing(executor.run(shards)) as events:
+                yield from events
+            del model_ref
+        finally:
+            backend.stop()
+
+
+def _progress(progress: Progress | bool | None, report: str | None) -> Progress:
+    if isinstance(progress, Progress):
+        if progress.report is None:
+            progress.report = report
+        return progress
+    return Progress(report=report) if progress else Silent(report=report)
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def _filters(filters: Any) -> Any:
+    # YAML has no tuples; pyarrow's DNF filters want [(col, op, value), ...].
+    if filters is None:
+        return None
+    return [tuple(f) if isinstance(f, list) and f and not isinstance(f[0], list)
+            else [tuple(g) for g in f] for f in filters]

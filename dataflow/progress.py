@@ -1,0 +1,122 @@
+"""Progress: a tqdm bar (rows, rows/s, shards done, ETA) on a terminal; plain lines otherwise
+(CI logs, pipes), one per shard event. The pipeline calls these hooks; they never raise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class Progress:
+    """Hooks the pipeline calls as the run moves. `verbose` adds the per-shard report lines."""
+
+    def __init__(self, stream: TextIO | None = None, *, verbose: bool = False, bar: bool | None = None,
+                 report: str | None = None):
+        self.stream = stream or sys.stderr
+        self.verbose = verbose
+        self.use_bar = _isatty(self.stream) if bar is None else bar
+        self.report = report
+        self._bar = None
+        self.total_rows = 0
+        self.total_shards = 0
+        self.shards_done = 0
+        self.rows = 0
+        self._start = time.monotonic()
+
+    # -- hooks ------------------------------------------------------------------------------
+    def start(self, name: str, shards: int, rows: int, skipped: int) -> None:
+        self.total_shards, self.total_rows = shards, rows
+        self.shards_done = skipped
+        self._start = time.monotonic()
+        if skipped:
+            self.line(f"{name}: {skipped} of {shards} shards already committed, resuming")
+        if self.use_bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=rows, unit="rows", unit_scale=True, file=self.stream, desc=name,
+                             dynamic_ncols=True, smoothing=0.1)
+            self._bar.set_postfix_str(self._shards())
+        else:
+            self.line(f"{name}: {shards - skipped} shards to run, {rows:,} rows")
+
+    def shard_done(self, index: int, rows_in: int, rows_out: int, seconds: float, sums: dict,
+                   quarantined: int = 0) -> None:
+        self.shards_done += 1
+        self.rows += rows_in
+        extra = f", {quarantined:,} quarantined" if quarantined else ""
+        if self.verbose:
+            self.line(self.report_line(index, rows_out, sums, seconds))
+        if self._bar is not None:
+            self._bar.update(rows_in)
+            self._bar.set_postfix_str(self._shards())
+        else:
+            self.line(f"shard {index} done: {rows_out:,} rows{extra} in {seconds:.2f} s | "
+                      f"{self._shards()} | {self._rate()} | ETA {self._eta()}")
+
+    def shard_retry(self, index: int, attempt: int, error: str) -> None:
+        self.line(f"shard {index} failed (attempt {attempt}), retrying: {error}")
+
+    def shard_failed(self, index: int, attempts: int, error: str) -> None:
+        self.line(f"shard {index} FAILED after {attempts} attempts: {error}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    # -- helpers ----------------------------------------------------------------------------
+    def report_line(self, index: int, rows: int, sums: dict, seconds: float) -> str:
+        if self.report:
+            try:
+                return self.report.format(shard=index, rows=rows, sum=_Sums(sums), seconds=seconds)
+            except (KeyError, IndexError, ValueError, AttributeError):
+                pass
+        parts = " | ".join(f"sum of {k}: {v:g}" for k, v in sums.items())
+        return f"shard {index}: {rows:,} rows" + (f" | {parts}" if parts else "")
+
+    def line(self, text: str) -> None:
+        try:
+            if self._bar is not None:
+                self._bar.write(text, file=self.stream)
+            else:
+                print(text, file=self.stream, flush=True)
+        except (OSError, ValueError):  # a closed pipe must not fail the run
+            pass
+
+    def _shards(self) -> str:
+        return f"{self.shards_done}/{self.total_shards} shards"
+
+    def _rate(self) -> str:
+        elapsed = time.monotonic() - self._start
+        return f"{self.rows / elapsed:,.0f} rows/s" if elapsed > 0 else "- rows/s"
+
+    def _eta(self) -> str:
+        elapsed = time.monotonic() - self._start
+        if not self.rows or elapsed <= 0:
+            return "?"
+        left = max(0, self.total_rows - self.rows) / (self.rows / elapsed)
+        return f"{left:.0f}s"
+
+
+class _Sums(dict):
+    def __missing__(self, key):
+        return 0
+
+
+class Silent(Progress):
+    """No output at all (the Python API's default in scripts; tests)."""
+
+    def line(self, text: str) -> None:
+        pass
+
+    def start(self, name, shards, rows, skipped) -> None:
+        self.use_bar = False
+        super().start(name, shards, rows, skipped)
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,668 @@
+"""The pipeline spec: what a YAML file (or `Pipeline(...)` in Python) may say, validated in one
+place before anything runs.
+
+    pipeline.yaml ──compose──► node tree ──_Builder──► plain data + {key path: (line, column)}
+                                              │  ${ENV} / ${ENV:-default} interpolated here
+    --set a.b=c  ──yaml-typed value──────────►│  (overrides remember their own origin)
+                                              ▼
+                                  PipelineSpec.model_validate(data)
+                                              │  pydantic collects every error at once
+                                              ▼
+               SpecError([ "pipelines/x.yaml:7: predict.batch_size: must be a positive integer, got \"big\"", ...])
+
+Every value is checked by a small validator that writes our own message (what was expected, what
+was found); pydantic's own messages are translated in `_translate`. Unknown keys are rejected with
+a did-you-mean. `module:function` references are imported during validation, so `validate` catches
+a typo in a factory name without running anything.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+from .exceptions import SpecError, SpecIssue
+
+# ---------------------------------------------------------------------------------------------
+# value validators: each raises a PydanticCustomError whose message is the one the user reads
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """A value as the user wrote it: strings in double quotes, the rest as YAML would print it."""
+    if isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif value is None:
+        text = "null"
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, (int, float)):
+        text = repr(value)
+    elif isinstance(value, dict):
+        text = "a mapping"
+    elif isinstance(value, list):
+        text = "a list"
+    else:
+        text = f"{type(value).__name__} {value!r}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _fail(kind: str, message: str, value: Any) -> PydanticCustomError:
+    # Braces in user values must not be read as placeholders by pydantic's formatter.
+    return PydanticCustomError(kind, message + ", got {got}", {"got": show(value)})
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise _fail("positive_int", "must be a positive integer", value)
+    return value
+
+
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _fail("non_negative_int", "must be an integer >= 0", value)
+    return value
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail("string", "must be a non-empty string", value)
+    return value
+
+
+def _string_list(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _fail("string_list", "must be a list of column names", value)
+    return value
+
+
+def _uri_or_list(value: Any) -> str | list[str]:
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return value
+    raise _fail("uri", "must be a path or URI (a file, folder or glob) or a list of them", value)
+
+
+def _mapping(value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail("mapping", "must be a mapping", value)
+    return value
+
+
+_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def resolve_ref(ref: str) -> Any:
+    """Import `package.module:attr.sub` and return the attribute. Raises ValueError with a message
+    fit for the user (which part is missing, with a did-you-mean)."""
+    module_name, _, attr_path = ref.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"cannot import module {module_name!r} ({exc}); is it on the Python path?") from exc
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            hint = _did_you_mean(part, names)
+            raise ValueError(f"{module_name!r} has no attribute {part!r}{hint}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _ref(value: Any) -> str | Callable:
+    """A `module:function` reference (checked by importing it) or, from Python, a callable."""
+    if callable(value) and not isinstance(value, str):
+        return value
+    if not isinstance(value, str) or not _REF.match(value):
+        raise _fail("ref", 'must be "package.module:function"', value)
+    try:
+        target = resolve_ref(value)
+    except ValueError as exc:
+        raise PydanticCustomError("ref_import", "{why}", {"why": str(exc)}) from None
+    if not callable(target):
+        raise PydanticCustomError("ref_call", "{ref} is not callable (it is a {kind})",
+                                  {"ref": value, "kind": type(target).__name__})
+    return value
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from `2GB` (10^9), `2GiB` / `2G` (2^30), or an integer."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            unit = (m.group(2) or "").upper()
+            if unit in _UNITS:
+                size = int(float(m.group(1)) * _UNITS[unit])
+                if size > 0:
+                    return size
+    raise _fail("size", 'must be a size in bytes such as 2GB, 512MiB or 1000000', value)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or `500ms`, `30s`, `5m`, `1h`."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            seconds = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+            if seconds > 0:
+                return seconds
+    raise _fail("duration", "must be a positive duration in seconds such as 30 or 30s, 5m", value)
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value in options:
+            return value
+        hint = _did_you_mean(value, options) if isinstance(value, str) else ""
+        raise PydanticCustomError("choice", "must be one of {options}, got {got}{hint}",
+                                  {"options": ", ".join(options), "got": show(value), "hint": hint})
+    return check
+
+
+def _did_you_mean(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?".replace("'", '"') if close else ""
+
+
+PositiveInt = Annotated[int, BeforeValidator(_positive_int)]
+NonNegativeInt = Annotated[int, BeforeValidator(_non_negative_int)]
+Str = Annotated[str, BeforeValidator(_string)]
+StrList = Annotated[list[str], BeforeValidator(_string_list)]
+UriOrList = Annotated[Union[str, list[str]], BeforeValidator(_uri_or_list)]
+Mapping = Annotated[dict[str, Any], BeforeValidator(_mapping)]
+Ref = Annotated[Any, BeforeValidator(_ref)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+BATCH_FORMATS = ("pandas", "pyarrow", "numpy", "torch")
+ON_ERROR = ("fail", "skip", "quarantine")
+SINK_MODES = ("resume", "overwrite", "append", "error")
+SINK_FORMATS = ("parquet", "csv", "jsonl")
+
+
+# ---------------------------------------------------------------------------------------------
+# the spec
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=False)
+
+
+class GenerateSpec(_Spec):
+    """Make the source on first use: `factory(source_path, **args)` runs when the local source
+    path does not exist (e.g. `connectors:make_nyc_taxi_shards` for the sample data)."""
+
+    factory: Ref
+    args: Mapping = {}
+
+
+class SourceSpec(_Spec):
+    parquet: UriOrList
+    columns: StrList | None = None
+    filters: list | None = None
+    shard_by: Annotated[Literal["file", "row_group"], BeforeValidator(_choice("file", "row_group"))] = "file"
+    target_rows: PositiveInt | None = None
+    storage_options: Mapping = {}
+    generate: GenerateSpec | None = None
+
+
+class ModelSpec(_Spec):
+    """Exactly one of: `factory` (built once in the driver, put once), `path` (a pickle,
+    cloudpickle, torch.save or TorchScript file on any fsspec URI), `setup` (built once in each
+    worker, never pickled: for models holding connections, locks, GPU handles), or `instance`
+    (Python only: the model object itself)."""
+
+    factory: Ref | None = None
+    path: Str | None = None
+    setup: Ref | None = None
+    instance: Any = None
+    format: Annotated[str, BeforeValidator(_choice("auto", "pickle", "torch", "torchscript"))] = "auto"
+    args: Mapping = {}
+    storage_options: Mapping = {}
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSpec":
+        given = [k for k in ("factory", "path", "setup", "instance") if getattr(self, k) is not None]
+        if len(given) != 1:
+            found = " and ".join(given) if given else "none"
+            raise PydanticCustomError(
+                "model_source", "give exactly one of factory, path or setup, got {found}", {"found": found})
+        if self.args and not (self.factory or self.setup):
+            raise PydanticCustomError("model_args", "args are passed to a factory or setup function; "
+                                      "this model has none", {})
+        return self
+
+
+class PredictSpec(_Spec):
+    """How a batch goes through the model. `fn` is a function `fn(model, batch)` (or `fn(batch)`),
+    or a class built once per worker as `cls(model)` and called as `obj(batch)`; without `fn` the
+    model itself is called (`model(batch)`, or `model.predict(batch)`)."""
+
+    fn: Ref | None = None
+    batch_size: PositiveInt = 65536
+    batch_format: Annotated[str, BeforeValidator(_choice(*BATCH_FORMATS))] = "pandas"
+    keep_columns: StrList = []
+    timeout: Duration | None = None
+    output_column: Str = "prediction"
+
+
+class SinkSpec(_Spec):
+    parquet: Str | None = None
+    csv: Str | None = None
+    jsonl: Str | None = None
+    mode: Annotated[str, BeforeValidator(_choice(*SINK_MODES))] = "resume"
+    storage_options: Mapping = {}
+
+    @model_validator(mode="after")
+    def _one_format(self) -> "SinkSpec":
+        given = [k for k in SINK_FORMATS if getattr(self, k) is not None]
+        if len(given) != 1:
+            found = " and ".join(given) if given else "none"
+            raise PydanticCustomError("sink_format", "give exactly one of parquet, csv or jsonl "
+                                      "(the output URI), got {found}", {"found": found})
+        return self
+
+    @property
+    def format(self) -> str:
+        return next(k for k in SINK_FORMATS if getattr(self, k) is not None)
+
+    @property
+    def uri(self) -> str:
+        return getattr(self, self.format)
+
+
+class RuntimeSpec(_Spec):
+    num_cpus: PositiveInt | None = None
+    object_store_memory: Size | None = None
+    spill: Str | None = None
+    address: Str | None = None
+    max_in_flight: PositiveInt | None = None
+    max_retries: NonNegativeInt = 3
+    on_error: Annotated[str, BeforeValidator(_choice(*ON_ERROR))] = "fail"
+    # "inline" runs every shard in the driver, one at a time: for debugging (pdb, prints).
+    backend: Annotated[str, BeforeValidator(_choice("core", "inline"))] = "core"
+
+
+class PipelineSpec(_Spec):
+    name: Str = "pipeline"
+    source: SourceSpec
+    model: ModelSpec
+    predict: PredictSpec = PredictSpec()
+    sink: SinkSpec | None = None
+    runtime: RuntimeSpec = RuntimeSpec()
+    # One line per shard in the --verbose listing, formatted with {shard}, {rows} and {sum[column]}.
+    report: Str | None = None
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "PipelineSpec":
+        if self.report:
+            try:
+                self.report.format(shard=0, rows=0, sum=_AnyKey(), seconds=0.0)
+            except (ValueError, IndexError, KeyError, AttributeError) as exc:
+                raise PydanticCustomError("report", "bad format string ({why}); use {{rows}}, "
+                                          "{{shard}} and {{sum[column]}}", {"why": str(exc)}) from None
+        return self
+
+
+class _AnyKey(dict):
+    def __missing__(self, key):
+        return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML with positions
+
+
+@dataclass(frozen=True)
+class Mark:
+    origin: str
+    line: int | None = None
+    column: int | None = None
+
+
+Path = tuple  # of str | int
+
+
+class Positions:
+    """Where each key path came from: a line in the file, or a `--set` override."""
+
+    def __init__(self, origin: str | None = None):
+        self.origin = origin
+        self.marks: dict[Path, Mark] = {}
+        self.overrides: dict[Path, Mark] = {}
+
+    def locate(self, path: Path) -> Mark | None:
+        for n in range(len(path), -1, -1):
+            prefix = tuple(path[:n])
+            if prefix in self.overrides:
+                return self.overrides[prefix]
+            if prefix in self.marks:
+                return self.marks[prefix]
+        return Mark(self.origin) if self.origin else None
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Builder:
+    """Node tree -> plain Python data, recording each key path's position and interpolating
+    environment variables in scalars. Problems are collected, not raised."""
+
+    def __init__(self, origin: str, env: dict[str, str]):
+        self.origin = origin
+        self.env = env
+        self.positions = Positions(origin)
+        self.issues: list[SpecIssue] = []
+
+    def mark(self, node: yaml.Node) -> Mark:
+        return Mark(self.origin, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def issue(self, path: Path, node: yaml.Node, message: str) -> None:
+        m = self.mark(node)
+        self.issues.append(SpecIssue(message, dotted(path), m.origin, m.line, m.column))
+
+    def build(self, node: yaml.Node, path: Path) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            out = []
+            for i, item in enumerate(node.value):
+                self.positions.marks[path + (i,)] = self.mark(item)
+                out.append(self.build(item, path + (i,)))
+            return out
+        return self._scalar(node, path)
+
+    def _mapping(self, node: yaml.MappingNode, path: Path) -> dict:
+        out: dict = {}
+        merged: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`
+                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for src in sources:
+                    value = self.build(src, path)
+                    if isinstance(value, dict):
+                        for k, v in value.items():
+                            merged.setdefault(k, v)
+                continue
+            key = self._scalar(key_node, path)
+            if not isinstance(key, (str, int)):
+                self.issue(path, key_node, f"keys must be names, got {show(key)}")
+                continue
+            key = str(key)
+            if key in out:
+                self.issue(path + (key,), key_node, "duplicate key (the earlier value would be ignored)")
+            self.positions.marks[path + (key,)] = self.mark(key_node)
+            out[key] = self.build(value_node, path + (key,))
+        for k, v in merged.items():
+            out.setdefault(k, v)
+        return out
+
+    def _scalar(self, node: yaml.Node, path: Path) -> Any:
+        if "${" in node.value and node.tag == "tag:yaml.org,2002:str":
+            text, ok = self._interpolate(node, path)
+            if not ok:
+                return node.value
+            if node.style is None:  # plain scalar: `batch_size: ${BS:-1024}` becomes an int
+                try:
+                    typed = yaml.safe_load(text)
+                except yaml.YAMLError:
+                    return text
+                return typed if isinstance(typed, (int, float, bool, str)) or typed is None else text
+            return text
+        return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+
+    def _interpolate(self, node: yaml.Node, path: Path) -> tuple[str, bool]:
+        missing: list[str] = []
+
+        def sub(m: re.Match) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in self.env:
+                return self.env[name]
+            if default is not None:
+                return default
+            missing.append(name)
+            return m.group(0)
+
+        text = _ENV.sub(sub, node.value)
+        for name in missing:
+            self.issue(path, node, f"environment variable {name} is not set; set it or give a "
+                                   f"default as ${{{name}:-value}}")
+        return text, not missing
+
+
+def load_yaml(text: str, origin: str, env: dict[str, str] | None = None) -> tuple[Any, Positions, list[SpecIssue]]:
+    """Parse YAML text into (data, positions, issues). Syntax errors become one issue each."""
+    builder = _Builder(origin, dict(os.environ) if env is None else env)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        why = " ".join(p for p in (exc.context, exc.problem) if p)
+        issue = SpecIssue(f"invalid YAML: {why}", "", origin,
+                          mark.line + 1 if mark else None, mark.column + 1 if mark else None)
+        return None, builder.positions, [issue]
+    except yaml.YAMLError as exc:
+        return None, builder.positions, [SpecIssue(f"invalid YAML: {exc}", "", origin)]
+    if root is None:
+        return None, builder.positions, [SpecIssue("the file is empty; a pipeline needs at least "
+                                                   "source and model", "", origin, 1)]
+    data = builder.build(root, ())
+    return data, builder.positions, builder.issues
+
+
+def apply_overrides(data: dict, overrides: list[str], positions: Positions) -> list[SpecIssue]:
+    """Apply `a.b=c` overrides in place; `c` is read as YAML (`5` is an int, `[a, b]` a list)."""
+    issues = []
+    for item in overrides or []:
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        origin = f"--set {item}"
+        if not eq or not key or any(not p for p in key.split(".")):
+            issues.append(SpecIssue("expected key.path=value, e.g. predict.batch_size=1024", "", "--set " + item))
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            issues.append(SpecIssue(f"the value is not valid YAML ({exc.__class__.__name__})", key, origin))
+            continue
+        parts: list = key.split(".")
+        node: Any = data
+        path: Path = ()
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                part = int(part)
+            elif not isinstance(node, dict):
+                issues.append(SpecIssue(f"cannot set a key inside {show(node)}", dotted(path), origin))
+                break
+            path += (part,)
+            if last:
+                node[part] = value
+                positions.overrides[path] = Mark(origin)
+            else:
+                if isinstance(node, dict) and not isinstance(node.get(part), (dict, list)):
+                    node[part] = {}
+                node = node[part]
+    return issues
+
+
+def dotted(path: Path) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# validation: pydantic errors -> SpecIssues
+
+
+_PLAIN = {
+    "missing": "is required",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "list_type": "must be a list",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+}
+
+
+def _fields_at(path: Path) -> list[str]:
+    """Field names of the spec model found at `path` (for did-you-mean on unknown keys)."""
+    cls: Any = PipelineSpec
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = cls.model_fields.get(part) if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+        if field is None:
+            return []
+        cls = _model_in(field.annotation)
+    return list(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else []
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation) if get_origin(annotation) else ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _translate(err: dict) -> tuple[Path, str]:
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        fields = _fields_at(loc[:-1])
+        key = str(loc[-1])
+        hint = _did_you_mean(key, fields)
+        allowed = f" (allowed: {', '.join(f for f in fields if f != 'instance')})" if fields else ""
+        return loc, f"unknown key{hint}{allowed}" if hint else f"unknown key{allowed}"
+    if kind in _PLAIN:
+        msg = _PLAIN[kind]
+        if kind != "missing":
+            msg += f", got {show(err.get('input'))}"
+        return loc, msg
+    return loc, err["msg"].removeprefix("Value error, ")
+
+
+def validate(data: Any, positions: Positions | None = None) -> PipelineSpec:
+    """The spec from plain data, or a SpecError listing every problem with its position."""
+    positions = positions or Positions()
+    if not isinstance(data, dict):
+        mark = positions.locate(())
+        raise SpecError([SpecIssue(f"a pipeline must be a mapping with source, model, predict, sink "
+                                   f"and runtime, got {show(data)}", "", mark.origin if mark else None,
+                                   1 if mark and mark.origin and positions.marks is not None else None)])
+    try:
+        return PipelineSpec.model_validate(data)
+    except ValidationError as exc:
+        issues = []
+        for err in exc.errors(include_url=False):
+            loc, message = _translate(err)
+            mark = positions.locate(loc)
+            issues.append(SpecIssue(message, dotted(loc), mark.origin if mark else None,
+                                    mark.line if mark else None, mark.column if mark else None))
+        issues.sort(key=lambda i: (i.line or 0, i.column or 0))
+        raise SpecError(issues) from None
+
+
+def load(path: str | os.PathLike, overrides: list[str] | None = None,
+         env: dict[str, str] | None = None) -> PipelineSpec:
+    """Read, interpolate, override and validate a pipeline file. Raises SpecError with all issues."""
+    origin = os.fspath(path)
+    try:
+        with open(origin, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise SpecError(SpecIssue(f"cannot read the pipeline file: {exc.strerror or exc}", "", origin)) from None
+    data, positions, issues = load_yaml(text, origin, env)
+    if data is not None and isinstance(data, dict):
+        issues += apply_overrides(data, overrides or [], positions)
+    if issues:
+        # Report the structural problems together with whatever field errors we can find too.
+        if isinstance(data, dict):
+            try:
+                validate(data, positions)
+            except SpecError as more:
+                known = {(i.path, i.line) for i in issues}
+                issues += [i for i in more.issues if (i.path, i.line) not in known]
+        raise SpecError(issues)
+    return validate(data, positions)
+
+
+def from_python(source: Any = None, model: Any = None, predict: Any = None, sink: Any = None,
+                runtime: Any = None, name: str | None = None, report: str | None = None) -> PipelineSpec:
+    """The spec for `Pipeline(source=..., model=..., ...)`: strings and objects are accepted where
+    YAML would need a mapping (a URI for source/sink, a model object, a predict function)."""
+    data: dict[str, Any] = {}
+    if name is not None:
+        data["name"] = name
+    if report is not None:
+        data["report"] = report
+    data["source"] = _as_mapping(source, "parquet", SourceSpec)
+    if isinstance(model, ModelSpec):
+        data["model"] = model
+    elif isinstance(model, dict):
+        data["model"] = model
+    elif model is not None:
+        data["model"] = {"instance": model}
+    if predict is not None:
+        data["predict"] = predict if isinstance(predict, (dict, PredictSpec)) else {"fn": predict}
+    if sink is not None:
+        data["sink"] = _as_mapping(sink, "parquet", SinkSpec)
+    if runtime is not None:
+        data["runtime"] = runtime
+    data = {k: v.model_dump(exclude_unset=True) if isinstance(v, BaseModel) and k != "model" else v
+            for k, v in data.items()}
+    if isinstance(data.get("model"), ModelSpec):
+        data["model"] = {k: getattr(data["model"], k) for k in data["model"].model_fields_set}
+    return validate(data, Positions("Pipeline(...)"))
+
+
+def _as_mapping(value: Any, key: str, cls: type) -> Any:
+    if isinstance(value, (str, list, os.PathLike)):
+        return {key: os.fspath(value) if isinstance(value, os.PathLike) else value}
+    return value
+
+
+def callable_arity(fn: Callable) -> int:
+    """Number of positional parameters `fn` takes (for `fn(batch)` vs `fn(model, batch)`)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 2
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return 2
+    return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+               and p.default is p.empty)

@@ -1,0 +1,137 @@
+"""What a run reports: the `Summary`, and the sampler that measures peak memory.
+
+Peak memory is the largest sum, over the driver and every process under it (the workers), of
+PSS (proportional set size: a shared page counts 1/n in each of the n processes that map it), or
+RSS where PSS is not available. PSS is the honest figure for a model in shared memory: mapped by
+two workers it counts once, not twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+Status = Literal["done", "partial", "failed", "interrupted"]
+
+
+@dataclass
+class FailedShard:
+    index: int
+    path: str
+    error: str
+    attempts: int
+
+
+@dataclass
+class Summary:
+    name: str
+    status: Status
+    rows: int = 0                       # prediction rows written (or streamed)
+    rows_quarantined: int = 0
+    shards: int = 0                     # shards in the plan
+    shards_done: int = 0                # finished in this run
+    shards_skipped: int = 0             # already committed by an earlier run (resume)
+    failed: list[FailedShard] = field(default_factory=list)
+    quarantined_shards: list[int] = field(default_factory=list)
+    wall_time: float = 0.0
+    peak_memory: int = 0                # bytes, sum of PSS over driver + workers
+    output: str | None = None
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.wall_time if self.wall_time > 0 else 0.0
+
+    @property
+    def failed_shards(self) -> list[int]:
+        return [f.index for f in self.failed]
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.status == "done" else 130 if self.status == "interrupted" else 1
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["rows_per_second"] = round(self.rows_per_second, 1)
+        d["wall_time"] = round(self.wall_time, 3)
+        return d
+
+    def table(self) -> str:
+        """The summary as aligned lines, for the end of a CLI run."""
+        rows = [
+            ("pipeline", self.name),
+            ("status", self.status),
+            ("shards", f"{self.shards_done} done, {self.shards_skipped} already committed, "
+                       f"{len(self.failed)} failed (of {self.shards})"),
+            ("rows", f"{self.rows:,}" + (f" ({self.rows_quarantined:,} quarantined)" if self.rows_quarantined else "")),
+            ("wall time", f"{self.wall_time:.2f} s"),
+            ("rows/s", f"{self.rows_per_second:,.0f}"),
+            ("peak memory", f"{format_bytes(self.peak_memory)} (PSS, driver + workers)"),
+        ]
+        if self.output:
+            rows.append(("output", self.output))
+        for f in self.failed:
+            rows.append((f"failed shard {f.index}", f"{f.path}: {f.error} (after {f.attempts} attempts)"))
+        if self.quarantined_shards:
+            rows.append(("quarantine", f"shards {', '.join(map(str, self.quarantined_shards))} -> "
+                                       f"{(self.output or '').rstrip('/')}/_quarantine/"))
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def tree_memory(pid: int | None = None) -> int:
+    """Sum of PSS (or RSS) over a process and all its descendants, in bytes."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            info = p.memory_full_info()
+            total += getattr(info, "pss", 0) or info.rss
+        except psutil.AccessDenied:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        except psutil.Error:
+            pass
+    return total
+
+
+class MemorySampler:
+    """Samples `tree_memory` on a daemon thread and keeps the peak."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "MemorySampler":
+        self.peak = tree_memory()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="dataflow-memory")
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, tree_memory())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, tree_memory())
