@@ -1,0 +1,207 @@
+"""The public functions of `core`, dispatching to the process's runtime.
+
+In the driver the runtime is the session's backend (`LocalEngine`, or the Ray backend when
+`init(address=...)`); inside a worker it is the worker's client, so the same calls work in tasks.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from typing import Any, Iterable, Sequence
+
+from core._private import refs as refs_mod
+from core._private.refs import ObjectRef, ObjectRefGenerator
+from core.exceptions import CoreError
+
+_backend: Any = None          # the driver's backend, while a session is up
+_init_lock = threading.Lock()
+
+
+def _parse_size(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise CoreError(f"{what} must be a number of bytes or a size such as \"2GB\", got {value!r}")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise CoreError(f"{what} must be positive, got {value!r}")
+        return int(value)
+    if isinstance(value, str):
+        units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+                 "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+        text = value.strip().upper().replace(" ", "")
+        num = text.rstrip("KMGTIB")
+        unit = text[len(num):]
+        try:
+            if unit in units:
+                return _parse_size(float(num) * units[unit], what)
+        except ValueError:
+            pass
+    raise CoreError(f"{what} must be a number of bytes or a size such as \"2GB\" or \"512MiB\", got {value!r}")
+
+
+def init(num_cpus: float | None = None, num_gpus: float | None = None, resources: dict | None = None,
+         object_store_memory: int | str | None = None, spill: Any = None,
+         inline_threshold: int = 100 * 1024, address: str | None = None,
+         **ray_kwargs: Any) -> None:
+    """Start a session: the local engine, or attach to Ray when `address` is given."""
+    global _backend
+    with _init_lock:
+        if _backend is not None:
+            raise CoreError("core.init() was already called in this process and the session is running; "
+                            "call core.shutdown() first to start a new one")
+        if refs_mod.current_runtime() is not None:
+            raise CoreError("core.init() cannot be called inside a task or actor; the worker already "
+                            "belongs to the driver's session")
+        if num_cpus is not None and (not isinstance(num_cpus, (int, float)) or num_cpus <= 0):
+            raise CoreError(f"num_cpus must be a number > 0, got {num_cpus!r}")
+        if not isinstance(inline_threshold, int) or inline_threshold < 0:
+            raise CoreError(f"inline_threshold must be an integer >= 0, got {inline_threshold!r}")
+        memory = _parse_size(object_store_memory, "object_store_memory")
+        if address is not None:
+            from core._private.ray_backend import RayBackend
+
+            _backend = RayBackend(address=address, num_cpus=num_cpus, num_gpus=num_gpus,
+                                  resources=resources, object_store_memory=memory, spill=spill,
+                                  **ray_kwargs)
+        else:
+            if ray_kwargs:
+                raise CoreError(f"unknown argument(s) to core.init: {', '.join(sorted(ray_kwargs))}")
+            from core._private.engine import LocalEngine
+
+            _backend = LocalEngine(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                                   object_store_memory=memory, spill=spill,
+                                   inline_threshold=inline_threshold)
+
+
+def shutdown() -> None:
+    """Stop the workers, free every segment and remove spill files. Safe to call twice."""
+    global _backend
+    with _init_lock:
+        backend, _backend = _backend, None
+    if backend is not None:
+        backend.shutdown()
+
+
+atexit.register(shutdown)
+
+
+def is_initialized() -> bool:
+    return _backend is not None or _in_worker()
+
+
+def _in_worker() -> bool:
+    rt = refs_mod.current_runtime()
+    return rt is not None and rt is not _backend and hasattr(rt, "worker_id")
+
+
+def _rt() -> Any:
+    rt = refs_mod.current_runtime()
+    if rt is None:
+        init()
+        rt = refs_mod.current_runtime()
+    return rt
+
+
+def _driver() -> Any:
+    if _backend is None:
+        raise CoreError("no session is running in this process; call core.init() first")
+    return _backend
+
+
+def put(value: Any) -> ObjectRef:
+    """Store an immutable copy of `value`; returns its ref."""
+    if isinstance(value, ObjectRef):
+        raise TypeError("core.put() of an ObjectRef is not allowed; pass the ref itself, or put [ref]")
+    return _rt().put(value)
+
+
+def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None, writable: bool = False) -> Any:
+    """The value of a ref, or the values of a list of refs, waiting for them to be ready."""
+    if isinstance(refs, ObjectRefGenerator):
+        raise TypeError("core.get() takes refs; iterate the streaming generator to get its refs")
+    single = isinstance(refs, ObjectRef)
+    items = [refs] if single else list(refs)
+    for r in items:
+        if not isinstance(r, ObjectRef):
+            raise TypeError(f"core.get() takes an ObjectRef or a list of them, got {type(r).__name__}")
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+    values = _rt().get(items, timeout, writable) if items else []
+    return values[0] if single else values
+
+
+def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | None = None,
+         fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Split `refs` into (ready, not ready) once `num_returns` are ready or `timeout` passes."""
+    refs = list(refs)
+    if len(set(refs)) != len(refs):
+        raise ValueError("core.wait() got the same ref more than once")
+    if not isinstance(num_returns, int) or num_returns < 1:
+        raise ValueError(f"num_returns must be an integer >= 1, got {num_returns!r}")
+    rt = _rt()
+    if hasattr(rt, "worker_id"):
+        done = rt.wait(refs, min(num_returns, len(refs)), timeout)
+        ready = [r for r, d in zip(refs, done) if d][:num_returns]
+        chosen = set(ready)
+        return ready, [r for r in refs if r not in chosen]
+    return rt.wait(refs, num_returns, timeout)
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """`@core.remote` or `@core.remote(num_cpus=..., ...)` on a function or a class."""
+    from core._private.actor import ActorClass
+    from core._private.remote_function import RemoteFunction
+
+    def make(target: Any) -> Any:
+        if isinstance(target, type):
+            return ActorClass(target, options)
+        return RemoteFunction(target, options)
+
+    if len(args) == 1 and not options and callable(args[0]):
+        return make(args[0])
+    if args:
+        raise TypeError("@core.remote takes keyword options only, e.g. @core.remote(num_cpus=2)")
+    return make
+
+
+def cancel(ref: ObjectRef, *, force: bool = False) -> None:
+    """Cancel the task that makes `ref`: dropped if pending, interrupted if running."""
+    rt = _rt()
+    if hasattr(rt, "worker_id"):
+        rt.request("cancel", ref.binary, force)
+    else:
+        rt.cancel(ref, force)
+
+
+def kill(actor: Any) -> None:
+    """Kill an actor now; calls on it then raise ActorDiedError."""
+    from core._private.actor import ActorHandle
+
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"core.kill() takes an actor handle, got {type(actor).__name__}")
+    rt = _rt()
+    if hasattr(rt, "worker_id"):
+        rt.request("kill", actor._actor_id)
+    else:
+        rt.kill_actor(actor._actor_id)
+
+
+def free(refs: ObjectRef | Iterable[ObjectRef]) -> None:
+    """Drop objects now, whoever still refers to them; a later get raises ObjectLostError."""
+    items = [refs] if isinstance(refs, ObjectRef) else list(refs)
+    _driver().free(items)
+
+
+def cluster_resources() -> dict:
+    return _driver().cluster_resources()
+
+
+def available_resources() -> dict:
+    return _driver().available_resources()
+
+
+def memory_summary() -> str:
+    """One line per live object (id, size, where it lives, who refers to it), then totals."""
+    return _driver().memory_summary()

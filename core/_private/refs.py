@@ -1,0 +1,130 @@
+"""`ObjectRef`: a handle on an object in the store, and the streaming generator of refs.
+
+A ref counts for its object while it lives: creating one tells the process's runtime (the
+driver's engine, or a worker's client) to count +1, and `__del__` tells it to count -1. The
+runtime decides what that means (a driver-local count, or a borrow reported to the driver).
+Pickling a ref records it as "contained" in whatever is being serialized, so the containing
+object or the task that carries it keeps it alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from typing import Any, Iterator
+
+# The process's runtime: set by the engine (driver) or the worker loop. A ref made while it is
+# None (unpickled outside any session) counts for nothing.
+_runtime: Any = None
+
+
+def set_runtime(runtime: Any) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+def current_runtime() -> Any:
+    return _runtime
+
+
+class ObjectRef:
+    """A reference to an immutable object: hashable, picklable, awaitable."""
+
+    __slots__ = ("_id", "_rt", "__weakref__")
+
+    def __init__(self, oid: bytes, *, _counted: bool = False) -> None:
+        self._id = oid
+        rt = _runtime
+        self._rt = rt
+        if rt is not None and not _counted:
+            rt.add_local_ref(oid)
+
+    def __del__(self) -> None:
+        rt = self._rt
+        if rt is not None:
+            try:
+                rt.remove_local_ref(self._id)
+            except Exception:  # interpreter shutdown: nothing left to count
+                pass
+
+    @property
+    def binary(self) -> bytes:
+        return self._id
+
+    def hex(self) -> str:
+        return self._id.hex()
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and other._id == self._id
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self._id.hex()})"
+
+    def __reduce__(self):
+        from core._private.serialization import note_contained_ref
+
+        note_contained_ref(self)
+        return (_rebuild_ref, (self._id,))
+
+    def future(self) -> concurrent.futures.Future:
+        """A `concurrent.futures.Future` resolved with the value (or the task's error)."""
+        return _require_runtime(self).future(self)
+
+    def __await__(self):
+        return asyncio.wrap_future(self.future()).__await__()
+
+
+def _rebuild_ref(oid: bytes) -> ObjectRef:
+    rt = _runtime
+    if rt is not None and hasattr(rt, "on_ref_unpickled"):
+        rt.on_ref_unpickled(oid)
+    return ObjectRef(oid)
+
+
+def _require_runtime(ref: ObjectRef) -> Any:
+    rt = ref._rt or _runtime
+    if rt is None:
+        from core.exceptions import CoreError
+
+        raise CoreError(f"{ref!r} belongs to no running session; call core.init() first")
+    return rt
+
+
+class ObjectRefGenerator:
+    """What `f.remote()` returns for `num_returns="streaming"`: an iterator of refs, one per item
+    the generator yields, each available as soon as the item is yielded."""
+
+    def __init__(self, runtime: Any, task_id: bytes) -> None:
+        self._rt = runtime
+        self._task_id = task_id
+        self._next = 0
+
+    def __iter__(self) -> Iterator[ObjectRef]:
+        return self
+
+    def __next__(self) -> ObjectRef:
+        ref = self._rt.next_stream_item(self._task_id, self._next, timeout=None)
+        if ref is None:
+            raise StopIteration
+        self._next += 1
+        return ref
+
+    def next_ready(self, timeout: float | None) -> ObjectRef | None:
+        """The next ref, waiting at most `timeout` seconds (GetTimeoutError past it)."""
+        ref = self._rt.next_stream_item(self._task_id, self._next, timeout=timeout)
+        if ref is None:
+            raise StopIteration
+        self._next += 1
+        return ref
+
+    def __del__(self) -> None:
+        try:
+            self._rt.release_stream(self._task_id)
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"ObjectRefGenerator(task={self._task_id.hex()})"

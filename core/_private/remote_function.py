@@ -1,0 +1,184 @@
+"""`@core.remote` on a function: options, argument packing, submission.
+
+Submission is the same in the driver and inside a worker; only the runtime differs (the driver's
+`LocalEngine`, or a worker's `WorkerClient`, which forwards to the driver). Arguments are packed
+once: top-level ObjectRefs become placeholders resolved by the worker; refs nested deeper stay
+refs; arguments too large to travel inline are put in the store and passed by ref, so big arrays
+reach the worker zero-copy.
+
+The function itself is pickled (cloudpickle) once per process and identified by a hash of the
+bytes; the driver ships it to each worker once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from typing import Any
+
+import cloudpickle
+
+from core._private.refs import ObjectRef, ObjectRefGenerator, current_runtime
+from core._private.scheduler import demand
+from core.exceptions import CoreError
+
+TASK_OPTIONS = {"num_cpus": 1, "num_gpus": 0, "resources": None, "num_returns": 1,
+                "max_retries": 3, "retry_exceptions": False, "name": None}
+ACTOR_OPTIONS = {"num_cpus": 0, "num_gpus": 0, "resources": None, "max_restarts": 0,
+                 "max_task_retries": 0, "name": None}
+
+
+def check_options(given: dict, allowed: dict, what: str) -> dict:
+    """Validate `.options(...)`/`@remote(...)` keywords; unknown or ill-typed ones are errors."""
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise CoreError(f"unknown option(s) {', '.join(unknown)} for {what}; "
+                        f"valid options are: {', '.join(sorted(allowed))}")
+    for key in ("num_cpus", "num_gpus"):
+        if key in given and not (isinstance(given[key], (int, float)) and given[key] >= 0):
+            raise CoreError(f"{key} for {what} must be a number >= 0, got {given[key]!r}")
+    if "num_returns" in given:
+        n = given["num_returns"]
+        if not (n == "streaming" or (isinstance(n, int) and not isinstance(n, bool) and n >= 1)):
+            raise CoreError(f"num_returns for {what} must be an integer >= 1 or \"streaming\", got {n!r}")
+    for key in ("max_retries", "max_restarts", "max_task_retries"):
+        if key in given and not (isinstance(given[key], int) and given[key] >= -1):
+            raise CoreError(f"{key} for {what} must be an integer >= -1 (-1 = forever), got {given[key]!r}")
+    if given.get("resources") is not None:
+        res = given["resources"]
+        if not isinstance(res, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in res.values()):
+            raise CoreError(f"resources for {what} must be a dict of name -> amount >= 0, got {res!r}")
+        if "CPU" in res or "GPU" in res:
+            raise CoreError(f"resources for {what}: use num_cpus/num_gpus for CPU and GPU, not resources")
+    return {**allowed, **given}
+
+
+class _Shipped:
+    """A function or class pickled once in this process, with the id the driver caches it by."""
+
+    __slots__ = ("obj", "_blob", "_id")
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+        self._blob: bytes | None = None
+        self._id: bytes | None = None
+
+    def blob_and_id(self) -> tuple[bytes, bytes]:
+        if self._blob is None:
+            try:
+                self._blob = cloudpickle.dumps(self.obj, protocol=5)
+            except Exception as exc:
+                raise CoreError(f"cannot pickle {getattr(self.obj, '__qualname__', self.obj)!r} to send it to "
+                                f"workers: {exc}. Create what it captures inside the function instead") from exc
+            self._id = hashlib.blake2b(self._blob, digest_size=16).digest()
+        return self._blob, self._id  # type: ignore[return-value]
+
+
+def runtime() -> Any:
+    rt = current_runtime()
+    if rt is None:
+        from core._private import api
+
+        api.init()
+        rt = current_runtime()
+    return rt
+
+
+def pack_args(rt: Any, args: tuple, kwargs: dict) -> tuple[tuple, list, list]:
+    """(args spec, top-level refs, every ref to hold) for a task's arguments."""
+    from core._private.serialization import serialize
+    from core._private.worker import ArgPlaceholder
+
+    arg_refs: list[ObjectRef] = []
+
+    def sub(v: Any) -> Any:
+        if isinstance(v, ObjectRef):
+            arg_refs.append(v)
+            return ArgPlaceholder(len(arg_refs) - 1)
+        return v
+
+    packed = (tuple(sub(a) for a in args), {k: sub(v) for k, v in kwargs.items()})
+    ser = serialize(packed)
+    held = list(ser.contained_refs)
+    if ser.total_size <= rt.inline_threshold:
+        return ("inline", ser.to_bytes()), arg_refs, held
+    ref = rt.put_serialized(ser)
+    held.append(ref)
+    return ("stored", ref), arg_refs, held
+
+
+def submit(rt: Any, *, kind: str, name: str, shipped: _Shipped | None, args: tuple, kwargs: dict,
+           options: dict, actor_id: bytes | None = None, method: str | None = None) -> Any:
+    """Build and submit one task; returns its ref(s) or a streaming generator."""
+    num_returns = options.get("num_returns", 1)
+    streaming = num_returns == "streaming"
+    n = 1 if streaming else int(num_returns)
+    task_id = rt.new_id()
+    return_ids = [task_id[:16] + i.to_bytes(4, "little") for i in range(n)] if n > 1 else [task_id]
+    fn_blob, fn_id = shipped.blob_and_id() if shipped is not None else (None, None)
+    args_spec, arg_refs, held = pack_args(rt, args, kwargs)
+    need = demand(options.get("num_cpus", 0), options.get("num_gpus", 0), options.get("resources"))
+    spec = dict(task_id=task_id, kind=kind, name=options.get("name") or name, fn_id=fn_id,
+                args=args_spec, arg_refs=arg_refs, held=held, return_ids=return_ids,
+                num_returns=n, streaming=streaming, need=need,
+                max_retries=options.get("max_retries", 0),
+                retry_exceptions=options.get("retry_exceptions", False),
+                actor_id=actor_id, method=method)
+    rt.submit_task(spec, fn_blob)
+    if streaming:
+        return ObjectRefGenerator(rt, task_id)
+    refs = [ObjectRef(oid) for oid in return_ids]
+    return refs[0] if n == 1 else refs
+
+
+class RemoteFunction:
+    """What `@core.remote` makes of a function: call `.remote(...)` to run it as a task."""
+
+    def __init__(self, fn: Any, options: dict) -> None:
+        if not callable(fn):
+            raise CoreError(f"@core.remote needs a function or a class, got {fn!r}")
+        self._shipped = _Shipped(fn)
+        self._options = check_options(options, TASK_OPTIONS, f"task {fn.__qualname__}")
+        self._name = fn.__qualname__
+        self.__wrapped__ = fn
+        self.__doc__ = fn.__doc__
+        self._streaming_ok = inspect.isgeneratorfunction(fn)
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._submit(self._options, args, kwargs)
+
+    def options(self, **options: Any) -> "_BoundFunction":
+        merged = check_options({**self._given(), **options}, TASK_OPTIONS, f"task {self._name}")
+        return _BoundFunction(self, merged)
+
+    def _given(self) -> dict:
+        return {k: v for k, v in self._options.items() if TASK_OPTIONS.get(k, object()) != v}
+
+    def _submit(self, options: dict, args: tuple, kwargs: dict) -> Any:
+        if options.get("num_returns") == "streaming" and not self._streaming_ok:
+            raise CoreError(f"num_returns=\"streaming\" needs a generator function; {self._name} is not one")
+        return submit(runtime(), kind="task", name=self._name, shipped=self._shipped,
+                      args=args, kwargs=kwargs, options=options)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"remote function {self._name} cannot be called directly; "
+                        f"use {self._name}.remote(...) (or {self._name}.__wrapped__(...) to run it here)")
+
+    def __reduce__(self):
+        return (_rebuild_function, (self._shipped.obj, self._given()))
+
+    def __repr__(self) -> str:
+        return f"RemoteFunction({self._name})"
+
+
+def _rebuild_function(fn: Any, options: dict) -> RemoteFunction:
+    return RemoteFunction(fn, options)
+
+
+class _BoundFunction:
+    def __init__(self, fn: RemoteFunction, options: dict) -> None:
+        self._fn = fn
+        self._options = options
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._fn._submit(self._options, args, kwargs)

@@ -1,0 +1,65 @@
+"""Scheduling decisions as pure functions over plain values; the engine does the I/O.
+
+Policy:
+- Tasks start in submission order once their top-level ObjectRef arguments are ready.
+- A task needs `{"CPU": num_cpus, "GPU": num_gpus, **resources}`; it starts when that fits in
+  what is available. A task that could not fit even in an empty session is refused at submit.
+- A worker runs one task at a time. For functions measured to be short (under `FAST_TASK`
+  seconds on average), the queue is split across idle workers in batches, so one message and one
+  reply carry many tasks: that is what makes thousands of tiny tasks per second possible.
+- A worker blocked in `get`/`wait` inside a task gives its CPU back while it waits, and the pool
+  may start another worker to use it (up to `max_workers`), so nested tasks cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import math
+
+FAST_TASK = 0.002        # seconds: below this a task is cheap enough to batch
+MAX_BATCH = 128          # tasks in one TASKS message
+EPS = 1e-9
+
+
+def demand(num_cpus: float, num_gpus: float, resources: dict[str, float] | None) -> dict[str, float]:
+    """The resource vector a task or actor asks for."""
+    need = {"CPU": float(num_cpus), "GPU": float(num_gpus)}
+    for name, amount in (resources or {}).items():
+        need[name] = need.get(name, 0.0) + float(amount)
+    return {k: v for k, v in need.items() if v > 0}
+
+
+def infeasible(need: dict[str, float], total: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """The resources `need` asks for beyond what the session has at all: {name: (asked, total)}."""
+    return {k: (v, total.get(k, 0.0)) for k, v in need.items() if v > total.get(k, 0.0) + EPS}
+
+
+def fits(need: dict[str, float], available: dict[str, float]) -> bool:
+    return all(available.get(k, 0.0) + EPS >= v for k, v in need.items())
+
+
+def acquire(need: dict[str, float], available: dict[str, float]) -> None:
+    for k, v in need.items():
+        available[k] = available.get(k, 0.0) - v
+
+
+def release(need: dict[str, float], available: dict[str, float]) -> None:
+    for k, v in need.items():
+        available[k] = available.get(k, 0.0) + v
+
+
+def batch_size(avg_seconds: float | None, queued: int, idle_workers: int) -> int:
+    """How many queued tasks of one function to hand one idle worker at once."""
+    if avg_seconds is None or avg_seconds > FAST_TASK or queued <= 1:
+        return 1
+    share = math.ceil(queued / max(idle_workers, 1))
+    return max(1, min(share, MAX_BATCH))
+
+
+def pick_gpus(count: float, free_ids: list[int]) -> list[int]:
+    """GPU ids for a task asking for `count` GPUs (fractions share a whole id)."""
+    return free_ids[: max(1, math.ceil(count))] if count > 0 else []
+
+
+def should_spawn(idle: int, starting: int, live: int, max_workers: int, runnable: int) -> bool:
+    """Start another worker when runnable tasks wait with nobody idle or on the way."""
+    return runnable > 0 and idle == 0 and starting == 0 and live < max_workers
