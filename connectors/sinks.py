@@ -1,0 +1,540 @@
+"""Sinks: one part file per shard, committed atomically, recorded in a manifest.
+
+::
+
+    sink = open_sink("s3://bucket/out/", format="parquet", mode="resume")
+    sink.committed()                      {3: 142552, ...} from _manifest.json: skip these
+    part = sink.open_part(7)
+    part.write(batch) ...                 streamed into  out/_tmp-part-00007.parquet.<token>
+    part.commit()                         1. close the temp file (on S3: the upload completes)
+                                          2. move it to out/part-00007.parquet
+                                             (a rename on disk; a server-side copy on S3, which
+                                             creates the final object whole or not at all)
+                                          3. record {part, shard, rows} in out/_manifest.json,
+                                             itself written to a temp name and moved over
+    part.abort()                          delete the temp file; nothing appears
+
+A crash at any point leaves at most a temporary file whose name starts with "_", which readers
+(ours, pyarrow.dataset, Spark) skip; the final name only ever holds a complete part, and the
+manifest only lists parts that were moved into place. A rerun in mode "resume" asks
+`committed()` and skips those shards.
+
+Modes, checked when the sink is opened:
+  resume     keep what is there; `committed()` reports finished shards (the default)
+  overwrite  delete everything under the destination first
+  error      refuse a destination that already holds files
+  append     keep what is there and add parts named ``part-00007-<run_id>.parquet`` so they
+             never collide with earlier runs; `committed()` reports only this run's parts
+
+Formats are small encoders behind one interface (Parquet via ``pyarrow.parquet.ParquetWriter``,
+CSV via ``pyarrow.csv.CSVWriter``, JSON Lines via pandas). Failed shards can be set aside with
+`write_quarantine` under ``_quarantine/`` (always Parquet). `MemorySink` keeps the same
+contract in memory and hands committed batches to a callback.
+
+The manifest is re-read before each update so that sinks in several processes writing to one
+destination merge their entries; two commits racing across processes can still lose a manifest
+entry (never a part), which only means a rerun redoes that shard.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+
+from .exceptions import ConnectorError, SchemaError, SinkError
+from .storage import fsspec_filesystem, redact, wrap_error
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = ["FileSink", "MemorySink", "PartWriter", "Sink", "open_sink", "part_name"]
+
+Format = Literal["parquet", "csv", "jsonl"]
+Mode = Literal["resume", "overwrite", "append", "error"]
+
+FORMATS: dict[str, str] = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}  # -> extension
+MODES = ("resume", "overwrite", "append", "error")
+MANIFEST = "_manifest.json"
+QUARANTINE = "_quarantine"
+TEMP_PREFIX = "_tmp-"
+
+
+def part_name(shard_index: int, format: str = "parquet", suffix: str = "") -> str:
+    """The deterministic file name of a shard's part: ``part-00007.parquet``."""
+    if not isinstance(shard_index, int) or shard_index < 0:
+        raise ValueError(f"shard_index must be a non-negative integer, found {shard_index!r}")
+    return f"part-{shard_index:05d}{suffix}.{FORMATS[format]}"
+
+
+def open_sink(uri: str, *, format: Format = "parquet", mode: Mode = "resume",
+              storage_options: dict | None = None, run_id: str | None = None) -> Sink:
+    """A sink writing one `format` part per shard under `uri` (any fsspec URI or local path).
+
+    `run_id` names this run's parts in mode "append" (default: a random token); pass the same
+    value from every process of one run so a retried shard replaces its own part.
+    """
+    return FileSink(uri, format=format, mode=mode, storage_options=storage_options,
+                    run_id=run_id)
+
+
+# --------------------------------------------------------------------------- interface
+
+
+class PartWriter(ABC):
+    """Writes one part: `write` any number of tables or batches, then `commit` or `abort`.
+
+    Used as a context manager, a part that was not committed is aborted on exit.
+    """
+
+    uri: str  # where the part appears once committed
+    rows: int = 0
+
+    @abstractmethod
+    def write(self, data: pa.Table | pa.RecordBatch) -> None: ...
+
+    @abstractmethod
+    def commit(self) -> int:
+        """Make the part visible under its final name; returns its row count."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Drop everything written; nothing appears under the final name."""
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.abort()
+
+
+class Sink(ABC):
+    """Destination of a pipeline's output: one committed part per shard."""
+
+    uri: str
+    format: str
+
+    @abstractmethod
+    def committed(self) -> dict[int, int]:
+        """Shard index -> rows of every part committed (in this destination, or this run)."""
+
+    @abstractmethod
+    def open_part(self, shard_index: int) -> PartWriter:
+        """A writer for the part of `shard_index`; nothing is visible until it commits."""
+
+    @abstractmethod
+    def write_quarantine(self, shard_index: int, table: pa.Table) -> str:
+        """Set a failed shard's rows aside under ``_quarantine/``; returns where they went."""
+
+    def write_part(self, shard_index: int, table: pa.Table) -> str:
+        """Write `table` as the part of `shard_index` and commit it; returns the final URI."""
+        writer = self.open_part(shard_index)
+        try:
+            writer.write(table)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.uri
+
+    def close(self) -> None:
+        """Refuse further writes. Committed parts and the manifest are already durable."""
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- file sink
+
+
+class FileSink(Sink):
+    """Part files on any fsspec filesystem, with a `_manifest.json` of committed parts."""
+
+    def __init__(self, uri: str, *, format: Format = "parquet", mode: Mode = "resume",
+                 storage_options: dict | None = None, run_id: str | None = None) -> None:
+        if format not in FORMATS:
+            raise ValueError(f"format must be one of {sorted(FORMATS)}, found {format!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, found {mode!r}")
+        self.format, self.mode = format, mode
+        self._storage_options = storage_options
+        self._fs, self._location = fsspec_filesystem(uri, storage_options)
+        self._root = self._location.path.rstrip("/") or self._location.path
+        self.uri = self._location.uri(self._root)
+        self.run_id = run_id or uuid.uuid4().hex[:8]
+        self._suffix = f"-{self.run_id}" if mode == "append" else ""
+        self._lock = threading.Lock()
+        self._closed = False
+        self._guard("open the sink at", self._open)
+
+    def __repr__(self) -> str:
+        return f"FileSink({redact(self.uri)!r}, format={self.format!r}, mode={self.mode!r})"
+
+    # -- public API
+
+    def committed(self) -> dict[int, int]:
+        manifest = self._guard("read the manifest of", self._read_manifest)
+        present = set(self._guard("list", self._list_names))
+        return {entry["shard"]: entry["rows"] for name, entry in manifest["parts"].items()
+                if name == self._part_name(entry["shard"]) and name in present}
+
+    def open_part(self, shard_index: int) -> PartWriter:
+        self._check_open()
+        name = self._part_name(shard_index)
+        return _FilePartWriter(self, shard_index, name, self.format, "parts")
+
+    def write_quarantine(self, shard_index: int, table: pa.Table) -> str:
+        self._check_open()
+        name = f"{QUARANTINE}/{part_name(shard_index, 'parquet', self._suffix)}"
+        writer = _FilePartWriter(self, shard_index, name, "parquet", "quarantine")
+        try:
+            writer.write(table)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.uri
+
+    def close(self) -> None:
+        self._closed = True
+
+    # -- internals used by part writers
+
+    def _path(self, name: str) -> str:
+        return f"{self._root}/{name}"
+
+    def _part_name(self, shard_index: int) -> str:
+        return part_name(shard_index, self.format, self._suffix)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SinkError(f"sink {redact(self.uri)} is closed; open a new one to write more")
+
+    def _guard(self, action: str, func: Callable[[], Any], uri: str | None = None) -> Any:
+        """Run `func`, turning foreign storage errors into ours naming `uri`."""
+        try:
+            return func()
+        except ConnectorError:
+            raise
+        except Exception as exc:
+            raise wrap_error(exc, uri or self.uri, action, not_found=SinkError,
+                             storage_options=self._storage_options) from exc
+
+    def _open(self) -> None:
+        names = self._list_names()
+        if self.mode == "error" and names:
+            shown = ", ".join(sorted(names)[:3])
+            raise SinkError(
+                f"sink {redact(self.uri)} already holds {len(names)} file(s) ({shown}); "
+                "mode='error' refuses a non-empty destination: use mode='overwrite' to replace "
+                "them, 'resume' to continue, or 'append' to add parts")
+        if self.mode == "overwrite" and names:
+            self._clear()
+        if self._location.protocol == "file":
+            self._fs.makedirs(self._root, exist_ok=True)
+        if self.mode in ("resume", "append"):
+            written = self._read_manifest().get("format")
+            if written not in (None, self.format):
+                raise SinkError(
+                    f"sink {redact(self.uri)} holds {written} parts (per {MANIFEST}), but this "
+                    f"sink writes {self.format}; use the same format, another destination, or "
+                    "mode='overwrite'")
+
+    def _list_names(self) -> list[str]:
+        """Every file under the destination, relative to it; [] when it does not exist yet."""
+        try:
+            found = self._fs.find(self._root)
+        except FileNotFoundError:
+            return []
+        root = self._root.rstrip("/") + "/"
+        return [p[len(root):] for p in found if p.startswith(root)]
+
+    def _clear(self) -> None:
+        if self._location.protocol == "file":
+            self._fs.rm(self._root, recursive=True)
+        else:
+            self._fs.rm(self._fs.find(self._root))
+
+    def _read_manifest(self) -> dict:
+        try:
+            raw = self._fs.cat_file(self._path(MANIFEST))
+        except FileNotFoundError:
+            return {"format": None, "parts": {}, "quarantine": {}}
+        try:
+            manifest = json.loads(raw)
+            manifest.setdefault("parts", {})
+            manifest.setdefault("quarantine", {})
+            return manifest
+        except (ValueError, AttributeError) as exc:
+            raise SinkError(
+                f"{redact(self._location.uri(self._path(MANIFEST)))} is not a valid manifest "
+                f"({exc}); delete it (a rerun then redoes every shard) or use "
+                "mode='overwrite'") from exc
+
+    def _record(self, section: str, name: str, shard_index: int, rows: int) -> None:
+        """Add one committed part to the manifest: read, update, write to a temp name, move."""
+        with self._lock:
+            manifest = self._read_manifest()
+            manifest["format"] = self.format
+            manifest[section][name] = {"shard": shard_index, "rows": rows}
+            manifest["parts"] = dict(sorted(manifest["parts"].items()))
+            data = json.dumps(manifest, indent=1).encode()
+            temp = self._path(f"{MANIFEST}.{TEMP_PREFIX}{uuid.uuid4().hex[:12]}")
+            self._fs.pipe_file(temp, data)
+            self._fs.mv(temp, self._path(MANIFEST))
+
+
+class _FilePartWriter(PartWriter):
+    """Streams one part into a temp file; commit moves it into place and records it."""
+
+    def __init__(self, sink: FileSink, shard_index: int, name: str, format: str,
+                 section: str) -> None:
+        self._sink, self._shard_index, self._name = sink, shard_index, name
+        self._format, self._section = format, section
+        folder, _, base = name.rpartition("/")
+        temp_base = f"{TEMP_PREFIX}{base}.{uuid.uuid4().hex[:12]}"
+        self._temp = sink._path(f"{folder}/{temp_base}" if folder else temp_base)
+        self._final = sink._path(name)
+        self.uri = sink._location.uri(self._final)
+        self.rows = 0
+        self._file: BinaryIO | None = None
+        self._encoder: _Encoder | None = None
+        self._done = False
+
+    def write(self, data: pa.Table | pa.RecordBatch) -> None:
+        if self._done:
+            raise SinkError(f"part {redact(self.uri)} was already committed or aborted")
+        table = _as_table(data, self.uri)
+        if self._encoder is None:
+            self._sink._guard("write", self._start(table.schema), self.uri)
+        self._sink._guard("write", lambda: self._encoder.write(table), self.uri)
+        self.rows += table.num_rows
+
+    def _start(self, schema: pa.Schema) -> Callable[[], None]:
+        def start() -> None:
+            fs = self._sink._fs
+            if self._sink._location.protocol == "file":
+                fs.makedirs(self._temp.rpartition("/")[0], exist_ok=True)
+            self._file = fs.open(self._temp, "wb")
+            self._encoder = _ENCODERS[self._format](self._file, schema, self.uri)
+        return start
+
+    def commit(self) -> int:
+        if self._done:
+            raise SinkError(f"part {redact(self.uri)} was already committed or aborted")
+        if self._encoder is None:  # nothing written: an empty part still marks the shard done
+            import pyarrow as pa
+
+            self.write(pa.table({}))
+        self._sink._guard("commit", self._move_into_place, self.uri)
+        self._done = True
+        self._sink._guard("record in the manifest", lambda: self._sink._record(
+            self._section, self._name, self._shard_index, self.rows), self._sink.uri)
+        return self.rows
+
+    def _move_into_place(self) -> None:
+        self._encoder.close()
+        self._file.close()  # on S3 this completes the (multipart) upload of the temp object
+        self._sink._fs.mv(self._temp, self._final)
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            if self._file is not None:
+                self._file.close()
+                self._sink._fs.rm(self._temp)
+        except Exception:
+            pass  # best effort: a leftover temp file is invisible to readers
+
+
+def _as_table(data: Any, uri: str) -> pa.Table:
+    import pyarrow as pa
+
+    if isinstance(data, pa.Table):
+        return data
+    if isinstance(data, pa.RecordBatch):
+        return pa.Table.from_batches([data])
+    raise TypeError(f"part {redact(uri)}: expected a pyarrow Table or RecordBatch, "
+                    f"found {type(data).__name__}")
+
+
+# --------------------------------------------------------------------------- encoders
+
+
+class _Encoder:
+    """Writes tables of one schema into an open binary file."""
+
+    def __init__(self, file: BinaryIO, schema: pa.Schema, uri: str) -> None:
+        self._file, self._schema, self._uri = file, schema, uri
+
+    def write(self, table: pa.Table) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def _conform(self, table: pa.Table) -> pa.Table:
+        if table.schema.equals(self._schema, check_metadata=False):
+            return table
+        if table.schema.names == self._schema.names:
+            try:
+                return table.cast(self._schema)
+            except Exception as exc:
+                raise SchemaError(self._mismatch(table.schema)) from exc
+        raise SchemaError(self._mismatch(table.schema))
+
+    def _mismatch(self, found: pa.Schema) -> str:
+        return (f"part {redact(self._uri)}: a batch has columns {_describe(found)}, but the part "
+                f"was started with {_describe(self._schema)}; every batch of a part must have "
+                "the same columns and types")
+
+
+def _describe(schema: pa.Schema) -> str:
+    return "[" + ", ".join(f"{f.name}: {f.type}" for f in schema) + "]"
+
+
+class _ParquetEncoder(_Encoder):
+    def __init__(self, file: BinaryIO, schema: pa.Schema, uri: str) -> None:
+        import pyarrow.parquet as pq
+
+        super().__init__(file, schema, uri)
+        self._writer = pq.ParquetWriter(file, schema)
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(self._conform(table))
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class _CsvEncoder(_Encoder):
+    def __init__(self, file: BinaryIO, schema: pa.Schema, uri: str) -> None:
+        import pyarrow.csv as csv
+
+        super().__init__(file, schema, uri)
+        self._writer = csv.CSVWriter(file, schema) if len(schema) else None
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is not None:
+            self._writer.write_table(self._conform(table))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class _JsonlEncoder(_Encoder):
+    # pyarrow has no JSON writer; pandas' encoder is vectorized C and writes ISO timestamps.
+    def write(self, table: pa.Table) -> None:
+        table = self._conform(table)
+        if table.num_rows == 0 or table.num_columns == 0:
+            return
+        text = table.to_pandas().to_json(orient="records", lines=True, date_format="iso",
+                                         date_unit="us")
+        if not text.endswith("\n"):
+            text += "\n"
+        self._file.write(text.encode())
+
+
+_ENCODERS: dict[str, type[_Encoder]] = {
+    "parquet": _ParquetEncoder,
+    "csv": _CsvEncoder,
+    "jsonl": _JsonlEncoder,
+}
+
+
+# --------------------------------------------------------------------------- memory sink
+
+
+class MemorySink(Sink):
+    """Keeps committed parts in memory, or streams their batches to `callback`.
+
+    With a callback, each committed part's batches are passed to ``callback(batch)`` in the
+    committing thread, in order; aborted parts never reach it. Without one, committed parts
+    are kept as tables in `tables` (shard index -> table).
+    """
+
+    format = "memory"
+
+    def __init__(self, callback: Callable[[pa.RecordBatch], None] | None = None) -> None:
+        self.uri = "memory://"
+        self._callback = callback
+        self._lock = threading.Lock()
+        self._committed: dict[int, int] = {}
+        self.tables: dict[int, pa.Table] = {}
+        self.quarantined: dict[int, pa.Table] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"MemorySink(parts={len(self._committed)})"
+
+    def committed(self) -> dict[int, int]:
+        with self._lock:
+            return dict(self._committed)
+
+    def open_part(self, shard_index: int) -> PartWriter:
+        if self._closed:
+            raise SinkError("MemorySink is closed; open a new one to write more")
+        return _MemoryPartWriter(self, shard_index)
+
+    def write_quarantine(self, shard_index: int, table: pa.Table) -> str:
+        name = f"{QUARANTINE}/{part_name(shard_index)}"
+        with self._lock:
+            self.quarantined[shard_index] = _as_table(table, name)
+        return f"memory://{name}"
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _publish(self, shard_index: int, tables: list[pa.Table], rows: int) -> None:
+        import pyarrow as pa
+
+        with self._lock:
+            if self._callback is None:
+                self.tables[shard_index] = (pa.concat_tables(tables) if tables
+                                            else pa.table({}))
+            else:
+                for table in tables:
+                    for batch in table.to_batches():
+                        self._callback(batch)
+            self._committed[shard_index] = rows
+
+
+class _MemoryPartWriter(PartWriter):
+    def __init__(self, sink: MemorySink, shard_index: int) -> None:
+        self._sink, self._shard_index = sink, shard_index
+        self.uri = f"memory://{part_name(shard_index)}"
+        self.rows = 0
+        self._tables: list[pa.Table] = []
+        self._done = False
+
+    def write(self, data: pa.Table | pa.RecordBatch) -> None:
+        if self._done:
+            raise SinkError(f"part {self.uri} was already committed or aborted")
+        table = _as_table(data, self.uri)
+        if self._tables and not table.schema.equals(self._tables[0].schema,
+                                                    check_metadata=False):
+            raise SchemaError(
+                f"part {self.uri}: a batch has columns {_describe(table.schema)}, but the part "
+                f"was started with {_describe(self._tables[0].schema)}")
+        self._tables.append(table)
+        self.rows += table.num_rows
+
+    def commit(self) -> int:
+        if self._done:
+            raise SinkError(f"part {self.uri} was already committed or aborted")
+        self._done = True
+        self._sink._publish(self._shard_index, self._tables, self.rows)
+        return self.rows
+
+    def abort(self) -> None:
+        self._done = True
+        self._tables = []
