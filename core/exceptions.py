@@ -74,3 +74,10 @@ __all__ = [
     "TaskCancelledError",
     "ActorDiedError",
 ]
+
+
+class ConfigError(CoreError, ValueError):
+    """An `init` argument (spill target, sizes, ...) is invalid; the message names the key."""
+
+
+__all__.append("ConfigError")
