@@ -50,7 +50,7 @@ class Progress:
         if self._bar is not None:
             self._bar.update(rows_in)
             self._bar.set_postfix_str(self._shards())
-        else:
+        elif not self.verbose:  # verbose: the report line stands for the shard
             self.line(f"shard {index} done: {rows_out:,} rows{extra} in {seconds:.2f} s | "
                       f"{self._shards()} | {self._rate()} | ETA {self._eta()}")
 

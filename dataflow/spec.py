@@ -189,6 +189,23 @@ def _did_you_mean(word: str, options) -> str:
     return f"; did you mean {close[0]!r}?".replace("'", '"') if close else ""
 
 
+def _report(value: Any) -> str | None:
+    if value is None:
+        return None
+    _string(value)
+    try:
+        value.format(shard=0, rows=0, sum=_AnyKey(), seconds=0.0)
+    except (ValueError, IndexError, KeyError, AttributeError) as exc:
+        raise PydanticCustomError("report", "bad format string ({why}); use {hint}",
+                                  {"why": str(exc), "hint": "{rows}, {shard}, {seconds} and {sum[column]}"}) from None
+    return value
+
+
+class _AnyKey(dict):
+    def __missing__(self, key):
+        return 0
+
+
 PositiveInt = Annotated[int, BeforeValidator(_positive_int)]
 NonNegativeInt = Annotated[int, BeforeValidator(_non_negative_int)]
 Str = Annotated[str, BeforeValidator(_string)]
@@ -316,22 +333,7 @@ class PipelineSpec(_Spec):
     sink: SinkSpec | None = None
     runtime: RuntimeSpec = RuntimeSpec()
     # One line per shard in the --verbose listing, formatted with {shard}, {rows} and {sum[column]}.
-    report: Str | None = None
-
-    @model_validator(mode="after")
-    def _cross_checks(self) -> "PipelineSpec":
-        if self.report:
-            try:
-                self.report.format(shard=0, rows=0, sum=_AnyKey(), seconds=0.0)
-            except (ValueError, IndexError, KeyError, AttributeError) as exc:
-                raise PydanticCustomError("report", "bad format string ({why}); use {{rows}}, "
-                                          "{{shard}} and {{sum[column]}}", {"why": str(exc)}) from None
-        return self
-
-
-class _AnyKey(dict):
-    def __missing__(self, key):
-        return 0
+    report: Annotated[str | None, BeforeValidator(_report)] = None
 
 
 # ---------------------------------------------------------------------------------------------
