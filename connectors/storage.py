@@ -58,7 +58,7 @@ __all__ = [
 ANONYMOUS_USER = "anonymous"
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0
-MAX_ATTEMPTS = 4  # first try + 3 retries with exponential backoff
+MAX_ATTEMPTS = 3  # first try + 2 retries with exponential backoff (the AWS default)
 
 _S3_PROTOCOLS = ("s3", "s3a", "s3n")
 _ALIASES = {
@@ -246,7 +246,7 @@ def _s3fs(settings: _S3Settings) -> fsspec.AbstractFileSystem:
             "read_timeout": READ_TIMEOUT_S,
             "retries": {"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
         },
-        "retries": 2,
+        "skip_instance_cache": True,  # ours alone: we set its retry count and cache it here
     }
     for key, value in settings.extra:
         value = _thaw(value)
@@ -255,7 +255,9 @@ def _s3fs(settings: _S3Settings) -> fsspec.AbstractFileSystem:
         else:
             kwargs[key] = value
     with _clients_lock:
-        return s3fs.S3FileSystem(**kwargs)
+        fs = s3fs.S3FileSystem(**kwargs)
+    fs.retries = 2
+    return fs
 
 
 @functools.lru_cache(maxsize=32)
@@ -384,17 +386,24 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def _cause(exc: BaseException) -> str:
-    """A one-line description of `exc` and what caused it, without credentials."""
-    parts = []
+    """A one-line description of `exc` and what caused it, without credentials.
+
+    Wrappers often repeat their cause's message (s3fs turns ``InvalidAccessKeyId`` into a
+    ``PermissionError`` with the same text): each message is kept once, under the most
+    specific name, the S3 error code when there is one.
+    """
+    entries: dict[str, str] = {}  # message -> name
     for e in _chain(exc):
         response = getattr(e, "response", None)
-        if isinstance(response, dict) and "Error" in response:
+        if isinstance(response, dict) and isinstance(response.get("Error"), dict):
             error = response["Error"]
-            text = f"{error.get('Code', type(e).__name__)}: {error.get('Message', '')}".strip()
+            name, message = str(error.get("Code") or type(e).__name__), str(error.get("Message", ""))
+            coded = True
         else:
-            text = f"{type(e).__name__}: {e}"
-        text = " ".join(text.split())
-        if text and not any(text in p for p in parts):
-            parts.append(text)
-    joined = "; caused by ".join(parts)
+            name, message, coded = type(e).__name__, str(e), False
+        message = " ".join(message.split())
+        if message not in entries or coded:
+            entries[message] = name
+    joined = "; caused by ".join(f"{name}: {message}" if message else name
+                                 for message, name in entries.items())
     return joined if len(joined) <= 400 else joined[:397] + "..."
