@@ -78,11 +78,11 @@ class CoreBackend:
         except CoreError as exc:  # worker crashed, object lost, store full, cancelled
             raise TaskFailure(f"{type(exc).__name__}: {_first_line(exc)}", exc) from exc
 
-    def cancel(self, handle: Any) -> None:
+    def cancel(self, handle: Any, force: bool = False) -> None:
         import core
 
         try:
-            core.cancel(handle)
+            core.cancel(handle, force=force)
         except Exception:  # already finished or already gone: nothing to cancel
             pass
 
@@ -132,7 +132,7 @@ class InlineBackend:
             raise TaskFailure(_first_line(handle.error), handle.error)
         return handle.value
 
-    def cancel(self, handle: Any) -> None:
+    def cancel(self, handle: Any, force: bool = False) -> None:
         pass
 
     def stop(self) -> None:

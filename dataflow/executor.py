@@ -168,6 +168,6 @@ class Executor:
         for handle, flight in list(state.in_flight.items()):
             if flight.deadline is not None and now > flight.deadline:
                 del state.in_flight[handle]
-                self.backend.cancel(handle)
+                self.backend.cancel(handle, force=True)  # stuck outside Python: kill the worker
                 yield from self._failed(state, flight, "the shard ran past its deadline "
                                         "(predict.timeout x batches); its task was cancelled", None)

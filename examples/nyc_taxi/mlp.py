@@ -1,4 +1,4 @@
-"""A small MLP that predicts whether a taxi ride is tipped from a few numeric columns.
+"""A small MLP that predicts a taxi ride's tip (in dollars) from a few numeric columns.
 
 Normalisation statistics are buffers of the module, so the saved file is the whole model: no
 separate scaler to ship. Imported only when torch is installed (model.py loads it lazily).
@@ -21,9 +21,6 @@ class TipMLP(nn.Module):
             nn.Linear(hidden, 1),
         )
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std).squeeze(-1)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Tip probability for each row of x (n, n_features)."""
-        return torch.sigmoid(self.logits(x))
+        """The expected tip for each row of x (n, n_features)."""
+        return self.net((x - self.mean) / self.std).squeeze(-1)

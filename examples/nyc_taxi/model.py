@@ -71,9 +71,8 @@ def load_tip_mlp(path: str = MLP_PATH):
 
 
 def predict_tips(model, batch: dict) -> dict:
-    """Score a batch of tensors (batch_format: torch): tip probability and the 0.5 decision."""
+    """Predict the tip of each ride in a batch of tensors (batch_format: torch), in dollars."""
     import torch
 
     x = torch.stack([batch[c].to(torch.float32) for c in FEATURES], dim=1)
-    p = model(x)
-    return {"tip_probability": p, "score": p >= 0.5}
+    return {"predicted_tip": model(x).clamp_min(0.0)}
