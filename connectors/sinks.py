@@ -347,12 +347,15 @@ class _FilePartWriter(PartWriter):
         if self._done:
             return
         self._done = True
-        try:
-            if self._file is not None:
-                self._file.close()
-                self._sink._fs.rm(self._temp)
-        except Exception:
-            pass  # best effort: a leftover temp file is invisible to readers
+        if self._file is None:
+            return
+        # Best effort throughout: a leftover temp file is invisible to readers.
+        encoder_close = self._encoder.close if self._encoder is not None else (lambda: None)
+        for step in (encoder_close, self._file.close, lambda: self._sink._fs.rm(self._temp)):
+            try:
+                step()
+            except Exception:
+                pass
 
 
 def _as_table(data: Any, uri: str) -> pa.Table:

@@ -1,0 +1,43 @@
+"""The package surface: what `import connectors` exports, costs, and depends on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import connectors
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_name_in_all_resolves():
+    for name in connectors.__all__:
+        assert getattr(connectors, name) is not None
+
+
+def test_exceptions_share_one_root_and_match_builtins():
+    from connectors import (ConnectorError, SchemaError, SinkError, SourceError,
+                            StorageError)
+
+    for error in (SchemaError, SinkError, SourceError, StorageError):
+        assert issubclass(error, ConnectorError)
+    assert issubclass(StorageError, OSError) and issubclass(SchemaError, ValueError)
+
+
+def test_import_is_light_and_independent_of_core_and_dataflow():
+    code = ("import sys, connectors; "
+            "heavy = [m for m in ('pyarrow', 's3fs', 'fsspec', 'boto3', 'numpy', 'core', "
+            "'dataflow') if m in sys.modules]; print(heavy)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_no_module_imports_core_or_dataflow():
+    for path in (ROOT / "connectors").glob("*.py"):
+        text = path.read_text()
+        for package in ("core", "dataflow"):
+            assert f"from {package}" not in text and f"import {package}" not in text, path
