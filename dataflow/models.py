@@ -240,7 +240,8 @@ def make_predictor(model: Any, fn: Any) -> Callable[[Any], Any]:
                          f"predict() method; give predict.fn")
     if isinstance(fn, type):
         try:
-            obj = fn(model) if callable_arity(fn.__init__) >= 2 else fn()
+            takes_model = fn.__init__ is not object.__init__ and callable_arity(fn.__init__) >= 2
+            obj = fn(model) if takes_model else fn()
         except Exception as exc:
             raise ModelError(f"predict.fn {_name(fn)}: building it in the worker raised "
                              f"{type(exc).__name__}: {exc}") from exc

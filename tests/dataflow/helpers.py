@@ -102,3 +102,20 @@ def lock_setup(payload_mb: float = 0):
         with lock:
             return pd.DataFrame({"y": batch["x"] * 2})
     return model
+
+
+class SlowTipModel:
+    """The NYC taxi tip model (score = passenger_count >= 2), `delay` seconds per batch: slow
+    enough to interrupt a run in the middle."""
+
+    def __init__(self, payload_mb: float = 1, delay: float = 0.2):
+        self.payload = np.zeros(int(payload_mb * 1_000_000) // 8)
+        self.delay = delay
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        time.sleep(self.delay)
+        return pd.DataFrame({"score": batch["passenger_count"] >= 2})
+
+
+def slow_tip_model(payload_mb: float = 1, delay: float = 0.2) -> SlowTipModel:
+    return SlowTipModel(payload_mb, delay)
