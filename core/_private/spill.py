@@ -443,6 +443,22 @@ class S3SpillTarget(SpillTarget):
     def _key(self, url: str) -> str:
         return _split_s3(url)[1]
 
+    def _probe(self) -> None:
+        # A direct head_bucket first: smart_open retries connection errors for a long time,
+        # and its errors do not say whether the bucket, the endpoint or the credentials are wrong.
+        endpoint = self.client.meta.endpoint_url
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+            why = {"404": "the bucket does not exist", "NoSuchBucket": "the bucket does not exist",
+                   "403": "access denied (check the AWS credentials)"}.get(
+                code, f"cannot reach {endpoint} ({type(exc).__name__}: {exc})")
+            raise ConfigError(
+                f"spill target {self.config.uri!r} is not writable: {why}; set AWS_ENDPOINT_URL / "
+                f"AWS credentials or pick another bucket") from exc
+        super()._probe()
+
     def _open_write(self, url: str):
         import smart_open
 
@@ -498,7 +514,8 @@ def _make_s3_client():
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
     return boto3.session.Session().client(
         "s3", endpoint_url=endpoint,
-        config=Config(max_pool_connections=16, retries={"max_attempts": 3, "mode": "standard"}))
+        config=Config(max_pool_connections=16, connect_timeout=5, read_timeout=120,
+                      retries={"max_attempts": 3, "mode": "standard"}))
 
 
 _TARGETS: dict[str, Callable[..., SpillTarget]] = {"file": LocalSpillTarget, "s3": S3SpillTarget}
