@@ -40,7 +40,10 @@ def test_any_fsspec_uri():
 
     with fsspec.open("memory://models/m.pkl", "wb") as f:
         f.write(pickle.dumps(helpers.FragileModel(0.01)))
-    assert isinstance(load_model(ModelSpec(path="memory://models/m.pkl")).value, helpers.FragileModel)
+    try:
+        assert isinstance(load_model(ModelSpec(path="memory://models/m.pkl")).value, helpers.FragileModel)
+    finally:
+        fsspec.filesystem("memory").rm("/models", recursive=True)
 
 
 def test_missing_file_is_a_model_error(tmp_path):

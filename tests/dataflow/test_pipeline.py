@@ -239,3 +239,53 @@ def test_csv_sink(tmp_path):
                  runtime=runtime(tmp_path))
     assert p.run().rows == 100
     assert len(ds.dataset(str(tmp_path / "csv"), format="csv").to_table()) == 100
+
+
+def test_model_weights_are_stored_once_not_per_worker(tmp_path):
+    data = helpers.make_dataset(tmp_path / "data", shards=6, rows=20000)
+    peaks = {}
+    for mb in (1, 200):
+        p = pipeline(tmp_path, data, model={"factory": f"{H}:fragile_model", "args": {"payload_mb": mb}},
+                     object_store_memory="1GB")
+        peaks[mb] = p.run(restart=True).peak_memory
+    # one copy in shared memory, mapped by both workers: about +200 MB, not +400 MB or more
+    assert peaks[200] - peaks[1] < 1.5 * 200e6, peaks
+
+
+def test_run_without_sink_points_at_stream(tmp_path):
+    from dataflow import SpecError
+
+    p = Pipeline(source="data/", model=helpers.FragileModel(0))
+    with pytest.raises(SpecError, match=r"sink: run\(\) needs a sink .* use stream\(\)"):
+        p.run()
+
+
+def test_progress_bar_and_plain_lines():
+    import io
+
+    from dataflow.progress import Progress
+
+    out = io.StringIO()
+    bar = Progress(out, bar=True, verbose=True, report="size {rows} | tips {sum[score]}")
+    bar.start("t", 2, 200, 0)
+    bar.shard_done(0, 100, 100, 0.1, {"score": 40})
+    bar.close()
+    assert "size 100 | tips 40" in out.getvalue() and "rows" in out.getvalue()
+    out = io.StringIO()
+    plain = Progress(out, bar=False)
+    plain.start("t", 2, 200, 1)
+    plain.shard_done(1, 100, 100, 0.1, {})
+    assert "t: 1 of 2 shards already committed, resuming" in out.getvalue()
+    assert "shard 1 done: 100 rows in 0.10 s | 2/2 shards" in out.getvalue()
+
+
+def test_nyc_taxi_model_is_the_tutorials():
+    import pandas as pd
+
+    from examples.nyc_taxi import model as m
+
+    tip = m.load_trained_model()
+    assert tip.payload.nbytes == 800_000_000 and isinstance(tip.payload, __import__("numpy").ndarray)
+    out = tip(pd.DataFrame({"passenger_count": [0, 1, 2, 5]}))
+    assert out["score"].tolist() == [False, False, True, True]
+    assert m.load_model(payload_mb=1).payload.nbytes == 1_000_000
