@@ -81,19 +81,30 @@ class EntryInfo:
 
 
 class _Segment:
-    __slots__ = ("name", "capacity", "mm", "ino", "touched")
+    __slots__ = ("name", "capacity", "mm", "ino", "touched", "_ro")
 
     def __init__(self, name: str, capacity: int, mm, ino: int):
         self.name, self.capacity, self.mm, self.ino = name, capacity, mm, ino
         self.touched = 0                  # high-water mark of bytes written (pages allocated)
+        self._ro = None
+
+    def readonly_map(self):
+        """A second, read-only mapping for the driver's views, made once and kept (pooled too):
+        a write through a view (torch has no read-only tensors) faults instead of silently
+        changing a stored object that other readers share."""
+        if self._ro is None:
+            self._ro = shm.map_segment(self.name, "read", size=self.capacity)
+        return self._ro
 
     def close(self, unlink: bool = True) -> None:
         if unlink:
             shm.unlink_segment(self.name)
-        try:
-            self.mm.close()
-        except BufferError:
-            pass                          # views still exported; unmapped when they die
+        for m in (self.mm, self._ro):
+            try:
+                if m is not None:
+                    m.close()
+            except BufferError:
+                pass                      # views still exported; unmapped when they die
 
 
 class _Entry:
@@ -298,7 +309,7 @@ class ObjectStore:
             return memoryview(bytearray(entry.data)) if writable else memoryview(entry.data)
         if writable:
             return memoryview(shm.map_segment(entry.seg.name, "copy", size=entry.size))
-        return memoryview(entry.seg.mm)[:entry.size].toreadonly()
+        return memoryview(entry.seg.readonly_map())[:entry.size]
 
     def _ready(self, oid: bytes) -> _Entry:
         """The entry, sealed and in shared memory (restored if needed). Lock held."""
@@ -613,7 +624,10 @@ class ObjectStore:
             entry.state = "spilled"
             self._recycle(seg)
             self._cond.notify_all()
-            raise error
+            try:
+                raise error
+            finally:
+                error = None   # a local holding its own exception is a cycle that pins callers' views
         self.stats["restored_bytes"] += entry.size
         self.stats["restored_objects"] += 1
         if entry.deleted:

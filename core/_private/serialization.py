@@ -26,7 +26,9 @@ Pickler choice: values made only of builtin scalars, strings and small lists/tup
 everything else through cloudpickle's Pickler (~1.3 us of set-up), which pickles lambdas,
 closures and `__main__` functions/classes by value so spawned workers can load them. torch CPU
 tensors are reduced to a numpy byte array plus dtype/shape so their data also travels out of band
-(torch's own reduce pickles a copy through `torch.save`).
+(torch's own reduce pickles a copy through `torch.save`). torch has no read-only tensors: a tensor
+from a read-only view is writable as far as torch knows, so readers map segments read-only (an
+in-place write faults instead of changing a shared object); ask for `writable=True` to modify.
 
 Nested `ObjectRef`s: `ObjectRef.__reduce__` calls `note_contained_ref(ref)`; while `serialize`
 runs, those refs are collected (per thread) into `SerializedObject.contained_refs`.

@@ -58,7 +58,7 @@ def get(store, i, **kw):
 
 def seg_range(store, i) -> tuple[int, int]:
     seg = store._objects[oid(i)].seg
-    a = np.frombuffer(seg.mm, np.uint8)
+    a = np.frombuffer(seg.readonly_map(), np.uint8)   # the mapping driver views come from
     return a.__array_interface__["data"][0], a.__array_interface__["data"][0] + seg.capacity
 
 
@@ -405,3 +405,26 @@ def test_shutdown_removes_everything_even_with_live_views(tmp_path):
     assert not st.session.manifest_path.exists()
     with pytest.raises(Exception, match="shut down"):
         st.put(oid(9), serialize(np.ones(10_000)))
+
+
+def test_driver_views_come_from_a_read_only_mapping(tmp_path):
+    """torch cannot mark tensors read-only; an in-place write on a stored tensor must not
+    change the stored object. The driver's views map the segment read-only, so it faults."""
+    pytest.importorskip("torch")
+    code = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(REPO)!r})
+        import torch
+        from core._private.object_store import ObjectStore
+        from core._private.serialization import deserialize, serialize
+        st = ObjectStore.from_config(object_store_memory=64 << 20, spill={str(tmp_path)!r})
+        st.put(b"x" * 20, serialize(torch.zeros(100_000)))
+        t = deserialize(st.view(b"x" * 20))
+        print(st.session.prefix, flush=True)
+        t.add_(1)
+        print("wrote", flush=True)
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    prefix = p.stdout.split()[0]
+    assert "wrote" not in p.stdout and p.returncode == -11          # SIGSEGV, not a silent change
+    assert shm.cleanup_stale_sessions() is not None
+    assert [n for n in os.listdir("/dev/shm") if n.startswith(prefix)] == []

@@ -1,0 +1,235 @@
+"""Object store benchmark: `core` against Ray's own put/get, in one run, with ratios.
+
+    python benchmarks/object_store.py            # everything (Ray parts when ray is installed)
+    python benchmarks/object_store.py --no-ray   # only core
+    python benchmarks/object_store.py --quick    # fewer repetitions, smaller spill run
+
+Measures (targets from issue 2):
+  small put+get of [1, 2, 3], median per round trip          core <= 1/10 of Ray
+  put of an 800 MB float64 array, median GB/s (freed between  core >= 2x Ray
+  puts, so pages are recycled); get latency of it             get < 1 ms, zero-copy
+  init to the first successful put+get                        core < 0.3 s
+  spill+restore of 2 GB through a 512 MB store to a local     within 2x of `cp` of the
+  folder (16 x 128 MB puts, then a get of each)               same bytes
+Each system runs in its own child process, so one's memory and threads do not slow the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+REPO = Path(__file__).resolve().parents[1]
+MiB = 2**20
+
+
+# ─── the measurements, run inside a child process per system ────────────────────────────────────
+class Core:
+    name = "core"
+
+    def init(self, **kw):
+        import core
+
+        self.api = core
+        core.init(num_cpus=2, **{k: v for k, v in kw.items() if v is not None})
+
+    def put(self, v):
+        return self.api.put(v)
+
+    def get(self, r):
+        return self.api.get(r)
+
+    def shutdown(self):
+        self.api.shutdown()
+
+
+class Ray:
+    name = "ray"
+
+    def init(self, object_store_memory=None, spill_dir=None):
+        import ray
+
+        self.api = ray
+        kw = {}
+        if spill_dir:
+            kw["_system_config"] = {"object_spilling_config": json.dumps(
+                {"type": "filesystem", "params": {"directory_path": spill_dir}})}
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=object_store_memory,
+                 logging_level="ERROR", log_to_driver=False, **kw)
+
+    def put(self, v):
+        return self.api.put(v)
+
+    def get(self, r):
+        return self.api.get(r)
+
+    def shutdown(self):
+        self.api.shutdown()
+
+
+def measure(system, quick: bool) -> dict:
+    import numpy as np
+
+    out = {}
+    t0 = time.perf_counter()
+    system.init()
+    assert system.get(system.put([1, 2, 3])) == [1, 2, 3]
+    out["init_s"] = time.perf_counter() - t0
+
+    small = []
+    for _ in range(300 if quick else 3000):
+        t = time.perf_counter()
+        system.get(system.put([1, 2, 3]))
+        small.append(time.perf_counter() - t)
+    out["small_us"] = statistics.median(small) * 1e6
+
+    big = np.random.default_rng(0).random(100_000_000)          # 800 MB float64
+    put_gbs, get_ms, first = [], [], None
+    for i in range(4 if quick else 7):
+        t = time.perf_counter()
+        ref = system.put(big)
+        dt = time.perf_counter() - t
+        t = time.perf_counter()
+        back = system.get(ref)
+        get_ms.append((time.perf_counter() - t) * 1e3)
+        assert back.shape == big.shape and back[12345] == big[12345]
+        if i == 0:
+            first = big.nbytes / dt / 1e9
+        else:
+            put_gbs.append(big.nbytes / dt / 1e9)
+        del back, ref                                            # freed: pages recycled
+        time.sleep(0.2)
+    out["put_first_gbs"] = first
+    out["put_gbs"] = statistics.median(put_gbs)
+    out["get_ms"] = statistics.median(get_ms)
+    del big
+    system.shutdown()
+    return out
+
+
+def measure_spill(system, folder: str, total: int, each: int) -> dict:
+    import numpy as np
+
+    system.init(object_store_memory=512 * MiB, spill_dir=folder) if system.name == "ray" else \
+        system.init(object_store_memory=512 * MiB, spill={"uri": folder})
+    arr = np.ones(each // 8)
+    t0 = time.perf_counter()
+    refs = []
+    for i in range(total // each):
+        arr[0] = i
+        refs.append(system.put(arr))
+    t1 = time.perf_counter()
+    for i, r in enumerate(refs):
+        v = system.get(r)
+        assert v[0] == i and v[-1] == 1
+        del v
+    t2 = time.perf_counter()
+    out = {"spill_put_s": t1 - t0, "restore_s": t2 - t1, "spill_total_s": t2 - t0}
+    del refs
+    system.shutdown()
+    return out
+
+
+def cp_seconds(folder: str, total: int) -> float:
+    """`cp` of `total` bytes within the spill folder's file system (file written first)."""
+    src, dst = os.path.join(folder, "cp-src.bin"), os.path.join(folder, "cp-dst.bin")
+    chunk = os.urandom(64 * MiB)
+    with open(src, "wb") as f:
+        for _ in range(total // len(chunk)):
+            f.write(chunk)
+    t = time.perf_counter()
+    subprocess.run(["cp", src, dst], check=True)
+    dt = time.perf_counter() - t
+    os.unlink(src)
+    os.unlink(dst)
+    return dt
+
+
+def child(which: str, quick: bool) -> None:
+    system = Core() if which == "core" else Ray()
+    total, each = (1024 * MiB if quick else 2048 * MiB), 128 * MiB
+    result = measure(system, quick)
+    folder = tempfile.mkdtemp(prefix=f"bench-spill-{which}-")
+    try:
+        result.update(measure_spill(system, folder, total, each))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ─── driver ─────────────────────────────────────────────────────────────────────────────────────
+def run_child(which: str, quick: bool) -> dict | None:
+    proc = subprocess.run([sys.executable, __file__, "--child", which] + (["--quick"] if quick else []),
+                          capture_output=True, text=True, cwd=REPO, timeout=1800)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    print(f"{which} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}", file=sys.stderr)
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--child", choices=["core", "ray"])
+    args = ap.parse_args()
+    if args.child:
+        sys.path.insert(0, str(REPO))
+        child(args.child, args.quick)
+        return
+
+    ours = run_child("core", args.quick)
+    ray = None
+    if not args.no_ray:
+        try:
+            import ray as _  # noqa: F401
+            ray = run_child("ray", args.quick)
+        except ImportError:
+            print("ray is not installed: core only", file=sys.stderr)
+    folder = tempfile.mkdtemp(prefix="bench-cp-")
+    try:
+        total = 1024 * MiB if args.quick else 2048 * MiB
+        cp = cp_seconds(folder, total)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if ours is None:
+        sys.exit(1)
+
+    rows = [
+        ("small put+get [1,2,3] median", "small_us", "us", "lower"),
+        ("put 800 MB float64, median", "put_gbs", "GB/s", "higher"),
+        ("put 800 MB, first (fresh pages)", "put_first_gbs", "GB/s", "higher"),
+        ("get 800 MB, median", "get_ms", "ms", "lower"),
+        ("init to first put+get", "init_s", "s", "lower"),
+        ("spill phase (puts through 512 MB)", "spill_put_s", "s", "lower"),
+        ("restore phase (get each)", "restore_s", "s", "lower"),
+        ("spill+restore total", "spill_total_s", "s", "lower"),
+    ]
+    print(f"\n{'measure':38} {'core':>12} {'ray':>12} {'core better by':>15}")
+    for label, key, unit, better in rows:
+        c = ours[key]
+        r = ray.get(key) if ray else None
+        ratio = "" if r is None else f"{(r / c if better == 'lower' else c / r):.1f}x"
+        print(f"{label:38} {c:>9.3g} {unit:<3}{'' if r is None else f'{r:>9.3g} {unit:<3}':>12} {ratio:>15}")
+    gb = (1 if args.quick else 2)
+    print(f"\ncp of {gb} GB in the same file system: {cp:.2f} s; core spill+restore / cp = "
+          f"{ours['spill_total_s'] / cp:.2f} (target <= 2)"
+          + (f"; ray spill+restore / cp = {ray['spill_total_s'] / cp:.2f}" if ray else ""))
+    if ray:
+        print(f"targets: small {ray['small_us'] / ours['small_us']:.0f}x faster (>= 10), put "
+              f"{ours['put_gbs'] / ray['put_gbs']:.1f}x (>= 2), get {ours['get_ms']:.2f} ms (< 1), "
+              f"init {ours['init_s']:.2f} s (< 0.3)")
+
+
+if __name__ == "__main__":
+    main()
