@@ -47,6 +47,7 @@ from core.exceptions import (
     CoreError,
     GetTimeoutError,
     ObjectLostError,
+    ObjectStoreFullError,
     TaskCancelledError,
     TaskError,
     WorkerCrashedError,
@@ -55,6 +56,19 @@ from core.exceptions import (
 PENDING, READY, FAILED = 0, 1, 2
 DRIVER = 0  # pin holder id of the driver itself
 MAX_RECONSTRUCTIONS = 3
+
+
+def _collecting_if_full(store_call: Callable[[], Any]) -> Any:
+    """Run a store allocation; if the store is full of pinned objects, collect garbage once and
+    retry: views caught in reference cycles (an exception's traceback, say) pin objects until
+    the cyclic collector runs."""
+    try:
+        return store_call()
+    except ObjectStoreFullError:
+        import gc
+
+        gc.collect()
+        return store_call()
 
 
 # ─── state records ──────────────────────────────────────────────────────────────────────────────
@@ -117,6 +131,7 @@ class WorkerProc:
         self.known_fns: set[bytes] = set()
         self.borrowed: set[bytes] = set()
         self.bytes_received = 0
+        self.function_bytes = 0       # function/class code shipped to it (once per function)
 
 
 class Actor:
@@ -304,7 +319,7 @@ class LocalEngine:
 
         ser = serialize(value)
         oid = self.new_id()
-        self.store.put(oid, ser)
+        _collecting_if_full(lambda: self.store.put(oid, ser))
         obj = Obj(READY, inline=ser.total_size <= self.inline_threshold)
         obj.contained = ser.contained_refs
         with self.locked:
@@ -367,8 +382,10 @@ class LocalEngine:
             else:
                 view = self.store.pinned_view(oid, holder=DRIVER, writable=writable)
         except ObjectLostError as exc:
+            # Drop the store's frames: one of them may hold the exception (a reference cycle
+            # through the traceback) and with it this frame, keeping pinned views alive.
             exc.oid = oid  # type: ignore[attr-defined]
-            raise
+            raise exc.with_traceback(None) from None
         return deserialize(view, writable=writable)
 
     def _recover_lost(self, oid: bytes) -> None:
@@ -393,6 +410,7 @@ class LocalEngine:
                 self._store_delete(rid)
         task.state = "waiting"
         task.worker = None
+        self.tasks[task.task_id] = task
         self._enqueue(task)
         self._schedule()
 
@@ -455,7 +473,7 @@ class LocalEngine:
     # ── the runtime interface used by remote_function / actor ──────────────────────────────
     def put_serialized(self, ser: Any) -> ObjectRef:
         oid = self.new_id()
-        self.store.put(oid, ser)
+        _collecting_if_full(lambda: self.store.put(oid, ser))
         obj = Obj(READY, inline=ser.total_size <= self.inline_threshold)
         obj.contained = ser.contained_refs
         with self.locked:
@@ -615,8 +633,10 @@ class LocalEngine:
 
     def _task_message(self, worker: WorkerProc, task: Task) -> dict:
         if task.fn_id is not None and task.fn_id not in worker.known_fns:
-            worker.chan.send((P.FUNCTION, task.fn_id, self.functions[task.fn_id]))
+            blob = self.functions[task.fn_id]
+            worker.chan.send((P.FUNCTION, task.fn_id, blob))
             worker.known_fns.add(task.fn_id)
+            worker.function_bytes += len(blob)
         arg_locs = [(r.binary, self._locate_for(worker, r.binary)) for r in task.arg_refs]
         if task.args[0] == "inline":
             args = ("inline", task.args[1], arg_locs)
@@ -1032,7 +1052,7 @@ class LocalEngine:
 
     def _create_for(self, worker: WorkerProc, req_id: int, oid: bytes, size: int) -> None:
         try:
-            self._reply(worker, req_id, True, self.store.create(oid, size))
+            self._reply(worker, req_id, True, _collecting_if_full(lambda: self.store.create(oid, size)))
         except BaseException as exc:  # noqa: BLE001
             self._reply(worker, req_id, False, exc)
 
@@ -1234,8 +1254,13 @@ class LocalEngine:
         """Per worker: pid, bytes the driver sent it and received from it (for tests)."""
         return [{"wid": w.wid, "pid": w.proc.pid, "actor": w.actor_id is not None,
                  "bytes_received_from": w.bytes_received, "alive": w.alive,
-                 "functions": len(w.known_fns)}
+                 "functions": len(w.known_fns), "function_bytes": w.function_bytes}
                 for w in self.workers.values()]
+
+    def function_bytes_sent(self) -> int:
+        """Bytes of pickled functions shipped to workers so far, all workers together."""
+        with self.locked:
+            return sum(w.function_bytes for w in self.workers.values())
 
     def memory_summary(self) -> str:
         from core._private.memory_summary import render
