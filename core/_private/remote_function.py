@@ -110,6 +110,10 @@ def pack_args(rt: Any, args: tuple, kwargs: dict) -> tuple[tuple, list, list]:
 def submit(rt: Any, *, kind: str, name: str, shipped: _Shipped | None, args: tuple, kwargs: dict,
            options: dict, actor_id: bytes | None = None, method: str | None = None) -> Any:
     """Build and submit one task; returns its ref(s) or a streaming generator."""
+    direct = getattr(rt, "submit_remote", None)
+    if direct is not None:  # a backend that packs arguments its own way (Ray)
+        return direct(kind=kind, name=name, shipped=shipped, args=args, kwargs=kwargs,
+                      options=options, actor_id=actor_id, method=method)
     num_returns = options.get("num_returns", 1)
     streaming = num_returns == "streaming"
     n = 1 if streaming else int(num_returns)
