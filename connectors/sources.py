@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from .exceptions import ConnectorError, SchemaError, SourceError
-from .storage import Location, arrow_filesystem, classify, fsspec_filesystem, redact, wrap_error
+from .storage import (Location, arrow_filesystem, classify, fsspec_filesystem, parse_uri, redact,
+                      wrap_error)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -136,40 +137,71 @@ def to_expression(filters: Filters) -> pc.Expression | None:
 
 def _list_parquet(uri: str, storage_options: dict | None) -> list[tuple[str, int]]:
     """(URI, size) of each Parquet file at `uri`, sorted within a folder or glob."""
-    fs, location = fsspec_filesystem(uri, storage_options)
-    path = location.path
+    location = parse_uri(uri)
     try:
-        if _is_glob(path):
-            root, entries = _glob_root(path), fs.glob(path, detail=True)
-        elif path.endswith("/"):
-            root, entries = path, fs.find(path, detail=True)
+        if location.protocol == "s3" and not _is_glob(location.path):
+            root, files = _list_arrow(uri, storage_options)  # C++ parses large listings faster
         else:
-            info = fs.info(path)
-            if info["type"] == "file":
-                return [(location.uri(_name(info, path)), int(info["size"]))]
-            root, entries = path, fs.find(path, detail=True)
+            root, files = _list_fsspec(uri, storage_options)
     except ConnectorError:
         raise
     except Exception as exc:
         if classify(exc) == "not_found":
-            raise SourceError(_missing_message(fs, location, uri)) from exc
+            raise SourceError(_missing_message(location, uri, storage_options)) from exc
         raise wrap_error(exc, uri, "list Parquet files at",
                          storage_options=storage_options) from exc
-    files = {name: info for name, info in entries.items() if info.get("type") != "directory"}
-    if not files and path.endswith("/") and not _exists(fs, path):
-        raise SourceError(_missing_message(fs, location, uri))
-    visible = {n: i for n, i in files.items() if not _hidden(n, root)}
+    if files is None:
+        raise SourceError(_missing_message(location, uri, storage_options))
+    if root is None:  # `uri` is one file: take it whatever its name
+        return [(location.uri(name), size) for name, size in files.items()]
+    visible = {n: size for n, size in files.items() if not _hidden(n, root)}
     parquet = sorted(n for n in visible if _looks_parquet(n))
     if not parquet:
         found = ", ".join(os.path.basename(n) for n in sorted(visible)[:5]) or "nothing"
         raise SourceError(
             f"no Parquet files under {redact(uri)}: expected files named *.parquet (names "
             f"starting with '_' or '.' are skipped), found {len(visible)} other file(s): {found}")
-    return [(location.uri(n), int(visible[n]["size"])) for n in parquet]
+    return [(location.uri(n), visible[n]) for n in parquet]
 
 
-def _name(info: dict, default: str) -> str:
-    return info.get("name") or default
+# (folder or glob root, or None when the URI is one file; file name -> size, or None if missing)
+Listing = tuple[str | None, dict[str, int] | None]
+
+
+def _list_fsspec(uri: str, storage_options: dict | None) -> Listing:
+    fs, location = fsspec_filesystem(uri, storage_options)
+    path = location.path
+    if _is_glob(path):
+        return _glob_root(path), _sizes(fs.glob(path, detail=True))
+    if not path.endswith("/"):
+        info = fs.info(path)
+        if info["type"] == "file":
+            return None, {info.get("name") or path: int(info["size"])}
+    files = _sizes(fs.find(path, detail=True))
+    if not files and not fs.exists(path):
+        return path, None
+    return path, files
+
+
+def _sizes(entries: dict[str, dict]) -> dict[str, int]:
+    return {name: int(info["size"]) for name, info in entries.items()
+            if info.get("type") != "directory"}
+
+
+def _list_arrow(uri: str, storage_options: dict | None) -> Listing:
+    from pyarrow import fs as pafs
+
+    fs, location = arrow_filesystem(uri, storage_options)
+    path = location.path
+    if not path.endswith("/"):
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.File:
+            return None, {info.path: info.size}
+        if info.type == pafs.FileType.NotFound:
+            return path, None
+    root = path.rstrip("/")
+    entries = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    return root, {e.path: e.size for e in entries if e.type == pafs.FileType.File}
 
 
 def _is_glob(path: str) -> bool:
@@ -200,10 +232,12 @@ def _exists(fs: Any, path: str) -> bool:
         return False
 
 
-def _missing_message(fs: Any, location: Location, uri: str) -> str:
-    if location.protocol == "s3" and location.bucket and not _exists(fs, location.bucket):
-        return (f"Parquet source {redact(uri)} not found: bucket {location.bucket!r} does not "
-                "exist (or is not visible with these credentials)")
+def _missing_message(location: Location, uri: str, storage_options: dict | None) -> str:
+    if location.protocol == "s3" and location.bucket:
+        fs, _ = fsspec_filesystem(uri, storage_options)
+        if not _exists(fs, location.bucket):
+            return (f"Parquet source {redact(uri)} not found: bucket {location.bucket!r} does "
+                    "not exist (or is not visible with these credentials)")
     return f"Parquet source {redact(uri)} not found: no such file, folder or prefix"
 
 

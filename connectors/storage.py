@@ -314,9 +314,10 @@ def _region_for(settings: _S3Settings, bucket: str) -> str | None:
 
 # --------------------------------------------------------------------------- errors
 
-_NOT_FOUND = ("NoSuchKey", "NoSuchBucket", "Not Found", "NOT_FOUND", "Path does not exist",
+_NOT_FOUND = ("NoSuchKey", "NoSuchBucket", "NO_SUCH_BUCKET", "NO_SUCH_KEY", "Not Found", "NOT_FOUND", "Path does not exist",
               "does not exist", "(404)")
-_DENIED = ("AccessDenied", "ACCESS_DENIED", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+_DENIED = ("AccessDenied", "ACCESS_DENIED", "InvalidAccessKeyId", "INVALID_ACCESS_KEY_ID",
+           "SignatureDoesNotMatch", "SIGNATURE_DOES_NOT_MATCH",
            "Forbidden", "(403)", "ExpiredToken", "NoCredentials", "Unable to locate credentials")
 _UNREACHABLE = ("Could not connect", "Couldn't connect", "Connection refused", "curlCode: 7",
                 "curlCode: 28", "ConnectTimeout", "Connect timeout", "Cannot connect to host",
@@ -401,7 +402,7 @@ def _cause(exc: BaseException) -> str:
             coded = True
         else:
             name, message, coded = type(e).__name__, str(e), False
-        message = " ".join(message.split())
+        message = re.sub(r"\s*\(Request ID: [^)]*\)", "", " ".join(message.split()))
         if message not in entries or coded:
             entries[message] = name
     joined = "; caused by ".join(f"{name}: {message}" if message else name
