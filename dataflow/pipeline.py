@@ -182,10 +182,16 @@ class Pipeline:
             source = load_model(s.model)
             payload = source if isinstance(source, PerWorker) else source.value
             del source
-            check_picklable(payload, "model")
             if pred.fn is not None and not isinstance(pred.fn, str):
                 check_picklable(pred.fn, "predict function")
-            model_ref = backend.put(payload)
+            if backend.name == "inline":
+                check_picklable(payload, "model")  # nothing is pickled inline; fail as core would
+            try:
+                model_ref = backend.put(payload)
+            except Exception:
+                # Diagnose only on failure: the check costs a second pickling pass.
+                check_picklable(payload, "model")  # raises, naming the captured object
+                raise
             del payload  # the store holds the model now; the driver keeps no copy
             token = uuid.uuid4().hex
             model_columns = list(src.columns) if src.columns is not None else None
