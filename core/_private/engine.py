@@ -209,8 +209,6 @@ class LocalEngine:
         except BaseException:
             self.session.close()
             raise
-        if hasattr(self.store, "on_segment_released"):
-            self.store.on_segment_released = self._segments_released
 
         self.objects: dict[bytes, Obj] = {}
         self.freed: set[bytes] = set()
@@ -1156,6 +1154,10 @@ class LocalEngine:
                     worker.bytes_received += len(data)
                     for m in worker.chan.reader.feed(data):
                         msgs.append((worker, m))
+            released = self.store.released_segments
+            if released:
+                names = [released.popleft() for _ in range(len(released))]
+                self._segments_released(names)
             with self.locked:
                 for worker, m in msgs:
                     self._handle(worker, m)

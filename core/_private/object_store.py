@@ -153,6 +153,9 @@ class ObjectStore:
         self._released: collections.deque = collections.deque()   # (entry, holder) from GC
         self._spills_running = 0
         self._closed = False
+        # names of segments unlinked for good: the engine tells workers to drop their cached
+        # mappings of them (a cached mapping would keep the pages alive)
+        self.released_segments: collections.deque[str] = collections.deque()
         self.stats = collections.Counter()
 
     @classmethod
@@ -425,6 +428,7 @@ class ObjectStore:
                 self._recycle(seg)
             else:
                 self._used -= seg.touched
+                self.released_segments.append(seg.name)
                 seg.close()
         if entry.loc is not None:
             self._release_spill_copy(entry)
@@ -449,6 +453,7 @@ class ObjectStore:
     def _recycle(self, seg: _Segment) -> None:
         if not shm.segment_exists(seg.name, seg.ino):
             self._used -= seg.touched             # lost from outside: do not reuse
+            self.released_segments.append(seg.name)
             seg.close(unlink=False)
             return
         self._pool.append(seg)
@@ -460,6 +465,7 @@ class ObjectStore:
         self._pool.remove(seg)
         self._pooled -= seg.touched
         self._used -= seg.touched
+        self.released_segments.append(seg.name)
         seg.close()
 
     def _take_pooled(self, size: int) -> _Segment | None:

@@ -24,6 +24,7 @@ import pickle
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -480,6 +481,8 @@ def main(argv: list[str]) -> None:
     refs_mod.set_runtime(client)
     _install_cancel_handler(client, ctl_fd)
     P.send_frame(sock, (P.HELLO, worker_id, os.getpid()))
+    # numpy is what most task arguments need; import it while the worker waits for work.
+    threading.Thread(target=_preimport, daemon=True).start()
     runner = TaskRunner(client)
     tasks: deque[dict] = deque()
     last_flush = time.monotonic()
@@ -519,6 +522,13 @@ def main(argv: list[str]) -> None:
         pass
     finally:
         os._exit(0)
+
+
+def _preimport() -> None:
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        pass
 
 
 def _poll(sock: socket.socket, client: WorkerClient) -> list[tuple]:

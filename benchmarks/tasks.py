@@ -1,0 +1,152 @@
+"""Task runtime benchmark: core against Ray, side by side in one run.
+
+    python benchmarks/tasks.py [--quick]
+
+Measures, for each engine (Ray only when `ray` is installed):
+  1. init to first task result (seconds)
+  2. no-op task round trip, submit + get one at a time (median microseconds)
+  3. throughput: 10,000 no-op tasks submitted, then gathered (tasks/s)
+  4. 100 tasks each taking a ref to an 800 MB array: wall time and peak memory, as the sum of
+     PSS over the driver and every process it started (the array must not be copied per task)
+and prints each figure with the ratio core/Ray and the issue's target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import threading
+import time
+
+import numpy as np
+import psutil
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+class PeakPss:
+    """Samples the sum of PSS over this process and its descendants in a thread."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakPss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._sample())
+
+
+def run_engine(name: str, api, init_kwargs: dict, sizes: dict) -> dict:
+    out: dict = {}
+
+    def noop():
+        return None
+
+    def total(a):
+        return float(a[::4096].sum())
+
+    t0 = time.perf_counter()
+    api.init(**init_kwargs)
+    noop_r = api.remote(noop)
+    api.get(noop_r.remote())
+    out["init_to_first_result_s"] = time.perf_counter() - t0
+
+    for _ in range(50):  # warm both workers
+        api.get(noop_r.remote())
+    lat = []
+    for _ in range(sizes["roundtrips"]):
+        t = time.perf_counter()
+        api.get(noop_r.remote())
+        lat.append(time.perf_counter() - t)
+    out["noop_roundtrip_median_us"] = statistics.median(lat) * 1e6
+
+    n = sizes["throughput"]
+    t = time.perf_counter()
+    api.get([noop_r.remote() for _ in range(n)])
+    out["throughput_tasks_per_s"] = n / (time.perf_counter() - t)
+
+    arr = np.random.default_rng(0).random(sizes["array_bytes"] // 8)
+    total_r = api.remote(total)
+    with PeakPss() as pss:
+        t = time.perf_counter()
+        ref = api.put(arr)
+        results = api.get([total_r.remote(ref) for _ in range(sizes["array_tasks"])])
+        out["array_tasks_s"] = time.perf_counter() - t
+    assert len(set(results)) == 1
+    out["array_tasks_peak_pss_gb"] = pss.peak / 1e9
+    out["array_gb"] = arr.nbytes / 1e9
+    del ref, arr
+    api.shutdown()
+    print(f"  {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in out.items()), flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    args = parser.parse_args()
+    sizes = {"roundtrips": 1000, "throughput": 10_000, "array_bytes": 800 * 10**6, "array_tasks": 100}
+    if args.quick:
+        sizes = {"roundtrips": 200, "throughput": 2_000, "array_bytes": 80 * 10**6, "array_tasks": 20}
+
+    import core
+
+    results = {"core": run_engine("core", core, {"num_cpus": 2}, sizes)}
+    try:
+        import ray
+    except ImportError:
+        ray = None
+        print("  ray: not installed (pip install -e '.[ray]'); no comparison")
+    if ray is not None:
+        class RayApi:
+            init = staticmethod(lambda **kw: ray.init(num_cpus=2, include_dashboard=False,
+                                                        _node_ip_address="127.0.0.1",
+                                                        log_to_driver=False, configure_logging=False))
+            remote = staticmethod(ray.remote)
+            get = staticmethod(ray.get)
+            put = staticmethod(ray.put)
+            shutdown = staticmethod(ray.shutdown)
+        results["ray"] = run_engine(f"ray {ray.__version__}", RayApi, {}, sizes)
+
+    print()
+    print(f"{'figure':<32}{'core':>12}{'ray':>12}{'core/ray':>10}  target")
+    targets = {
+        "init_to_first_result_s": "<= 1/8 of Ray's",
+        "noop_roundtrip_median_us": "<= 1/5 of Ray's",
+        "throughput_tasks_per_s": ">= 5x Ray's",
+        "array_tasks_s": "faster than Ray",
+        "array_tasks_peak_pss_gb": "near one copy of the array",
+    }
+    for key, target in targets.items():
+        c = results["core"][key]
+        r = results.get("ray", {}).get(key)
+        ratio = f"{c / r:.3f}" if r else "-"
+        print(f"{key:<32}{c:>12.4g}{(r if r is not None else float('nan')):>12.4g}{ratio:>10}  {target}")
+    print(f"{'array_gb':<32}{results['core']['array_gb']:>12.4g}")
+
+
+if __name__ == "__main__":
+    main()
