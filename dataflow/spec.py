@@ -189,6 +189,29 @@ def _did_you_mean(word: str, options) -> str:
     return f"; did you mean {close[0]!r}?".replace("'", '"') if close else ""
 
 
+_OPS = ("=", "==", "!=", "<", ">", "<=", ">=", "in", "not in")
+
+
+def _filters(value: Any) -> list | None:
+    """pyarrow DNF filters: [[col, op, value], ...] (AND), or a list of such lists (OR of ANDs)."""
+    if value is None:
+        return None
+
+    def predicate(p: Any) -> bool:
+        return (isinstance(p, list) and len(p) == 3 and isinstance(p[0], str) and p[1] in _OPS
+                and (not p[1].endswith("in") or isinstance(p[2], list)))
+
+    ok = isinstance(value, list) and value and (
+        all(predicate(p) for p in value)
+        or all(isinstance(c, list) and c and all(predicate(p) for p in c) for c in value))
+    if not ok:
+        raise PydanticCustomError(
+            "filters", "must be a list of [column, op, value] predicates (op one of {ops}), "
+            "e.g. [[passenger_count, \">\", 0]], or a list of such lists, got {got}",
+            {"ops": " ".join(_OPS), "got": show(value, 80) if not isinstance(value, list) else json.dumps(value)[:80]})
+    return value
+
+
 def _report(value: Any) -> str | None:
     if value is None:
         return None
@@ -241,7 +264,7 @@ class GenerateSpec(_Spec):
 class SourceSpec(_Spec):
     parquet: UriOrList
     columns: StrList | None = None
-    filters: list | None = None
+    filters: Annotated[list | None, BeforeValidator(_filters)] = None
     shard_by: Annotated[Literal["file", "row_group"], BeforeValidator(_choice("file", "row_group"))] = "file"
     target_rows: PositiveInt | None = None
     storage_options: Mapping = {}

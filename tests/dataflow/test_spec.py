@@ -265,3 +265,11 @@ def test_python_api_accepts_objects():
 def test_report_format_is_checked(tmp_path):
     with pytest.raises(SpecError, match=r"p\.yaml:15: report: bad format string"):
         load(tmp_path, GOOD + "report: 'rows {rows'\n")
+
+
+def test_filters_are_checked(tmp_path):
+    spec = load(tmp_path, GOOD, ['source.filters=[[passenger_count, ">", 0], [x, in, [1, 2]]]'])
+    assert spec.source.filters == [["passenger_count", ">", 0], ["x", "in", [1, 2]]]
+    with pytest.raises(SpecError, match=r'source\.filters: must be a list of \[column, op, value\] predicates '
+                                        r'\(op one of = == != < > <= >= in not in\)'):
+        load(tmp_path, GOOD, ['source.filters=[[passenger_count, "~", 0]]'])
