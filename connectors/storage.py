@@ -319,13 +319,15 @@ _NOT_FOUND = ("NoSuchKey", "NoSuchBucket", "NO_SUCH_BUCKET", "NO_SUCH_KEY", "Not
 _DENIED = ("AccessDenied", "ACCESS_DENIED", "InvalidAccessKeyId", "INVALID_ACCESS_KEY_ID",
            "SignatureDoesNotMatch", "SIGNATURE_DOES_NOT_MATCH",
            "Forbidden", "(403)", "ExpiredToken", "NoCredentials", "Unable to locate credentials")
+_THROTTLED = ("SlowDown", "SLOW_DOWN", "Throttl", "THROTTL", "RequestLimitExceeded",
+              "reduce your request rate", "(503)", "Service Unavailable", "SERVICE_UNAVAILABLE")
 _UNREACHABLE = ("Could not connect", "Couldn't connect", "Connection refused", "curlCode: 7",
                 "curlCode: 28", "ConnectTimeout", "Connect timeout", "Cannot connect to host",
                 "NETWORK_CONNECTION", "Failed to connect")
 
 
 def classify(exc: BaseException) -> str:
-    """One of "not_found", "denied", "unreachable", "other" for a foreign storage error."""
+    """One of "not_found", "denied", "throttled", "unreachable", "other" for a foreign error."""
     if isinstance(exc, FileNotFoundError):
         return "not_found"
     if isinstance(exc, PermissionError):
@@ -337,8 +339,8 @@ def classify(exc: BaseException) -> str:
         return "unreachable"
     if names & {"NoCredentialsError", "PartialCredentialsError"}:
         return "denied"
-    for kind, markers in (("denied", _DENIED), ("not_found", _NOT_FOUND),
-                          ("unreachable", _UNREACHABLE)):
+    for kind, markers in (("denied", _DENIED), ("throttled", _THROTTLED),
+                          ("not_found", _NOT_FOUND), ("unreachable", _UNREACHABLE)):
         if any(marker in text for marker in markers):
             return kind
     return "other"
@@ -363,6 +365,11 @@ def wrap_error(exc: BaseException, uri: str, action: str, *,
             f"cannot {action} {uri}: access denied ({cause}); check the credentials "
             "(storage_options key/secret/profile or AWS_ACCESS_KEY_ID/AWS_PROFILE), or use "
             "s3://anonymous@bucket/... for a public bucket")
+    if kind == "throttled":
+        return StorageError(
+            f"cannot {action} {uri}: the store is still throttling or unavailable after "
+            f"{MAX_ATTEMPTS} attempts with backoff ({cause}); retry later or lower the "
+            "number of concurrent tasks")
     if kind == "unreachable":
         endpoint = _endpoint_for(uri, storage_options)
         return StorageError(
