@@ -119,3 +119,20 @@ class SlowTipModel:
 
 def slow_tip_model(payload_mb: float = 1, delay: float = 0.2) -> SlowTipModel:
     return SlowTipModel(payload_mb, delay)
+
+
+class CrashOnce:
+    """Kills its worker (os._exit) the first time it sees shard data, then behaves."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        if not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os._exit(17)
+        return pd.DataFrame({"y": batch["x"] * 2})
+
+
+def crash_once(marker: str) -> CrashOnce:
+    return CrashOnce(marker)

@@ -289,3 +289,10 @@ def test_nyc_taxi_model_is_the_tutorials():
     out = tip(pd.DataFrame({"passenger_count": [0, 1, 2, 5]}))
     assert out["score"].tolist() == [False, False, True, True]
     assert m.load_model(payload_mb=1).payload.nbytes == 1_000_000
+
+
+def test_a_crashed_worker_is_retried(tmp_path):
+    data = helpers.make_dataset(tmp_path / "data", shards=3, rows=100)
+    p = pipeline(tmp_path, data, model={"factory": f"{H}:crash_once", "args": {"marker": str(tmp_path / "m")}})
+    summary = p.run()
+    assert summary.status == "done" and summary.rows == 300 and (tmp_path / "m").exists()
