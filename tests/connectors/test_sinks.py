@@ -341,3 +341,34 @@ def test_memory_sink_refuses_a_batch_of_another_schema():
     with pytest.raises(SchemaError, match=r"part memory://part-00000.parquet: a batch has "
                                           r"columns \[id: int64\]"):
         part.write(small_table(0, 1).select(["id"]))
+
+
+def test_large_part_in_a_multipart_upload_is_invisible_until_committed(s3_client, s3_bucket):
+    import os
+
+    # s3fs uploads in blocks (50 MiB by default); 5 MiB, the S3 minimum, keeps the test small.
+    sink = open_sink(f"s3://{s3_bucket}/big", storage_options={"default_block_size": 5 * 2**20})
+    noise = pa.table({"blob": pa.array([os.urandom(1024) for _ in range(7 * 1024)],
+                                       pa.binary())})  # 7 MiB that does not compress
+    part = sink.open_part(0)
+    part.write(noise)  # more than one 5 MiB block: a multipart upload is under way
+
+    listed = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="big/").get("Contents", [])
+    assert listed == []
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+
+    part.commit()
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    assert keys == ["big/_manifest.json", "big/part-00000.parquet"]
+    body = s3_client.get_object(Bucket=s3_bucket, Key="big/part-00000.parquet")["Body"].read()
+    assert pq.read_table(io.BytesIO(body)).num_rows == 7 * 1024
+
+
+def test_parts_committed_from_several_threads_all_reach_the_manifest(dest: Destination):
+    from concurrent.futures import ThreadPoolExecutor
+
+    sink = open_sink(dest.uri)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: sink.write_part(i, small_table(0, i + 1)), range(8)))
+
+    assert open_sink(dest.uri).committed() == {i: i + 1 for i in range(8)}
