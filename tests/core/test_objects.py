@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import pickle
 import time
 
@@ -15,10 +14,6 @@ import pytest
 
 import core
 from core.exceptions import CoreError, GetTimeoutError, ObjectLostError
-
-
-def _session_segments() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith("ddsf-")}
 
 
 @pytest.mark.parametrize("value", [
@@ -120,14 +115,14 @@ def test_free_makes_get_fail_at_once_naming_the_object(session):
 
 
 def test_deleting_the_last_ref_frees_the_segment(session):
-    before = _session_segments()
-    ref = core.put(np.ones(1_000_000))
     rt = core._private.refs.current_runtime()
+    ref = core.put(np.ones(1_000_000))
     assert rt.store.usage()["num_shared"] == 1
     del ref
     gc.collect()
     assert rt.store.usage()["num_shared"] == 0
-    assert _session_segments() - before <= {s.name for s in rt.store._pool}
+    # what remains of the session in /dev/shm is only the pool of segments kept for reuse
+    assert set(rt.session.segments()) <= {s.name for s in rt.store._pool}
 
 
 def test_no_leak_over_many_put_get_del_cycles(session):
