@@ -87,7 +87,8 @@ def plan_shards(uri: str | Sequence[str], *, columns: Sequence[str] | None = Non
 
     `uri` is a file, a folder or prefix (read recursively), a glob, or a list of those.
     `shard_by="file"` gives one shard per file; `"row_group"` one per row group, or per run of
-    consecutive row groups of about `target_rows` rows when it is given. `columns` and
+    consecutive row groups of about `target_rows` rows when it is given (`target_rows` is
+    ignored with `shard_by="file"`). `columns` and
     `filters` are checked against every file and used to estimate bytes and drop row groups
     early; pass them to `read_shard` / `iter_batches` too.
     """
@@ -314,7 +315,8 @@ def _check_schemas(footers: list[_Footer], columns: list[str] | None) -> None:
     reference = _projected(first.schema, columns)
     for other in footers[1:]:
         schema = _projected(other.schema, columns)
-        if not schema.equals(reference, check_metadata=False):
+        # Names and types only: nullability and metadata differ between writers harmlessly.
+        if [(f.name, f.type) for f in schema] != [(f.name, f.type) for f in reference]:
             raise SchemaError(
                 f"mismatched schemas: {redact(other.uri)} differs from {redact(first.uri)}: "
                 f"{_schema_diff(reference, schema)}; every file of a source must have the "

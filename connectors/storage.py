@@ -36,7 +36,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -221,9 +220,6 @@ def _local_arrow() -> pyarrow.fs.FileSystem:
     return LocalFileSystem()
 
 
-_clients_lock = threading.Lock()
-
-
 @functools.lru_cache(maxsize=32)
 def _s3fs(settings: _S3Settings) -> fsspec.AbstractFileSystem:
     import s3fs
@@ -254,8 +250,7 @@ def _s3fs(settings: _S3Settings) -> fsspec.AbstractFileSystem:
             kwargs[key] = {**kwargs[key], **value}
         else:
             kwargs[key] = value
-    with _clients_lock:
-        fs = s3fs.S3FileSystem(**kwargs)
+    fs = s3fs.S3FileSystem(**kwargs)
     fs.retries = 2
     return fs
 
@@ -279,8 +274,7 @@ def _arrow_s3(settings: _S3Settings, region: str | None) -> pyarrow.fs.FileSyste
     if settings.endpoint_url:
         scheme, _, host = settings.endpoint_url.rpartition("://")
         kwargs.update(endpoint_override=host.rstrip("/"), scheme=scheme or "https")
-    with _clients_lock:
-        return pafs.S3FileSystem(**kwargs)
+    return pafs.S3FileSystem(**kwargs)
 
 
 def _profile_credentials(profile: str) -> tuple[str | None, str | None, str | None]:
@@ -314,8 +308,8 @@ def _region_for(settings: _S3Settings, bucket: str) -> str | None:
 
 # --------------------------------------------------------------------------- errors
 
-_NOT_FOUND = ("NoSuchKey", "NoSuchBucket", "NO_SUCH_BUCKET", "NO_SUCH_KEY", "Not Found", "NOT_FOUND", "Path does not exist",
-              "does not exist", "(404)")
+_NOT_FOUND = ("NoSuchKey", "NoSuchBucket", "NO_SUCH_BUCKET", "NO_SUCH_KEY", "Not Found",
+              "NOT_FOUND", "Path does not exist", "does not exist", "(404)")
 _DENIED = ("AccessDenied", "ACCESS_DENIED", "InvalidAccessKeyId", "INVALID_ACCESS_KEY_ID",
            "SignatureDoesNotMatch", "SIGNATURE_DOES_NOT_MATCH",
            "Forbidden", "(403)", "ExpiredToken", "NoCredentials", "Unable to locate credentials")

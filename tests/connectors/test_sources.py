@@ -240,3 +240,13 @@ def test_shard_is_frozen():
     shard = Shard(index=0, path="/x.parquet", row_groups=None, num_rows=1, num_bytes=1)
     with pytest.raises(AttributeError):
         shard.index = 3
+
+
+def test_files_differing_only_in_nullability_and_metadata_plan_together(tmp_path: Path):
+    table = small_table(0, 5)
+    pq.write_table(table, tmp_path / "a.parquet")
+    strict = table.cast(pa.schema([pa.field(f.name, f.type, nullable=False) for f in table.schema],
+                                  metadata={b"writer": b"other"}))
+    pq.write_table(strict, tmp_path / "b.parquet")
+
+    assert len(plan_shards(str(tmp_path))) == 2
