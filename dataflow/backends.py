@@ -30,6 +30,7 @@ class CoreBackend:
                                                   spill=spill, address=address).items() if v is not None}
         self.owns_session = False
         self._remote: dict[Callable, Any] = {}
+        self._warming: list = []
 
     def start(self) -> None:
         import core
@@ -50,6 +51,11 @@ class CoreBackend:
         import core
 
         return core.put(value)
+
+    def warm(self, modules: list[str]) -> None:
+        """One fire-and-forget import task per worker."""
+        for _ in range(self.workers()):
+            self._warming.append(self.submit(import_modules, modules))
 
     def submit(self, fn: Callable, *args: Any) -> Any:
         import core
@@ -89,6 +95,7 @@ class CoreBackend:
     def stop(self) -> None:
         import core
 
+        self._warming.clear()
         if self.owns_session and core.is_initialized():
             core.shutdown()
         self.owns_session = False
@@ -118,6 +125,9 @@ class InlineBackend:
     def put(self, value: Any) -> Any:
         return value
 
+    def warm(self, modules: list[str]) -> None:
+        pass
+
     def submit(self, fn: Callable, *args: Any) -> _Done:
         try:
             return _Done(value=fn(*args))
@@ -137,6 +147,17 @@ class InlineBackend:
 
     def stop(self) -> None:
         pass
+
+
+def import_modules(modules: list[str]) -> None:
+    """Import what the tasks will need (in a worker, while the driver is still busy)."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # the real task will report it, with context
+            pass
 
 
 def _first_line(exc: BaseException) -> str:

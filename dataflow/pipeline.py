@@ -9,10 +9,11 @@
         │
         └─ stream()  _execute ─► each shard's predictions, as they finish (nothing written)
 
-    _execute: backend.start ─► load_model ─► check_picklable ─► put once ─► Executor.run ─► backend.stop
+    _session: backend.start ─► warm the workers (imports) ─► ... ─► backend.stop
+    _execute: load_model ─► put once (diagnose if it does not pickle) ─► Executor.run
 
-The backend starts before the model is built so that the workers boot while the driver builds
-it. After the put the driver drops its own copy of the model: only the object store holds it.
+The backend starts first, so that the workers boot and import while the driver plans and builds
+the model. After the put the driver drops its own copy of the model: only the object store holds it.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class Pipeline:
         self.last_summary = summary
         start = time.monotonic()
         mode = "overwrite" if restart else s.sink.mode
-        with MemorySampler() as memory:
+        with MemorySampler() as memory, self._session() as backend:
             try:
                 shards = self.plan(progress)
                 sink = open_sink(s.sink.uri, format=s.sink.format, mode=mode,
@@ -108,7 +109,7 @@ class Pipeline:
                     summary.shards_skipped = len(shards) - len(todo)
                     progress.start(s.name, len(shards), sum(sh.num_rows for sh in todo), summary.shards_skipped)
                     if todo:
-                        with contextlib.closing(self._execute(todo)) as events:
+                        with contextlib.closing(self._execute(todo, backend)) as events:
                             for event in events:
                                 self._record(event, summary, progress, sink)
                 finally:
@@ -131,8 +132,7 @@ class Pipeline:
         sink. Breaking out of the loop cancels the remaining work."""
         if format not in ("pandas", "pyarrow"):
             raise ValueError(f'stream(format=...) must be "pandas" or "pyarrow", got {format!r}')
-        shards = self.plan()
-        with contextlib.closing(self._execute(shards)) as events:
+        with self._session() as backend, contextlib.closing(self._execute(self.plan(), backend)) as events:
             for event in events:
                 from .executor import ShardDone, ShardFailed
 
@@ -167,55 +167,79 @@ class Pipeline:
             progress.shard_failed(event.shard.index, event.attempts, event.error)
             summary.status = "failed" if self.spec.runtime.on_error == "fail" else "partial"
 
-    def _execute(self, shards: list) -> Iterator[Any]:
-        from ._task import ShardTask, run_shard
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[Any]:
+        """A started backend for the whole run. It starts first, and the workers import what the
+        tasks need right away, so that their start-up overlaps planning and building the model."""
         from .backends import make_backend
+
+        rt = self.spec.runtime
+        backend = make_backend(rt.backend, num_cpus=rt.num_cpus, object_store_memory=rt.object_store_memory,
+                               spill=rt.spill, address=rt.address)
+        backend.start()
+        try:
+            backend.warm(self._worker_modules())
+            yield backend
+        finally:
+            backend.stop()
+
+    def _worker_modules(self) -> list[str]:
+        s = self.spec
+        mods = ["dataflow._task", "connectors.sources"]
+        for ref in (s.model.factory, s.model.setup, s.predict.fn):
+            if isinstance(ref, str):
+                mods.append(ref.partition(":")[0])
+        if s.model.instance is not None:
+            mods.append(type(s.model.instance).__module__)
+        if s.predict.batch_format == "pandas":
+            mods.append("pandas")
+        if s.predict.batch_format == "torch" or s.model.format in ("torch", "torchscript") or (
+                s.model.path or "").endswith((".pt", ".pth")):
+            mods.append("torch")
+        return list(dict.fromkeys(mods))
+
+    def _execute(self, shards: list, backend: Any) -> Iterator[Any]:
+        from ._task import ShardTask, run_shard
         from .executor import Executor, default_max_in_flight, task_deadline
         from .models import PerWorker, check_picklable, load_model
 
         s = self.spec
         rt, pred, src = s.runtime, s.predict, s.source
-        backend = make_backend(rt.backend, num_cpus=rt.num_cpus, object_store_memory=rt.object_store_memory,
-                               spill=rt.spill, address=rt.address)
-        backend.start()
+        source = load_model(s.model)
+        payload = source if isinstance(source, PerWorker) else source.value
+        del source
+        if pred.fn is not None and not isinstance(pred.fn, str):
+            check_picklable(pred.fn, "predict function")
+        if backend.name == "inline":
+            check_picklable(payload, "model")  # nothing is pickled inline; fail as core would
         try:
-            source = load_model(s.model)
-            payload = source if isinstance(source, PerWorker) else source.value
-            del source
-            if pred.fn is not None and not isinstance(pred.fn, str):
-                check_picklable(pred.fn, "predict function")
-            if backend.name == "inline":
-                check_picklable(payload, "model")  # nothing is pickled inline; fail as core would
-            try:
-                model_ref = backend.put(payload)
-            except Exception:
-                # Diagnose only on failure: the check costs a second pickling pass.
-                check_picklable(payload, "model")  # raises, naming the captured object
-                raise
-            del payload  # the store holds the model now; the driver keeps no copy
-            token = uuid.uuid4().hex
-            model_columns = list(src.columns) if src.columns is not None else None
+            model_ref = backend.put(payload)
+        except Exception:
+            # Diagnose only on failure: the check costs a second pickling pass.
+            check_picklable(payload, "model")  # raises, naming the captured object
+            raise
+        del payload  # the store holds the model now; the driver keeps no copy
+        token = uuid.uuid4().hex
+        model_columns = list(src.columns) if src.columns is not None else None
 
-            def make_args(shard):
-                return ShardTask(
-                    run_token=token, shard=shard, read_columns=self.read_columns,
-                    model_columns=model_columns, filters=_filters(src.filters),
-                    storage_options=dict(src.storage_options), batch_size=pred.batch_size,
-                    batch_format=pred.batch_format, keep_columns=list(pred.keep_columns),
-                    output_column=pred.output_column, timeout=pred.timeout, on_error=rt.on_error,
-                    predict_fn=pred.fn)
+        def make_args(shard):
+            return ShardTask(
+                run_token=token, shard=shard, read_columns=self.read_columns,
+                model_columns=model_columns, filters=_filters(src.filters),
+                storage_options=dict(src.storage_options), batch_size=pred.batch_size,
+                batch_format=pred.batch_format, keep_columns=list(pred.keep_columns),
+                output_column=pred.output_column, timeout=pred.timeout, on_error=rt.on_error,
+                predict_fn=pred.fn)
 
-            executor = Executor(
-                backend=backend, fn=run_shard, make_args=make_args, model_ref=model_ref,
-                max_in_flight=rt.max_in_flight or default_max_in_flight(backend.workers()),
-                max_retries=rt.max_retries, fail_fast=rt.on_error == "fail",
-                deadline_for=lambda sh: task_deadline(pred.timeout, sh.num_rows, pred.batch_size,
-                                                      rt.on_error == "quarantine"))
-            with contextlib.closing(executor.run(shards)) as events:
-                yield from events
-            del model_ref
-        finally:
-            backend.stop()
+        executor = Executor(
+            backend=backend, fn=run_shard, make_args=make_args, model_ref=model_ref,
+            max_in_flight=rt.max_in_flight or default_max_in_flight(backend.workers()),
+            max_retries=rt.max_retries, fail_fast=rt.on_error == "fail",
+            deadline_for=lambda sh: task_deadline(pred.timeout, sh.num_rows, pred.batch_size,
+                                                  rt.on_error == "quarantine"))
+        with contextlib.closing(executor.run(shards)) as events:
+            yield from events
+        del model_ref
 
 
 def _progress(progress: Progress | bool | None, report: str | None) -> Progress:

@@ -18,9 +18,12 @@ batch of tensors with it (pipelines/nyc_taxi_torch.yaml). torch is imported only
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PAYLOAD_MB = 800  # the tutorial's np.zeros(100_000_000) float64
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -37,6 +40,10 @@ class TipModel:
         self.payload = np.zeros(int(payload_mb * 1_000_000) // 8, dtype=np.float64)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        # pandas is imported here, not at the top: the driver builds the model but never calls it,
+        # and importing pandas there would delay the start of every run by a few tenths of a second.
+        import pandas as pd
+
         # Give a tip if 2 or more passengers.
         return pd.DataFrame({"score": batch["passenger_count"] >= 2})
 
