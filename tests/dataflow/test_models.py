@@ -117,3 +117,15 @@ def test_predict_forms():
     assert make_predictor(Sk(), None)(BATCH).tolist() == [3, 6, 9]
     with pytest.raises(ModelError, match=r"neither callable nor has a predict\(\) method; give predict\.fn"):
         make_predictor(object(), None)
+
+
+def test_model_file_on_s3(s3_bucket):
+    torch = pytest.importorskip("torch")
+    import fsspec
+
+    from examples.nyc_taxi.model import MLP_PATH
+
+    with open(MLP_PATH, "rb") as src, fsspec.open(f"s3://{s3_bucket}/models/tip_mlp.pt", "wb") as dst:
+        dst.write(src.read())
+    model = load_model(ModelSpec(path=f"s3://{s3_bucket}/models/tip_mlp.pt")).value
+    assert model(torch.tensor([[1.0, 2.0, 8.0]])).shape == (1,)
