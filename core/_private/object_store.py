@@ -289,6 +289,8 @@ class ObjectStore:
         with self._cond:
             entry = self._ready(oid)
             view = self._view_of(entry, writable)
+            if entry.state == "inline":
+                return view                       # bytes live as long as the view: no pin needed
             self._pin(entry, holder)
         released = self._released
 

@@ -175,8 +175,8 @@ def test_stale_session_of_killed_driver_is_cleaned_live_one_kept(tmp_path):
         assert stat.S_IMODE(os.stat(dead_spill).st_mode) == 0o700
         dead.send_signal(signal.SIGKILL)
         time.sleep(0.2)                            # not reaped yet: a zombie counts as dead
-        removed = shm.cleanup_stale_sessions()
-        assert dead_token in removed and live_token not in removed
+        removed = shm.cleanup_stale_sessions()   # (a concurrent session start may beat us to it)
+        assert live_token not in removed
         assert shm_names(dead_token) == [] and not dead_spill.exists()
         assert len(shm_names(live_token)) == 3 and live_spill.is_dir()
         assert not (shm.manifest_dir() / f"{dead_token}.json").exists()
@@ -185,7 +185,7 @@ def test_stale_session_of_killed_driver_is_cleaned_live_one_kept(tmp_path):
         for p in (dead, live):
             p.kill()
             p.wait()
-    assert live_token in shm.cleanup_stale_sessions()
+    shm.cleanup_stale_sessions()
     assert shm_names(live_token) == [] and not live_spill.exists()
 
 
@@ -200,7 +200,7 @@ def test_reused_pid_counts_as_dead(tmp_path):
     manifest.write_text(json.dumps({"token": token, "pid": os.getpid(), "shm_prefix": prefix,
                                     "start_time": shm.process_start_time(os.getpid()) - 1, "spill": []}))
     try:
-        assert token in shm.cleanup_stale_sessions()
+        shm.cleanup_stale_sessions()
         assert shm_names(token) == [] and not manifest.exists()
     finally:
         shm.unlink_segment(prefix + "1")
