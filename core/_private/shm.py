@@ -65,10 +65,8 @@ def create_segment(name: str, size: int) -> tuple[mmap.mmap, int]:
     try:
         os.fchmod(fd, 0o600)                       # independent of the umask
         os.ftruncate(fd, size)
-        # MAP_POPULATE: the pages are about to be written; faulting them in one kernel call is
-        # about 3x faster on these VMs than taking a fault per page during the copy.
-        mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
-                       prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        _populate(mm, size)
         ino = os.fstat(fd).st_ino
     except BaseException:
         os.close(fd)
@@ -76,6 +74,30 @@ def create_segment(name: str, size: int) -> tuple[mmap.mmap, int]:
         raise
     os.close(fd)                                   # the mapping keeps the memory alive
     return mm, ino
+
+
+_MADV_POPULATE_WRITE = 23          # Linux 5.14+; Python 3.11's mmap module does not name it
+_POPULATE_SPLIT = 64 * 2**20         # above this, two threads fault the pages in
+
+
+def _populate(mm: mmap.mmap, size: int) -> None:
+    """Allocate a new segment's pages before they are written. The pages are about to be
+    written anyway; faulting them in from the kernel, in two threads for large segments, is
+    about 3-4x faster on these VMs than taking one fault per page during the copy."""
+    def populate(offset: int, length: int) -> None:
+        try:
+            mm.madvise(_MADV_POPULATE_WRITE, offset, length)
+        except (OSError, ValueError):   # older kernel: pages fault in during the copy instead
+            pass
+
+    if size < _POPULATE_SPLIT:
+        populate(0, size)
+        return
+    half = (size // 2) & ~(mmap.PAGESIZE - 1)
+    other = threading.Thread(target=populate, args=(half, size - half))
+    other.start()
+    populate(0, half)
+    other.join()
 
 
 def map_segment(name: str, access: Access = "read", size: int | None = None) -> mmap.mmap:
