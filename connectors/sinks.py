@@ -152,6 +152,16 @@ class Sink(ABC):
 
 # --------------------------------------------------------------------------- file sink
 
+_manifest_locks: dict[str, threading.Lock] = {}
+_manifest_locks_guard = threading.Lock()
+
+
+def _manifest_lock(uri: str) -> threading.Lock:
+    """One lock per destination in this process, shared by every sink writing there."""
+    with _manifest_locks_guard:
+        return _manifest_locks.setdefault(uri, threading.Lock())
+
+
 
 class FileSink(Sink):
     """Part files on any fsspec filesystem, with a `_manifest.json` of committed parts."""
@@ -169,7 +179,7 @@ class FileSink(Sink):
         self.uri = self._location.uri(self._root)
         self.run_id = run_id or uuid.uuid4().hex[:8]
         self._suffix = f"-{self.run_id}" if mode == "append" else ""
-        self._lock = threading.Lock()
+        self._lock = _manifest_lock(self.uri)
         self._closed = False
         self._guard("open the sink at", self._open)
 

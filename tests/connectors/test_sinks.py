@@ -372,3 +372,13 @@ def test_parts_committed_from_several_threads_all_reach_the_manifest(dest: Desti
         list(pool.map(lambda i: sink.write_part(i, small_table(0, i + 1)), range(8)))
 
     assert open_sink(dest.uri).committed() == {i: i + 1 for i in range(8)}
+
+
+def test_two_sinks_on_one_destination_in_one_process_keep_every_entry(dest: Destination):
+    from concurrent.futures import ThreadPoolExecutor
+
+    sinks = [open_sink(dest.uri), open_sink(dest.uri)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: sinks[i % 2].write_part(i, small_table(0, 1)), range(8)))
+
+    assert sorted(open_sink(dest.uri).committed()) == list(range(8))
