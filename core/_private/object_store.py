@@ -496,10 +496,11 @@ class ObjectStore:
             self._drain()
             self._check_open()
             seg = self._take_pooled(size)
-            need = max(0, size - seg.touched) if seg else size
+            # shm.create_segment populates a new segment's pages: all of them count at once
+            need = max(0, size - seg.touched) if seg else self._class_for(size)
             if self._used + need <= self.capacity:
                 if seg is None:
-                    seg = self._new_segment(size)
+                    return self._new_segment(size, need)
                 self._used += need
                 seg.touched = max(seg.touched, size)
                 return seg
@@ -517,11 +518,30 @@ class ObjectStore:
                 raise self._full_error(oid, size)
             self._cond.wait(min(0.05, max(remaining, 0.001)))
 
-    def _new_segment(self, size: int) -> _Segment:
+    def _class_for(self, size: int) -> int:
+        cap = size_class(size)
+        return cap if cap <= self.capacity else -(-size // PAGE) * PAGE
+
+    def _new_segment(self, size: int, capacity: int) -> _Segment:
+        """Create a segment with the lock dropped (creating populates its pages: ~0.2 s for
+        800 MB); its bytes are counted first so no other thread can take the room."""
+        self._used += capacity
         name = self.session.next_segment_name()
-        capacity = size_class(size)
-        mm, ino = shm.create_segment(name, capacity)
-        return _Segment(name, capacity, mm, ino)
+        self._cond.release()
+        try:
+            mm, ino = shm.create_segment(name, capacity)
+        except BaseException:
+            self._cond.acquire()
+            self._used -= capacity
+            self._cond.notify_all()
+            raise
+        self._cond.acquire()
+        seg = _Segment(name, capacity, mm, ino)
+        seg.touched = capacity
+        if self._closed:
+            seg.close()
+            self._check_open()
+        return seg
 
     def _free_pool(self, short: int, keep: _Segment | None) -> bool:
         """Unlink pooled segments (the oldest first, `keep` last) until `short` bytes are freed."""
