@@ -762,9 +762,19 @@ class LocalEngine:
         return True
 
     def _discard_results(self, task_id: bytes, results: Any) -> None:
-        if isinstance(results, list):
-            for r in results:
-                pass  # shared results of unknown tasks were sealed into nothing; nothing to free
+        """Results of a task nobody waits for any more (cancelled, failed over): a shared
+        result was written into a segment the store reserved, so seal it and free it."""
+        if not isinstance(results, list):
+            return
+        ids = [task_id] if len(results) == 1 else \
+            [task_id[:16] + i.to_bytes(4, "little") for i in range(len(results))]
+        for oid, (loc, _contained) in zip(ids, results):
+            if loc[0] == "shared" and oid not in self.objects:
+                try:
+                    self.store.seal(oid)
+                except CoreError:
+                    pass
+                self._store_delete(oid)
 
     def _on_yield(self, worker: WorkerProc, task_id: bytes, index: int, result: tuple) -> None:
         stream = self.streams.get(task_id)
