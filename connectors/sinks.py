@@ -162,7 +162,6 @@ def _manifest_lock(uri: str) -> threading.Lock:
         return _manifest_locks.setdefault(uri, threading.Lock())
 
 
-
 class FileSink(Sink):
     """Part files on any fsspec filesystem, with a `_manifest.json` of committed parts."""
 

@@ -3,9 +3,9 @@
 ::
 
     plan_shards(uri | [uri, ...])
-      1. list      one listing per URI (a single LIST call per 1,000 keys on S3), keeping
-                   Parquet files and skipping names that start with "_" or "." (temp files,
-                   manifests, _SUCCESS markers)
+      1. list      one listing per URI (a single LIST call per 1,000 keys on S3, parsed by
+                   pyarrow's C++ client; globs through fsspec), keeping Parquet files and
+                   skipping names that start with "_" or "." (temp files, manifests, _SUCCESS)
       2. footers   read in parallel on a thread pool; only the footer of each file is fetched
                    (the listed size is handed to pyarrow, so no extra HEAD request per file)
       3. check     every file has the requested columns; all files agree on their schema
