@@ -631,6 +631,8 @@ class ObjectStore:
             seg = self._allocate(entry.size, entry.oid)
         except BaseException:
             entry.state = "spilled"
+            if entry.deleted:
+                self._release_if_idle(entry)
             self._cond.notify_all()
             raise
         mv = memoryview(seg.mm)
@@ -651,6 +653,8 @@ class ObjectStore:
             entry.seg = None
             entry.state = "spilled"
             self._recycle(seg)
+            if entry.deleted:
+                self._release_if_idle(entry)
             self._cond.notify_all()
             try:
                 raise error

@@ -428,3 +428,45 @@ def test_driver_views_come_from_a_read_only_mapping(tmp_path):
     assert "wrote" not in p.stdout and p.returncode == -11          # SIGSEGV, not a silent change
     assert shm.cleanup_stale_sessions() is not None
     assert [n for n in os.listdir("/dev/shm") if n.startswith(prefix)] == []
+
+
+def test_size_classes_bound_padding():
+    prev = 0
+    for n in [1, 4095, 4096, 4097, 100_000, 2**20, 2**20 + 1, 5 * 10**6, 800 * 10**6]:
+        c = size_class(n)
+        assert c >= n and c % os.sysconf("SC_PAGE_SIZE") == 0 and c >= prev
+        assert n < 65536 or c <= n * 1.125 + 4096
+        prev = c
+
+
+def test_restore_when_everything_else_is_pinned(make_store):
+    st = make_store(capacity=3 * MiB, min_spilling_size=0, full_wait=0.2)
+    st.put(oid(1), serialize(np.full(MiB // 8, 1)))
+    st.put(oid(2), serialize(np.full(MiB // 8, 2)))
+    st.put(oid(3), serialize(np.full(MiB // 8, 3)))      # spills 1
+    assert {e.object_id: e.where for e in st.entries()}[oid(1).hex()] == "spilled"
+    st.pin(oid(2), 0)
+    st.pin(oid(3), 0)
+    with pytest.raises(ObjectStoreFullError, match=oid(1).hex()):
+        st.view(oid(1))
+    assert {e.object_id: e.where for e in st.entries()}[oid(1).hex()] == "spilled"
+    st.unpin(oid(3), 0)
+    assert get(st, 1)[0] == 1                           # restored, 3 spilled in its place
+    w = get(st, 3, writable=True)                       # restore + private copy-on-write
+    w[0] = 99
+    assert get(st, 3)[0] == 3
+
+
+def test_entries_report_spill_urls_and_pins(make_store, tmp_path):
+    st = make_store(capacity=3 * MiB, min_spilling_size=0)
+    for i in range(4):
+        st.put(oid(i), serialize(np.full(MiB // 8, i)))
+    st.pin(oid(3), 7)
+    info = {e.object_id: e for e in st.entries()}
+    spilled = [e for e in info.values() if e.where == "spilled"]
+    assert spilled and all(e.spill_url.startswith(str(tmp_path / "spill")) and "#offset=" in e.spill_url
+                           for e in spilled)
+    assert info[oid(3).hex()].pinned and info[oid(3).hex()].pins == {7: 1}
+    assert info[oid(3).hex()].where == "shared" and info[oid(3).hex()].segment.startswith(st.session.prefix)
+    u = st.usage()
+    assert u["num_spilled"] == len(spilled) and u["spill_files"] >= 1 and u["spilled_bytes"] > 0
