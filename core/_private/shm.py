@@ -201,7 +201,9 @@ def pinned_view(buffer, offset: int, size: int, on_release: Callable[[], None],
 # ─── processes ──────────────────────────────────────────────────────────────────────────────────
 def process_start_time(pid: int) -> int | None:
     """Start time of `pid` in clock ticks since boot (field 22 of /proc/<pid>/stat), or None
-    when the process is gone or a zombie (killed but not yet reaped: as good as dead)."""
+    when the process is gone or a zombie (killed but not yet reaped: as good as dead).
+    Hand-written: psutil.Process(pid).create_time() reads the same field, but a float in
+    seconds loses the exactness we compare on, and shm stays importable without psutil."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()

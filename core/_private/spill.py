@@ -71,7 +71,8 @@ _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 
 
 
 def parse_size(value: Any, key: str) -> int:
-    """An int of bytes, or a string such as "16MiB" / "2GB"; `key` names it in errors."""
+    """An int of bytes, or a string such as "16MiB" / "2GB"; `key` names it in errors.
+    Hand-written (humanfriendly.parse_size does this) to avoid a dependency for ten lines."""
     if isinstance(value, bool):
         raise ConfigError(f"{key}: expected a size in bytes (int or '16MiB'), got {value!r}")
     if isinstance(value, int):
