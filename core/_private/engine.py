@@ -27,11 +27,7 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import os
-import selectors
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -42,6 +38,7 @@ from core._private import protocol as P
 from core._private import refs as refs_mod
 from core._private import scheduler as S
 from core._private.refs import ObjectRef
+from core._private.worker_pool import WorkerPool, WorkerProc
 from core.exceptions import (
     ActorDiedError,
     CoreError,
@@ -111,27 +108,6 @@ class Task:
     worker: "WorkerProc | None" = None
     cancelled: bool = False
     gpu_ids: list = field(default_factory=list)
-
-
-class WorkerProc:
-    """One worker process as the driver sees it."""
-
-    def __init__(self, wid: int, proc: subprocess.Popen, chan: P.Channel, ctl_fd: int,
-                 actor_id: bytes | None) -> None:
-        self.wid = wid
-        self.proc = proc
-        self.chan = chan
-        self.ctl_fd = ctl_fd
-        self.actor_id = actor_id
-        self.started = False          # HELLO received
-        self.alive = True
-        self.inflight: deque[Task] = deque()
-        self.held_need: dict = {}     # resources held while it runs a batch
-        self.blocked = 0              # nested get/wait requests outstanding
-        self.known_fns: set[bytes] = set()
-        self.borrowed: set[bytes] = set()
-        self.bytes_received = 0
-        self.function_bytes = 0       # function/class code shipped to it (once per function)
 
 
 class Actor:
@@ -220,25 +196,16 @@ class LocalEngine:
         self.functions: dict[bytes, bytes] = {}
         self.fn_time: dict[bytes, float] = {}
         self.actors: dict[bytes, Actor] = {}
-        self.workers: dict[int, WorkerProc] = {}
         self.requests: list[tuple] = []        # pending nested get/wait: (worker, req_id, op, args, deadline)
-        self._wids = itertools.count(1)
-        self._closing = False
         self._futures_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
-        self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
-        self._want_write: set[P.Channel] = set()
-
+        self.pool = WorkerPool(inline_threshold, self._on_io)
+        self.workers = self.pool.workers       # wid -> WorkerProc, kept by the pool
         refs_mod.set_runtime(self)
         with self.locked:
             for _ in range(self.pool_size):
-                self._spawn_worker(actor_id=None)
-        self._io = threading.Thread(target=self._io_loop, name="core-io", daemon=True)
-        self._io.start()
+                self.pool.spawn(actor_id=None)
+        self.pool.start()
 
     # ── ids ──
     def new_id(self, index: int = 0) -> bytes:
@@ -264,7 +231,7 @@ class LocalEngine:
             finally:
                 self._lock.release()
         else:
-            self._wake()
+            self.pool.wake()
 
     def _apply_ref_events(self) -> None:
         events = self._ref_events
@@ -575,7 +542,7 @@ class LocalEngine:
                 starting = sum(1 for w in self.workers.values()
                                if w.alive and w.actor_id is None and not w.started)
                 if S.should_spawn(0, starting, live, self.max_workers, len(self.queue)):
-                    idle.append(self._spawn_worker(actor_id=None))
+                    idle.append(self.pool.spawn(actor_id=None))
                 else:
                     break
             worker = idle.pop()
@@ -860,7 +827,7 @@ class LocalEngine:
         for oid in create.return_ids:
             self.objects.setdefault(oid, Obj(PENDING, None)).status = PENDING
         self.tasks[create.task_id] = create
-        actor.worker = self._spawn_worker(actor_id=actor.actor_id)
+        actor.worker = self.pool.spawn(actor_id=actor.actor_id)
         create.state = "queued"
         create.deps = 0
         actor.queue.appendleft(create)
@@ -906,63 +873,11 @@ class LocalEngine:
         actor.need = {}
 
     # ── workers ─────────────────────────────────────────────────────────────────────────────
-    def _spawn_worker(self, actor_id: bytes | None) -> WorkerProc:
-        wid = next(self._wids)
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        ctl_r, ctl_w = os.pipe()
-        env = dict(os.environ)
-        env["DDSF_SYS_PATH"] = os.pathsep.join(p for p in sys.path if p)
-        env.setdefault("OMP_NUM_THREADS", "1")
-        # -c, not -m: run as __main__ the module's classes would be a second copy of themselves.
-        cmd = [sys.executable, "-c", "import sys; from core._private.worker import main; main(sys.argv[1:])",
-               str(child.fileno()), str(ctl_r), str(wid), str(self.inline_threshold)]
-        try:
-            proc = subprocess.Popen(cmd, pass_fds=(child.fileno(), ctl_r), env=env,
-                                    stdin=subprocess.DEVNULL, close_fds=True)
-        finally:
-            child.close()
-            os.close(ctl_r)
-        worker = WorkerProc(wid, proc, P.Channel(parent, self._want_flush), ctl_w, actor_id)
-        self.workers[wid] = worker
-        self._sel.register(parent, selectors.EVENT_READ, worker)
-        return worker
-
-    def _want_flush(self, chan: P.Channel) -> None:
-        self._want_write.add(chan)
-        self._wake()
-
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass
-
-    def _segments_released(self, names: list[str]) -> None:
-        for w in list(self.workers.values()):
-            if w.alive:
-                w.chan.send((P.RELEASE_SEGMENTS, list(names)))
-
     def _on_worker_death(self, worker: WorkerProc) -> None:
+        """A worker's socket closed: give back what it held, retry or fail what it ran."""
         if not worker.alive:
             return
-        worker.alive = False
-        try:
-            self._sel.unregister(worker.chan.sock)
-        except (KeyError, ValueError):
-            pass
-        worker.chan.close()
-        try:
-            os.close(worker.ctl_fd)
-        except OSError:
-            pass
-        code = worker.proc.poll()
-        if code is None:
-            try:
-                code = worker.proc.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                worker.proc.kill()
-                code = worker.proc.wait()
-        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        how = self.pool.reap(worker)
         self.store.unpin_all(worker.wid)
         for oid in worker.borrowed:
             self._decref(oid)
@@ -989,11 +904,10 @@ class LocalEngine:
                         f"(max_retries); pid {worker.proc.pid}"))
             worker.inflight.clear()
             live = sum(1 for w in self.workers.values() if w.alive and w.actor_id is None)
-            if not self._closing and live < self.pool_size:
-                self._spawn_worker(actor_id=None)
+            if not self.pool.closing and live < self.pool_size:
+                self.pool.spawn(actor_id=None)
         else:
             self._on_actor_worker_death(worker, how)
-        del self.workers[worker.wid]
         self._schedule()
         self._cond.notify_all()
 
@@ -1008,7 +922,7 @@ class LocalEngine:
             self._finish_failed(t, err)
         worker.inflight.clear()
         actor.worker = None
-        if actor.dead or self._closing:
+        if actor.dead or self.pool.closing:
             return
         if actor.restarts_left != 0:
             if actor.restarts_left > 0:
@@ -1128,61 +1042,21 @@ class LocalEngine:
         self.requests = keep
 
     # ── io thread ───────────────────────────────────────────────────────────────────────────
-    def _io_loop(self) -> None:
-        while not self._closing:
-            timeout = 0.05
-            try:
-                events = self._sel.select(timeout)
-            except OSError:
-                if self._closing:
-                    return
-                raise
-            msgs: list[tuple[WorkerProc, tuple]] = []
-            dead: list[WorkerProc] = []
-            for key, mask in events:
-                worker = key.data
-                if worker is None:
-                    try:
-                        while os.read(self._wake_r, 4096):
-                            pass
-                    except BlockingIOError:
-                        pass
-                    continue
-                if mask & selectors.EVENT_WRITE:
-                    if worker.chan.flush():
-                        self._sel.modify(worker.chan.sock, selectors.EVENT_READ, worker)
-                if mask & selectors.EVENT_READ:
-                    try:
-                        data = worker.chan.sock.recv(4 << 20)
-                    except (BlockingIOError, InterruptedError):
-                        continue
-                    except OSError:
-                        data = b""
-                    if not data:
-                        dead.append(worker)
-                        continue
-                    worker.bytes_received += len(data)
-                    for m in worker.chan.reader.feed(data):
-                        msgs.append((worker, m))
-            released = self.store.released_segments
-            if released:
-                names = [released.popleft() for _ in range(len(released))]
-                self._segments_released(names)
-            with self.locked:
-                for worker, m in msgs:
-                    self._handle(worker, m)
-                for worker in dead:
-                    self._on_worker_death(worker)
-                self._answer_requests(time.monotonic())
-                if msgs:
-                    self._schedule()
-                    self._cond.notify_all()
-                for chan in list(self._want_write):
-                    self._want_write.discard(chan)
-                    if not chan.closed and chan.has_backlog():
-                        for w in self.workers.values():
-                            if w.chan is chan:
-                                self._sel.modify(chan.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, w)
+    def _on_io(self, msgs: list[tuple[WorkerProc, tuple]], dead: list[WorkerProc]) -> None:
+        """Called by the pool's io thread after each select(): apply what the workers said."""
+        released = self.store.released_segments
+        if released:
+            names = [released.popleft() for _ in range(len(released))]
+            self.pool.broadcast((P.RELEASE_SEGMENTS, names))
+        with self.locked:
+            for worker, m in msgs:
+                self._handle(worker, m)
+            for worker in dead:
+                self._on_worker_death(worker)
+            self._answer_requests(time.monotonic())
+            if msgs:
+                self._schedule()
+                self._cond.notify_all()
 
     def _handle(self, worker: WorkerProc, msg: tuple) -> None:
         kind = msg[0]
@@ -1283,28 +1157,7 @@ class LocalEngine:
 
     # ── shutdown ────────────────────────────────────────────────────────────────────────────
     def shutdown(self) -> None:
-        with self.locked:
-            self._closing = True
-            workers = list(self.workers.values())
-            for w in workers:
-                w.chan.send((P.EXIT,))
-        self._wake()
-        self._io.join(timeout=2.0)
-        deadline = time.monotonic() + 1.0
-        for w in workers:
-            try:
-                w.proc.wait(timeout=max(0.01, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                w.proc.kill()
-                w.proc.wait()
-            w.chan.close()
-            try:
-                os.close(w.ctl_fd)
-            except OSError:
-                pass
-        self._sel.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self.pool.close()
         if self._futures_pool is not None:
             self._futures_pool.shutdown(wait=False, cancel_futures=True)
         refs_mod.set_runtime(None)
