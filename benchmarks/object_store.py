@@ -63,8 +63,11 @@ class Ray:
         if spill_dir:
             kw["_system_config"] = {"object_spilling_config": json.dumps(
                 {"type": "filesystem", "params": {"directory_path": spill_dir}})}
+        # A private temp dir (short: Ray puts unix sockets in it), removed at shutdown, so the
+        # benchmark leaves no Ray session folder behind.
+        self.temp_dir = tempfile.mkdtemp(prefix="rb-", dir="/tmp")
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=object_store_memory,
-                 logging_level="ERROR", log_to_driver=False, **kw)
+                 logging_level="ERROR", log_to_driver=False, _temp_dir=self.temp_dir, **kw)
 
     def put(self, v):
         return self.api.put(v)
@@ -74,6 +77,7 @@ class Ray:
 
     def shutdown(self):
         self.api.shutdown()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def measure(system, quick: bool) -> dict:
