@@ -267,6 +267,7 @@ class ObjectStore:
         entry.state = "shared"                    # no longer busy; then free it
         if self._objects.get(entry.oid) is entry:
             del self._objects[entry.oid]
+        self._zombies.discard(entry)
         self._release_storage(entry)
         self._cond.notify_all()
 
@@ -411,7 +412,10 @@ class ObjectStore:
         self._objects.pop(entry.oid, None)
         self._lru.pop(entry.oid, None)
         entry.deleted = True
-        self._release_if_idle(entry, recycle=not entry.lost and not entry.remote_writer)
+        if entry.state == "creating" and entry.remote_writer:
+            self._release_storage(entry, recycle=False)   # its writer died; never reuse
+        else:
+            self._release_if_idle(entry, recycle=not entry.lost)
 
     def _release_if_idle(self, entry: _Entry, recycle: bool = True) -> None:
         if entry.pins or entry.busy:

@@ -470,3 +470,14 @@ def test_entries_report_spill_urls_and_pins(make_store, tmp_path):
     assert info[oid(3).hex()].where == "shared" and info[oid(3).hex()].segment.startswith(st.session.prefix)
     u = st.usage()
     assert u["num_spilled"] == len(spilled) and u["spill_files"] >= 1 and u["spilled_bytes"] > 0
+
+
+def test_create_retried_after_writer_died_and_delete_before_seal(make_store):
+    st = make_store()
+    name1, _ = st.create(oid(1), 500_000)
+    name2, _ = st.create(oid(1), 500_000)          # the writer died; the retry gets a fresh segment
+    assert name1 != name2 and not os.path.exists(f"/dev/shm/{name1}")
+    st.delete(oid(1))                              # abandoned before seal
+    assert not os.path.exists(f"/dev/shm/{name2}")
+    u = st.usage()
+    assert u["used"] == 0 and u["num_zombies"] == 0 and u["pooled_segments"] == 0
