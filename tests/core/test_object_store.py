@@ -481,3 +481,73 @@ def test_create_retried_after_writer_died_and_delete_before_seal(make_store):
     assert not os.path.exists(f"/dev/shm/{name2}")
     u = st.usage()
     assert u["used"] == 0 and u["num_zombies"] == 0 and u["pooled_segments"] == 0
+
+
+def test_random_concurrent_operations_keep_invariants(make_store):
+    """Threads put, read (holding views for a while), pin, unpin and delete at random over a
+    store that must spill; values always read back right and the accounting ends balanced."""
+    import random
+
+    st = make_store(capacity=6 * MiB, min_spilling_size=MiB, full_wait=5)
+    live: dict[int, int] = {}                      # oid -> value, only for sealed puts
+    lock = threading.Lock()
+    errors = []
+
+    def worker(seed):
+        rng = random.Random(seed)
+        held = []
+        try:
+            for step in range(400):
+                op = rng.random()
+                if op < 0.35:
+                    i = seed * 10_000 + step
+                    size = rng.choice([1000, 200_000, 600_000])
+                    st.put(oid(i), serialize(np.full(size // 8, i, dtype=np.int64)))
+                    with lock:
+                        live[i] = i
+                    continue
+                with lock:
+                    if not live:
+                        continue
+                    i = rng.choice(list(live))
+                if op < 0.75:
+                    try:
+                        arr = deserialize(st.pinned_view(oid(i)))
+                    except ObjectLostError:
+                        continue                   # deleted by another thread meanwhile
+                    assert arr[0] == i and arr[-1] == i
+                    if rng.random() < 0.3:
+                        held.append(arr)
+                    if len(held) > 1:              # 4 threads x 2 views < capacity
+                        held.pop(0)
+                elif op < 0.85:
+                    with lock:
+                        if live.pop(i, None) is None:
+                            continue
+                    st.delete(oid(i))
+                else:
+                    try:
+                        st.pin(oid(i), seed)
+                    except ObjectLostError:
+                        continue
+                    st.unpin(oid(i), seed)
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            held.clear()
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(1, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [], [str(e) for e in errors[:3]]
+    assert st.stats["spilled_objects"] > 0 and st.stats["restored_objects"] > 0
+    for i in list(live):
+        assert get(st, i)[0] == i
+        st.delete(oid(i))
+    gc.collect()
+    u = st.usage()
+    assert u["num_zombies"] == 0 and u["pinned_bytes"] == 0 and u["spill_files"] == 0
+    assert u["used"] == u["pooled"] <= st.capacity
+    assert list(Path(st.spill.url).glob("spill-*")) == []
