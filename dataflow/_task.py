@@ -98,8 +98,8 @@ def run_shard(task: ShardTask, model: Any) -> ShardResult:
             tables.append(_predict(task, predictor, rb))
         except Exception as exc:
             if task.on_error != "quarantine":
-                raise PredictError(f"shard {shard.index} ({shard.path}) rows {offset}-{offset + n - 1}: "
-                                   f"{_describe(exc)}", shard.index) from exc
+                # The shard and its file are reported with this error by the driver.
+                raise PredictError(f"rows {offset}-{offset + n - 1}: {_describe(exc)}", shard.index) from exc
             good, failed = _bisect(task, predictor, rb, exc)
             tables += good
             if failed:

@@ -69,7 +69,10 @@ class CoreBackend:
     def wait(self, handles: list, timeout: float) -> list:
         import core
 
-        ready, _ = core.wait(list(handles), num_returns=1, timeout=timeout)
+        ready, rest = core.wait(list(handles), num_returns=1, timeout=timeout)
+        if ready and rest:  # collect whatever else is done too, without waiting
+            more, _ = core.wait(rest, num_returns=len(rest), timeout=0)
+            ready += more
         return ready
 
     def result(self, handle: Any) -> Any:
@@ -80,9 +83,9 @@ class CoreBackend:
             return core.get(handle)
         except TaskError as exc:
             cause = exc.cause if exc.cause is not None else exc
-            raise TaskFailure(_first_line(cause), cause) from exc
+            raise TaskFailure(describe(cause), cause) from exc
         except CoreError as exc:  # worker crashed, object lost, store full, cancelled
-            raise TaskFailure(f"{type(exc).__name__}: {_first_line(exc)}", exc) from exc
+            raise TaskFailure(describe(exc), exc) from exc
 
     def cancel(self, handle: Any, force: bool = False) -> None:
         import core
@@ -139,7 +142,7 @@ class InlineBackend:
 
     def result(self, handle: _Done) -> Any:
         if handle.error is not None:
-            raise TaskFailure(_first_line(handle.error), handle.error)
+            raise TaskFailure(describe(handle.error), handle.error)
         return handle.value
 
     def cancel(self, handle: Any, force: bool = False) -> None:
@@ -160,9 +163,14 @@ def import_modules(modules: list[str]) -> None:
             pass
 
 
-def _first_line(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """One line for a task's error: our own messages as they are (they name what failed), any
+    other error with its type in front."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    first = text.splitlines()[0] if text else ""
+    if type(exc).__module__.split(".")[0] == "dataflow" and first:
+        return first
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def make_backend(name: str, **kwargs) -> CoreBackend | InlineBackend:
