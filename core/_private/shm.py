@@ -24,6 +24,7 @@ attached them exits and warns about "leaked" ones, which fights a store that out
 from __future__ import annotations
 
 import atexit
+import errno
 import json
 import mmap
 import os
@@ -36,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Callable, Literal
 
-from core.exceptions import CoreError, ObjectLostError
+from core.exceptions import CoreError, ObjectLostError, ObjectStoreFullError
 
 __all__ = [
     "SHM_DIR", "Session", "create_segment", "map_segment", "unlink_segment", "segment_exists",
@@ -58,13 +59,16 @@ def _path(name: str) -> str:
 def create_segment(name: str, size: int) -> tuple[mmap.mmap, int]:
     """Create /dev/shm/<name> (exclusive, 0600) of `size` bytes and map it read-write.
     Returns the mapping and the file's inode (to tell a lost-and-recreated file apart).
-    tmpfs allocates pages only when touched, so a large size costs nothing up front."""
+    The pages are reserved (fallocate) and mapped in (populate) up front: they are about to be
+    written, and a full /dev/shm then raises ObjectStoreFullError here instead of killing the
+    process with SIGBUS at the first write to a page tmpfs cannot supply."""
     if size <= 0:
         raise CoreError(f"segment {name}: size must be positive, got {size}")
     fd = os.open(_path(name), os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600)
     try:
         os.fchmod(fd, 0o600)                       # independent of the umask
         os.ftruncate(fd, size)
+        _reserve(fd, name, size)
         mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         _populate(mm, size)
         ino = os.fstat(fd).st_ino
@@ -74,6 +78,20 @@ def create_segment(name: str, size: int) -> tuple[mmap.mmap, int]:
         raise
     os.close(fd)                                   # the mapping keeps the memory alive
     return mm, ino
+
+
+def _reserve(fd: int, name: str, size: int) -> None:
+    """Allocate the segment's pages now (costs nothing extra: populate then only maps them)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.ENOMEM):
+            raise ObjectStoreFullError(
+                f"{SHM_DIR} is full: cannot allocate {size} bytes for segment {name} "
+                f"({shm_free_bytes()} bytes free); free space in {SHM_DIR}, or lower "
+                f"object_store_memory so objects spill instead") from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
 
 
 _MADV_POPULATE_WRITE = 23          # Linux 5.14+; Python 3.11's mmap module does not name it
