@@ -91,7 +91,11 @@ def spilling_config(spill: Any) -> dict | None:
         path = config.uri or ""
         path = path[len("file://"):] if path.startswith("file://") else path
         return {"type": "filesystem", "params": {"directory_path": os.path.abspath(os.path.expanduser(path))}}
-    return {"type": "smart_open", "params": {"uri": config.uri, "buffer_size": int(config.buffer_size)}}
+    # buffer_size is what Ray hands smart_open; smart_open >= 5 sizes multipart parts with
+    # min_part_size, so that gets our buffer_size too (as our own S3 spill target does).
+    size = int(config.buffer_size)
+    return {"type": "smart_open", "params": {"uri": config.uri, "buffer_size": size,
+                                             "override_transport_params": {"min_part_size": size}}}
 
 
 def ray_init_kwargs(address: str, *, num_cpus=None, num_gpus=None, resources=None,
@@ -174,11 +178,16 @@ class RayBackend:
                           f"cluster has its own resources and object spilling (configure them with "
                           f"`ray start`)", RuntimeWarning, stacklevel=3)
         if self._owns_ray:
+            quiet = _DropMessages("The object spilling config is specified from an unstable API")
+            node_logger = logging.getLogger("ray._private.node")
+            node_logger.addFilter(quiet)
             try:
                 ray.init(**kwargs)
             except Exception as exc:
                 raise CoreError(f"cannot start or reach Ray at address={address!r}: "
                                 f"{type(exc).__name__}: {_first_line(exc)}") from exc
+            finally:
+                node_logger.removeFilter(quiet)
         _register_serializers(ray)
         refs_mod.set_runtime(self)
 
@@ -647,6 +656,17 @@ def _register_serializers(ray: Any) -> None:
 
     ray.util.register_serializer(ObjectRef, serializer=_ref_to_ray, deserializer=_ref_from_ray)
     ray.util.register_serializer(ActorHandle, serializer=_handle_to_ray, deserializer=_handle_from_ray)
+
+
+class _DropMessages(logging.Filter):
+    """Drops Ray's log records that start with a given text (notices about what we chose)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
 
 
 # ─── errors and resources ───────────────────────────────────────────────────────────────────────

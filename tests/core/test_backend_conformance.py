@@ -407,7 +407,8 @@ def test_ray_spilling_config_passes_buffer_size_to_smart_open():
     from core._private.ray_backend import ray_init_kwargs, spilling_config
 
     assert spilling_config({"uri": "s3://bucket/spill", "buffer_size": "8MiB"}) == {
-        "type": "smart_open", "params": {"uri": "s3://bucket/spill", "buffer_size": 8 * 2**20}}
+        "type": "smart_open", "params": {"uri": "s3://bucket/spill", "buffer_size": 8 * 2**20,
+                                         "override_transport_params": {"min_part_size": 8 * 2**20}}}
     assert spilling_config("s3://bucket/spill")["params"]["buffer_size"] > 0
     assert spilling_config("rel/spill") == {
         "type": "filesystem", "params": {"directory_path": os.path.abspath("rel/spill")}}
@@ -417,7 +418,8 @@ def test_ray_spilling_config_passes_buffer_size_to_smart_open():
     assert kwargs["_node_ip_address"] == "127.0.0.1" and kwargs["include_dashboard"] is False
     assert kwargs["address"] is None and kwargs["num_cpus"] == 2 and ignored == []
     spilling = json.loads(kwargs["_system_config"]["object_spilling_config"])
-    assert spilling == {"type": "smart_open", "params": {"uri": "s3://bucket/p", "buffer_size": 8 * 2**20}}
+    assert spilling["type"] == "smart_open" and spilling["params"]["uri"] == "s3://bucket/p"
+    assert spilling["params"]["buffer_size"] == 8 * 2**20
     kwargs, ignored = ray_init_kwargs("auto", num_cpus=2, spill="/tmp/x")
     assert kwargs["address"] == "auto" and "num_cpus" not in kwargs and "_system_config" not in kwargs
     assert ignored == ["num_cpus", "spill"]
