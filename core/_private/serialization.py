@@ -152,7 +152,9 @@ def _pool() -> ThreadPoolExecutor:
 
 def copy_into(dest: memoryview, src: memoryview) -> None:
     """memcpy `src` into `dest` (same length, 1-D bytes). Big copies run as two halves in two
-    threads (numpy's copyto releases the GIL); small ones are one slice assignment."""
+    threads (numpy's copyto releases the GIL); small ones are one slice assignment.
+    Halves, not many small chunks: glibc's memcpy switches to non-temporal stores only above a
+    size threshold (a fraction of the L3 size), and below it a copy runs ~40% slower here."""
     n = src.nbytes
     if n < PARALLEL_COPY_MIN:
         dest[:n] = src
