@@ -504,7 +504,14 @@ class ObjectStore:
             need = max(0, size - seg.touched) if seg else self._class_for(size)
             if self._used + need <= self.capacity:
                 if seg is None:
-                    return self._new_segment(size, need)
+                    try:
+                        return self._new_segment(size, need)
+                    except ObjectStoreFullError:
+                        # /dev/shm itself is full (other users): our own memory is what we
+                        # can give back
+                        if self._free_pool(need, keep=None) or self._spill_lru(need):
+                            continue
+                        raise
                 self._used += need
                 seg.touched = max(seg.touched, size)
                 return seg
