@@ -284,7 +284,7 @@ class SpillTarget(abc.ABC):
 
     def _verify(self, crcs: tuple[int, ...], loc: SpillLocation, oid_hex: str) -> None:
         if crcs != loc.crcs:
-            bad = next(i for i, (a, b) in enumerate(zip(crcs, loc.crcs)) if a != b) if len(crcs) == len(loc.crcs) else 0
+            bad = next((i for i, (a, b) in enumerate(zip(crcs, loc.crcs)) if a != b), 0)
             raise ObjectLostError(
                 f"object {oid_hex}: spill file {loc.url} is corrupt (crc32 mismatch in bytes "
                 f"{bad * _IO_CHUNK}..{min((bad + 1) * _IO_CHUNK, loc.length)} of the object); "
