@@ -9,8 +9,9 @@
         │
         └─ stream()  _execute ─► each shard's predictions, as they finish (nothing written)
 
-    _session: backend.start ─► warm the workers (imports) ─► ... ─► backend.stop
-    _execute: load_model ─► put once (diagnose if it does not pickle) ─► Executor.run
+    _session:      backend.start ─► warm the workers (imports) ─► ... ─► backend.stop
+    _plan_and_put: plan (helper thread)  ║  load_model ─► put once (diagnose if it does not pickle)
+    _execute:      Executor.run over the shards to do
 
 The backend starts first, so that the workers boot and import while the driver plans and builds
 the model. After the put the driver drops its own copy of the model: only the object store holds it.
@@ -99,7 +100,7 @@ class Pipeline:
         mode = "overwrite" if restart else s.sink.mode
         with MemorySampler() as memory, self._session() as backend:
             try:
-                shards = self.plan(progress)
+                shards, model_ref = self._plan_and_put(backend, progress)
                 sink = open_sink(s.sink.uri, format=s.sink.format, mode=mode,
                                  storage_options=s.sink.storage_options or None)
                 try:
@@ -109,7 +110,7 @@ class Pipeline:
                     summary.shards_skipped = len(shards) - len(todo)
                     progress.start(s.name, len(shards), sum(sh.num_rows for sh in todo), summary.shards_skipped)
                     if todo:
-                        with contextlib.closing(self._execute(todo, backend)) as events:
+                        with contextlib.closing(self._execute(todo, model_ref, backend)) as events:
                             for event in events:
                                 self._record(event, summary, progress, sink)
                 finally:
@@ -132,7 +133,8 @@ class Pipeline:
         sink. Breaking out of the loop cancels the remaining work."""
         if format not in ("pandas", "pyarrow"):
             raise ValueError(f'stream(format=...) must be "pandas" or "pyarrow", got {format!r}')
-        with self._session() as backend, contextlib.closing(self._execute(self.plan(), backend)) as events:
+        with self._session() as backend, contextlib.closing(
+                self._execute(*self._plan_and_put(backend), backend)) as events:
             for event in events:
                 from .executor import ShardDone, ShardFailed
 
@@ -198,27 +200,42 @@ class Pipeline:
             mods.append("torch")
         return list(dict.fromkeys(mods))
 
-    def _execute(self, shards: list, backend: Any) -> Iterator[Any]:
-        from ._task import ShardTask, run_shard
-        from .executor import Executor, default_max_in_flight, task_deadline
+    def _plan_and_put(self, backend: Any, progress: Progress | None = None) -> tuple[list, Any]:
+        """Plan the shards in a helper thread (mostly imports and footer reads) while this thread
+        builds the model and puts it: the two are independent, and both sit before the first task."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="dataflow-plan") as pool:
+            planned = pool.submit(self.plan, progress)
+            model_ref = self._put_model(backend)
+            return planned.result(), model_ref
+
+    def _put_model(self, backend: Any) -> Any:
+        """Build or read the model, and put it once."""
         from .models import PerWorker, check_picklable, load_model
 
         s = self.spec
-        rt, pred, src = s.runtime, s.predict, s.source
         source = load_model(s.model)
         payload = source if isinstance(source, PerWorker) else source.value
         del source
-        if pred.fn is not None and not isinstance(pred.fn, str):
-            check_picklable(pred.fn, "predict function")
+        if s.predict.fn is not None and not isinstance(s.predict.fn, str):
+            check_picklable(s.predict.fn, "predict function")
         if backend.name == "inline":
             check_picklable(payload, "model")  # nothing is pickled inline; fail as core would
         try:
-            model_ref = backend.put(payload)
+            # Once this returns, the store holds the model; the driver's own copy goes with `payload`.
+            return backend.put(payload)
         except Exception:
             # Diagnose only on failure: the check costs a second pickling pass.
             check_picklable(payload, "model")  # raises, naming the captured object
             raise
-        del payload  # the store holds the model now; the driver keeps no copy
+
+    def _execute(self, shards: list, model_ref: Any, backend: Any) -> Iterator[Any]:
+        from ._task import ShardTask, run_shard
+        from .executor import Executor, default_max_in_flight, task_deadline
+
+        s = self.spec
+        rt, pred, src = s.runtime, s.predict, s.source
         token = uuid.uuid4().hex
         model_columns = list(src.columns) if src.columns is not None else None
 
@@ -239,7 +256,6 @@ class Pipeline:
                                                   rt.on_error == "quarantine"))
         with contextlib.closing(executor.run(shards)) as events:
             yield from events
-        del model_ref
 
 
 def _progress(progress: Progress | bool | None, report: str | None) -> Progress:

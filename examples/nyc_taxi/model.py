@@ -34,10 +34,13 @@ DATA_DIR = os.path.join(HERE, "data")
 class TipModel:
     """score = passenger_count >= 2, with a `payload_mb` weight payload built at load time."""
 
-    def __init__(self, payload_mb: float = PAYLOAD_MB):
+    def __init__(self, payload_mb: float = PAYLOAD_MB, fill: float = 0.0):
         # A numpy array, so the object store keeps it out of band: one copy in shared memory,
-        # mapped read-only by every worker, never pickled into each task.
-        self.payload = np.zeros(int(payload_mb * 1_000_000) // 8, dtype=np.float64)
+        # mapped read-only by every worker, never pickled into each task. Zeros, as in the
+        # tutorial, are mapped lazily by the OS until something copies them; `fill` makes the
+        # payload real memory from the start, as trained weights would be.
+        n = int(payload_mb * 1_000_000) // 8
+        self.payload = np.full(n, fill) if fill else np.zeros(n, dtype=np.float64)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         # pandas is imported here, not at the top: the driver builds the model but never calls it,
@@ -51,14 +54,14 @@ class TipModel:
         return f"TipModel(payload={self.payload.nbytes / 1e6:.0f} MB)"
 
 
-def load_model(payload_mb: float = PAYLOAD_MB) -> TipModel:
+def load_model(payload_mb: float = PAYLOAD_MB, fill: float = 0.0) -> TipModel:
     """The tutorial's `load_model()`: a dummy model carrying a weight payload."""
-    return TipModel(payload_mb)
+    return TipModel(payload_mb, fill)
 
 
-def load_trained_model(payload_mb: float = PAYLOAD_MB) -> TipModel:
+def load_trained_model(payload_mb: float = PAYLOAD_MB, fill: float = 0.0) -> TipModel:
     """The tutorial's `load_trained_model()`: predicts a tip when 2 or more passengers rode."""
-    return TipModel(payload_mb)
+    return TipModel(payload_mb, fill)
 
 
 # -- the torch variant -----------------------------------------------------------------------
