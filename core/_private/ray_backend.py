@@ -38,7 +38,6 @@ import logging
 import os
 import re
 import threading
-import warnings
 from collections import deque
 from typing import Any
 
@@ -57,6 +56,8 @@ from core.exceptions import (
 )
 
 __all__ = ["RayBackend", "RayWorkerRuntime", "ray_init_kwargs", "spilling_config"]
+
+_log = logging.getLogger("core")
 
 LOCAL_RAY = "local-ray"
 LOOPBACK = "127.0.0.1"
@@ -174,20 +175,25 @@ class RayBackend:
         self.address = address
         self._owns_ray = not ray.is_initialized()
         if ignored:
-            warnings.warn(f"core.init(address={address!r}): {', '.join(ignored)} ignored; an existing Ray "
-                          f"cluster has its own resources and object spilling (configure them with "
-                          f"`ray start`)", RuntimeWarning, stacklevel=3)
+            _log.warning(f"core.init(address={address!r}): {', '.join(ignored)} ignored: an existing Ray "
+                         f"cluster has its own resources and object spilling (set them with `ray start`)")
         if self._owns_ray:
-            quiet = _DropMessages("The object spilling config is specified from an unstable API")
-            node_logger = logging.getLogger("ray._private.node")
-            node_logger.addFilter(quiet)
+            # Notices about choices we made on purpose (spilling config, token auth) stay out of
+            # the user's terminal.
+            quiet = _DropMessages("The object spilling config is specified from an unstable API",
+                                  "Token authentication is enabled for this Ray cluster")
+            loggers = [logging.getLogger(n) for n in ("ray._private.node",
+                                                      "ray._private.authentication.authentication_token_setup")]
+            for logger in loggers:
+                logger.addFilter(quiet)
             try:
                 ray.init(**kwargs)
             except Exception as exc:
                 raise CoreError(f"cannot start or reach Ray at address={address!r}: "
                                 f"{type(exc).__name__}: {_first_line(exc)}") from exc
             finally:
-                node_logger.removeFilter(quiet)
+                for logger in loggers:
+                    logger.removeFilter(quiet)
         _register_serializers(ray)
         refs_mod.set_runtime(self)
 
@@ -659,14 +665,14 @@ def _register_serializers(ray: Any) -> None:
 
 
 class _DropMessages(logging.Filter):
-    """Drops Ray's log records that start with a given text (notices about what we chose)."""
+    """Drops Ray's log records that start with one of the given texts (notices about what we chose)."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, *prefixes: str) -> None:
         super().__init__()
-        self.prefix = prefix
+        self.prefixes = prefixes
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefix)
+        return not str(record.msg).startswith(self.prefixes)
 
 
 # ─── errors and resources ───────────────────────────────────────────────────────────────────────
