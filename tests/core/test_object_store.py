@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -551,3 +552,38 @@ def test_random_concurrent_operations_keep_invariants(make_store):
     assert u["num_zombies"] == 0 and u["pinned_bytes"] == 0 and u["spill_files"] == 0
     assert u["used"] == u["pooled"] <= st.capacity
     assert list(Path(st.spill.url).glob("spill-*")) == []
+
+
+def test_full_dev_shm_spills_or_raises_instead_of_sigbus(tmp_path):
+    """/dev/shm smaller than object_store_memory (other users filled it): a put spills our own
+    objects to make room, and when nothing can go it raises ObjectStoreFullError; writing to
+    pages tmpfs cannot supply would kill the process with SIGBUS instead. Runs in a private
+    mount namespace with a 4 MiB /dev/shm."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1)")
+    code = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(REPO)!r})
+        import numpy as np
+        from core._private.object_store import ObjectStore
+        from core._private.serialization import serialize
+        from core.exceptions import ObjectStoreFullError
+        st = ObjectStore.from_config(object_store_memory=64 << 20, inline_threshold=1024,
+                                     spill={{"uri": {str(tmp_path)!r}, "min_spilling_size": 0}})
+        st.full_wait = 0.2
+        st.put(b"a" * 20, serialize(np.ones(3 << 17)))          # 3 MiB
+        st.put(b"b" * 20, serialize(np.ones(3 << 17)))          # /dev/shm full: a is spilled
+        print("spilled", st.usage()["num_spilled"], flush=True)
+        st.pin(b"b" * 20, 0)
+        try:
+            st.put(b"c" * 20, serialize(np.ones(3 << 17)))
+        except ObjectStoreFullError as exc:
+            print("full", "/dev/shm is full" in str(exc) or "does not fit" in str(exc), flush=True)
+        st.shutdown()
+    """)
+    cmd = ["unshare", "-m", "sh", "-c",
+           f"mount -t tmpfs -o size=4m,mode=1777 tmpfs /dev/shm && exec {sys.executable} -c \"$0\"", code]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if "mount" in p.stderr and p.returncode != 0 and "spilled" not in p.stdout:
+        pytest.skip(f"cannot make a private /dev/shm here: {p.stderr.strip()[:200]}")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["spilled", "1", "full", "True"]
