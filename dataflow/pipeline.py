@@ -82,6 +82,27 @@ class Pipeline:
                            shard_by=src.shard_by, target_rows=src.target_rows,
                            storage_options=src.storage_options or None)
 
+    def committed(self) -> dict[int, int]:
+        """Shards already committed in the sink (shard index -> rows); {} if it does not exist.
+        Reads only: a missing destination is not created."""
+        s = self.spec.sink
+        if s is None or s.mode != "resume":
+            return {}
+        import fsspec
+        from connectors import open_sink
+
+        try:
+            fs, path = fsspec.core.url_to_fs(s.uri, **(s.storage_options or {}))
+            if not fs.exists(path):
+                return {}
+        except Exception:  # unreachable destination: the run itself will report it
+            return {}
+        sink = open_sink(s.uri, format=s.format, mode="resume", storage_options=s.storage_options or None)
+        try:
+            return sink.committed()
+        finally:
+            sink.close()
+
     # -- running ----------------------------------------------------------------------------
     def run(self, *, restart: bool = False, progress: Progress | bool | None = None) -> Summary:
         """Run to the sink; returns the Summary. Raises RunError when a shard keeps failing with

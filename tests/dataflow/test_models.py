@@ -18,6 +18,9 @@ from tests.dataflow import helpers
 
 BATCH = pd.DataFrame({"x": [1, 2, 3]})
 
+# TorchScript still works in torch 2.13 but warns that it is deprecated; loading it is what we test.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+
 
 def test_factory_builds_in_the_driver():
     src = load_model(ModelSpec(factory="tests.dataflow.helpers:fragile_model", args={"payload_mb": 0.5}))

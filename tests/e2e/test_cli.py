@@ -135,8 +135,12 @@ def test_plan_lists_shards(tmp_path):
     shards = json.loads(r.stdout)["shards"]
     assert [s["index"] for s in shards] == [0, 1, 2] and sum(s["num_rows"] for s in shards) == 17_106
     text = dataflow("plan", NYC, *small(tmp_path, shards=3), cwd=tmp_path)
-    assert "3 shards, 17,106 rows" in text.stdout
+    assert "3 shards, 17,106 rows" in text.stdout and "to do: 3 shards, 17,106 rows" in text.stdout
     assert not (tmp_path / "out").exists()
+    assert dataflow("run", NYC, *small(tmp_path, shards=3), cwd=tmp_path).returncode == 0
+    os.remove(tmp_path / "out" / "part-00001.parquet")
+    after = json.loads(dataflow("plan", NYC, *small(tmp_path, shards=3), "--json", cwd=tmp_path).stdout)
+    assert [s["committed"] for s in after["shards"]] == [True, False, True]
 
 
 def test_summary_table_when_not_a_terminal(tmp_path):
