@@ -302,7 +302,7 @@ class LocalEngine:
                 return [self._materialize(oid, p, writable) for oid, p in zip(oids, plan)]
             except ObjectLostError as lost:
                 with self.locked:
-                    self._recover_lost(lost.oid)  # type: ignore[attr-defined]
+                    self._recover_lost(lost.oid, lost)  # type: ignore[attr-defined]
 
     def _wait_ready(self, oids: list[bytes], num: int, deadline: float | None) -> None:
         while True:
@@ -353,16 +353,19 @@ class LocalEngine:
             raise exc.with_traceback(None) from None
         return deserialize(view, writable=writable)
 
-    def _recover_lost(self, oid: bytes) -> None:
-        """Rebuild a lost object by re-running its task (lineage), or say why we cannot."""
+    def _recover_lost(self, oid: bytes, cause: ObjectLostError | None = None) -> None:
+        """Rebuild a lost object by re-running its task (lineage), or say why we cannot (with
+        `cause`, the store's own words: file gone, or corrupt)."""
         obj = self.objects.get(oid)
         if obj is None:
             raise self._missing(oid)
         task = obj.task
         if task is None:
+            how = f" ({cause})" if cause is not None else ""
             raise ObjectLostError(
-                f"object {oid.hex()} was lost (its shared-memory segment or spill file is gone) and "
-                f"cannot be rebuilt: it was stored with core.put, which keeps no lineage")
+                f"object {oid.hex()} was lost (its shared-memory segment or spill file is gone or "
+                f"corrupt) and cannot be rebuilt: it was stored with core.put, which keeps no "
+                f"lineage{how}")
         if obj.rebuilds >= MAX_RECONSTRUCTIONS:
             raise ObjectLostError(f"object {oid.hex()} was lost {obj.rebuilds} times; giving up rebuilding it")
         if task.state != "done":
@@ -589,7 +592,7 @@ class LocalEngine:
         try:
             if oid is None:
                 raise exc
-            self._recover_lost(oid)
+            self._recover_lost(oid, exc)
         except ObjectLostError as final:
             self._finish_failed(task, final)
             return
@@ -1019,7 +1022,7 @@ class LocalEngine:
             except ObjectLostError as exc:
                 exc.oid = oid  # type: ignore[attr-defined]
                 try:
-                    self._recover_lost(oid)
+                    self._recover_lost(oid, exc)
                     return False  # answered when rebuilt
                 except ObjectLostError as final:
                     locs.append(("error", final))
