@@ -34,8 +34,12 @@ class Progress:
         if self.use_bar:
             from tqdm import tqdm
 
+            # A terminal that reports no size (some CI ptys, serial consoles) gets a fixed one:
+            # tqdm would otherwise hide the bar (it thinks the screen has no room for it).
+            sized = _width(self.stream) > 0
             self._bar = tqdm(total=rows, unit="rows", unit_scale=True, file=self.stream, desc=name,
-                             dynamic_ncols=True, smoothing=0.1)
+                             dynamic_ncols=sized, ncols=None if sized else 100,
+                             nrows=None if sized else 24, smoothing=0.1)
             self._bar.set_postfix_str(self._shards())
         else:
             self.line(f"{name}: {shards - skipped} shards to run, {rows:,} rows")
@@ -113,6 +117,15 @@ class Silent(Progress):
     def start(self, name, shards, rows, skipped) -> None:
         self.use_bar = False
         super().start(name, shards, rows, skipped)
+
+
+def _width(stream: TextIO) -> int:
+    import os
+
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return 0
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -319,3 +319,35 @@ def test_s3_source_sink_and_spill(tmp_path, s3_bucket):
     again = dataflow("run", NYC, *args, cwd=tmp_path)
     assert again.returncode == 0 and json.loads(again.stdout)["shards_skipped"] == 3
     assert os.listdir(tmp_path) == []  # nothing local: source, sink and spill all on S3
+
+
+@pytest.mark.parametrize("sized", [True, False], ids=["sized", "no-size"])
+def test_progress_bar_on_a_terminal(tmp_path, sized):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    if sized:  # a real terminal; an unsized pty (some CI runners) must still show the bar
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "dataflow", "run", NYC, *small(tmp_path, shards=3)],
+                                cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=slave)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        os.close(master)
+    text = b"".join(chunks).decode(errors="replace")
+    assert "3/3 shards" in text and "rows/s" in text and "\r" in text  # a bar redrawn in place
+    assert "shard 0 done:" not in text                                  # not the plain lines
+    assert re.search(r"status +done", text)
