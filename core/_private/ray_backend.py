@@ -207,6 +207,7 @@ class RayBackend:
         self._streams: dict[bytes, tuple[Any, str]] = {}  # our stream id -> (Ray generator, name)
         self._remotes: dict[tuple, Any] = {}               # (shipped id, options) -> ray remote function
         self._shipped: dict[int, Any] = {}                 # keeps shipped objects (and so their ids) alive
+        self._last_remote: dict[int, tuple] = {}           # shipped id -> (options dict, label, remote function)
         self._prefix = os.urandom(8)
         self._ids = itertools.count(1)
         self._closed = False
@@ -390,6 +391,15 @@ class RayBackend:
         return [sub(a) for a in args], {k: sub(v) for k, v in kwargs.items()}
 
     def _remote_function(self, shipped: Any, options: dict, label: str) -> Any:
+        # Fast path: `f.remote()` passes the same options dict every time.
+        last = self._last_remote.get(id(shipped))
+        if last is not None and last[0] is options and last[1] == label:
+            return last[2]
+        fn = self._make_remote_function(shipped, options, label)
+        self._last_remote[id(shipped)] = (options, label, fn)
+        return fn
+
+    def _make_remote_function(self, shipped: Any, options: dict, label: str) -> Any:
         ray_options = {"num_cpus": options.get("num_cpus", 1), "num_gpus": options.get("num_gpus", 0),
                        "num_returns": options.get("num_returns", 1),
                        "max_retries": options.get("max_retries", 3),
@@ -530,6 +540,7 @@ class RayBackend:
         self._streams.clear()
         self._actors.clear()
         self._remotes.clear()
+        self._last_remote.clear()
         self._shipped.clear()
         if self._owns_ray:
             self._ray.shutdown()

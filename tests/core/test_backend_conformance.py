@@ -18,6 +18,7 @@ import sys
 import time
 
 import numpy as np
+import psutil
 import pytest
 
 import core
@@ -370,11 +371,12 @@ def test_kill_makes_calls_raise_actor_died(backend):
     core.kill(c)
     with pytest.raises(ActorDiedError):
         core.get(c.add.remote(1), timeout=30)
-    deadline = time.time() + 15
+    deadline = time.time() + 30
     while time.time() < deadline:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:   # dead, not reaped yet
+                break
+        except psutil.NoSuchProcess:
             break
         time.sleep(0.05)
     else:
