@@ -81,12 +81,13 @@ class EntryInfo:
 
 
 class _Segment:
-    __slots__ = ("name", "capacity", "mm", "ino", "touched", "_ro")
+    __slots__ = ("name", "capacity", "mm", "ino", "touched", "_ro", "fresh")
 
     def __init__(self, name: str, capacity: int, mm, ino: int):
         self.name, self.capacity, self.mm, self.ino = name, capacity, mm, ino
         self.touched = 0                  # high-water mark of bytes written (pages allocated)
         self._ro = None
+        self.fresh = False                # never written: its pages read as zeros
 
     def readonly_map(self):
         """A second, read-only mapping for the driver's views, made once and kept (pooled too):
@@ -184,14 +185,17 @@ class ObjectStore:
         if size <= self.inline_threshold:
             self.put_inline(oid, obj.to_bytes())
             return
+        sparse = obj.zero_heavy()
         with self._cond:
-            entry = self._begin_create(oid, size)
+            entry = self._begin_create(oid, size, sparse=sparse)
             if entry is None:
                 return                            # already stored: objects are immutable
         try:
             mv = memoryview(entry.seg.mm)
             try:
-                obj.write_to(mv[:size])           # the one copy, outside the lock
+                # the one copy, outside the lock
+                obj.write_to(mv[:size], dest_is_zero=sparse and entry.seg.fresh)
+                entry.seg.fresh = False
             finally:
                 mv.release()
         except BaseException:
@@ -237,7 +241,7 @@ class ObjectStore:
                                 f"found {entry.state if entry else 'nothing'}")
             self._seal_entry(entry)
 
-    def _begin_create(self, oid: bytes, size: int) -> _Entry | None:
+    def _begin_create(self, oid: bytes, size: int, sparse: bool = False) -> _Entry | None:
         self._check_open()
         old = self._objects.get(oid)
         if old is not None:
@@ -247,7 +251,7 @@ class ObjectStore:
         entry = _Entry(oid, size, "creating")
         self._objects[oid] = entry                # visible as busy, so a second put waits/returns
         try:
-            entry.seg = self._allocate(size, oid)
+            entry.seg = self._allocate(size, oid, sparse=sparse)
         except BaseException:
             if self._objects.get(oid) is entry:
                 del self._objects[oid]
@@ -488,7 +492,7 @@ class ObjectStore:
             self._pooled -= best.touched
         return best
 
-    def _allocate(self, size: int, oid: bytes) -> _Segment:
+    def _allocate(self, size: int, oid: bytes, sparse: bool = False) -> _Segment:
         """A segment for `size` bytes, making room if needed. Lock held; may drop it while
         spilling or waiting."""
         if size > self.capacity:
@@ -505,7 +509,7 @@ class ObjectStore:
             if self._used + need <= self.capacity:
                 if seg is None:
                     try:
-                        return self._new_segment(size, need)
+                        return self._new_segment(size, need, populate=not sparse)
                     except ObjectStoreFullError:
                         # /dev/shm itself is full (other users): our own memory is what we
                         # can give back
@@ -533,14 +537,14 @@ class ObjectStore:
         cap = size_class(size)
         return cap if cap <= self.capacity else -(-size // PAGE) * PAGE
 
-    def _new_segment(self, size: int, capacity: int) -> _Segment:
+    def _new_segment(self, size: int, capacity: int, populate: bool = True) -> _Segment:
         """Create a segment with the lock dropped (creating populates its pages: ~0.2 s for
         800 MB); its bytes are counted first so no other thread can take the room."""
         self._used += capacity
         name = self.session.next_segment_name()
         self._cond.release()
         try:
-            mm, ino = shm.create_segment(name, capacity)
+            mm, ino = shm.create_segment(name, capacity, populate=populate)
         except BaseException:
             self._cond.acquire()
             self._used -= capacity
@@ -549,6 +553,7 @@ class ObjectStore:
         self._cond.acquire()
         seg = _Segment(name, capacity, mm, ino)
         seg.touched = capacity
+        seg.fresh = True
         if self._closed:
             seg.close()
             self._check_open()

@@ -60,6 +60,8 @@ _HEADER_SIZE = _HEADER.size
 # Copies at least this big are split across two threads: numpy's copyto releases the GIL, and one
 # core alone does not saturate memory bandwidth on these VMs.
 PARALLEL_COPY_MIN = 32 * 2**20
+SPARSE_MIN = 8 * 2**20        # buffers this big are checked for zero blocks (see zero_heavy)
+ZERO_BLOCK = 2**20            # granularity of the zero-block skipping
 _COPY_THREADS = 2
 
 
@@ -111,9 +113,27 @@ class SerializedObject:
         table = b"".join(_ENTRY.pack(off, buf.nbytes) for off, buf in zip(self._offsets, self.buffers))
         return header + table + self.pickled
 
-    def write_to(self, dest: memoryview) -> None:
+    def zero_heavy(self) -> bool:
+        """Do the large buffers look all zeros (sampled)? Such a value is best written into a
+        fresh, unpopulated segment skipping its zero blocks: tmpfs pages never written read as
+        zeros and cost no memory (an `np.zeros` payload then costs neither time nor RAM)."""
+        big = [b for b in self.buffers if b.nbytes >= SPARSE_MIN]
+        if not big or sum(b.nbytes for b in big) < self.total_size // 2:
+            return False
+        import numpy as np
+
+        for buf in big:
+            src = np.frombuffer(buf, dtype=np.uint8)
+            step = max(ZERO_BLOCK, src.size // 16)
+            for start in range(0, src.size, step):
+                if src[start:start + 4096].any():
+                    return False
+        return True
+
+    def write_to(self, dest: memoryview, *, dest_is_zero: bool = False) -> None:
         """Write the layout into `dest` (at least `total_size` bytes, writable). Each buffer is
-        copied once, directly from its source array; padding bytes are left as they are."""
+        copied once, directly from its source array; padding bytes are left as they are. When
+        `dest_is_zero` (a fresh segment), all-zero blocks of large buffers are not written."""
         if dest.nbytes < self.total_size:
             raise CoreError(
                 f"destination of {dest.nbytes} bytes is too small for a serialized object of "
@@ -122,7 +142,10 @@ class SerializedObject:
         head = self._head()
         dest[:len(head)] = head
         for off, buf in zip(self._offsets, self.buffers):
-            copy_into(dest[off:off + buf.nbytes], buf)
+            if dest_is_zero and buf.nbytes >= SPARSE_MIN:
+                copy_skipping_zeros(dest[off:off + buf.nbytes], buf)
+            else:
+                copy_into(dest[off:off + buf.nbytes], buf)
 
     def to_bytes(self) -> bytes:
         if not self.buffers:
@@ -166,6 +189,30 @@ def copy_into(dest: memoryview, src: memoryview) -> None:
     half = (n // 2) & ~4095                 # page-aligned split
     fut = _pool().submit(np.copyto, d[half:], s[half:])
     np.copyto(d[:half], s[:half])
+    fut.result()
+
+
+def copy_skipping_zeros(dest: memoryview, src: memoryview) -> None:
+    """Copy `src` into an all-zero `dest`, leaving out blocks of `src` that are all zeros, in
+    two threads. Reading zeros is cheap; not writing them leaves tmpfs pages unallocated."""
+    import numpy as np
+
+    n = src.nbytes
+    d = np.frombuffer(dest, dtype=np.uint8, count=n)
+    s = np.frombuffer(src, dtype=np.uint8, count=n)
+
+    def run(lo: int, hi: int) -> None:
+        for start in range(lo, hi, ZERO_BLOCK):
+            block = s[start:min(start + ZERO_BLOCK, hi)]
+            if block.any():
+                np.copyto(d[start:start + block.size], block)
+
+    half = (n // 2) // ZERO_BLOCK * ZERO_BLOCK
+    if half == 0:
+        run(0, n)
+        return
+    fut = _pool().submit(run, half, n)
+    run(0, half)
     fut.result()
 
 

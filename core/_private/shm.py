@@ -56,21 +56,24 @@ def _path(name: str) -> str:
     return os.path.join(SHM_DIR, name)
 
 
-def create_segment(name: str, size: int) -> tuple[mmap.mmap, int]:
+def create_segment(name: str, size: int, *, populate: bool = True) -> tuple[mmap.mmap, int]:
     """Create /dev/shm/<name> (exclusive, 0600) of `size` bytes and map it read-write.
     Returns the mapping and the file's inode (to tell a lost-and-recreated file apart).
     The pages are reserved (fallocate) and mapped in (populate) up front: they are about to be
     written, and a full /dev/shm then raises ObjectStoreFullError here instead of killing the
-    process with SIGBUS at the first write to a page tmpfs cannot supply."""
+    process with SIGBUS at the first write to a page tmpfs cannot supply. `populate=False`
+    leaves the file sparse, for a value that is mostly zeros and will be written sparsely."""
     if size <= 0:
         raise CoreError(f"segment {name}: size must be positive, got {size}")
     fd = os.open(_path(name), os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600)
     try:
         os.fchmod(fd, 0o600)                       # independent of the umask
         os.ftruncate(fd, size)
-        _reserve(fd, name, size)
+        if populate:
+            _reserve(fd, name, size)
         mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        _populate(mm, size)
+        if populate:
+            _populate(mm, size)
         ino = os.fstat(fd).st_ino
     except BaseException:
         os.close(fd)
