@@ -198,6 +198,16 @@ class _ChunkCrcs:
         return tuple(f.result() for f in self._futures)
 
 
+def _write_all(f, chunk: memoryview) -> None:
+    """Write every byte: an unbuffered file's write may write fewer (a disk filling up), and the
+    next write then raises the real error (ENOSPC) instead of leaving a short spill file."""
+    while chunk.nbytes:
+        n = f.write(chunk)
+        if n is None or n >= chunk.nbytes:
+            return
+        chunk = chunk[n:]
+
+
 def _chunks(mv: memoryview, size: int = _IO_CHUNK):
     for start in range(0, mv.nbytes, size):
         yield mv[start:start + size]
@@ -251,7 +261,7 @@ class SpillTarget(abc.ABC):
                     crc = _ChunkCrcs()
                     for chunk in _chunks(mv):
                         crc.feed(chunk)
-                        f.write(chunk)
+                        _write_all(f, chunk)
                     offsets.append(pos)
                     crcs.append(crc.result())
                     pos += mv.nbytes
