@@ -159,6 +159,25 @@ def test_cluster_resources_keys(backend):
     assert 0 <= free["CPU"] <= 2.0
 
 
+def test_everything_the_session_starts_listens_on_loopback_only(backend):
+    @core.remote
+    class Idle:
+        def ping(self):
+            return "pong"
+
+    assert core.get(Idle.remote().ping.remote(), timeout=60) == "pong"  # an actor process too
+    tree = {os.getpid()} | {p.pid for p in psutil.Process().children(recursive=True)}
+    listening = [c for c in psutil.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.pid in tree]
+    outside = [(c.laddr.ip, c.laddr.port, psutil.Process(c.pid).name()) for c in listening
+               if c.laddr.ip not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
+    assert not outside, f"listening outside loopback: {outside}"
+    if backend == "local":
+        assert not listening   # the local engine uses socket pairs and pipes only
+    else:
+        assert {psutil.Process(c.pid).name() for c in listening} >= {"gcs_server", "raylet"}
+
+
 # ── tasks ──────────────────────────────────────────────────────────────────────────────────────
 @core.remote
 def add(a, b):
