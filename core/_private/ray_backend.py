@@ -138,9 +138,8 @@ def ray_init_kwargs(address: str, *, num_cpus=None, num_gpus=None, resources=Non
             if value is not None:
                 ignored.append(key)
         if address.startswith("ray://"):
-            # Ray Client takes no logging options.
-            for key in ("include_dashboard", "logging_level", "configure_logging"):
-                kwargs.pop(key)
+            # Ray Client forwards ray.init's arguments to the driver it starts on the cluster.
+            kwargs = {"address": address}
     kwargs.update(ray_kwargs)
     return kwargs, ignored
 
@@ -194,7 +193,11 @@ class RayBackend:
             finally:
                 for logger in loggers:
                     logger.removeFilter(quiet)
-        _register_serializers(ray)
+        try:
+            _register_serializers(ray)
+        except Exception as exc:  # noqa: BLE001 - Ray Client has no serialization context here
+            _log.warning(f"core on Ray at {address!r}: refs nested in arguments and actor handles passed "
+                         f"to tasks are not supported here ({_first_line(exc)})")
         refs_mod.set_runtime(self)
 
     def _setup_state(self) -> None:
