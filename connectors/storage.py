@@ -349,8 +349,14 @@ def wrap_error(exc: BaseException, uri: str, action: str, *,
     """
     if isinstance(exc, ConnectorError):
         return exc
-    uri = redact(uri)
     kind = classify(exc)
+    if kind in ("denied", "other") and _no_credentials(uri, storage_options):
+        # Unsigned requests fail in store-specific ways (403, or worse); say what is missing.
+        return StorageError(
+            f"cannot {action} {redact(uri)}: no AWS credentials found ({_cause(exc)}); give "
+            "storage_options key/secret or profile, set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+            "or AWS_PROFILE, or use s3://anonymous@bucket/... for a public bucket")
+    uri = redact(uri)
     cause = _cause(exc)
     if kind == "not_found":
         return not_found(f"cannot {action} {uri}: not found ({cause})")
@@ -370,6 +376,23 @@ def wrap_error(exc: BaseException, uri: str, action: str, *,
             f"cannot {action} {uri}: storage endpoint {endpoint} unreachable ({cause}); "
             "check endpoint_url / AWS_ENDPOINT_URL and that the service is running")
     return StorageError(f"cannot {action} {uri}: {cause}")
+
+
+def _no_credentials(uri: str, storage_options: dict | None) -> bool:
+    """An S3 URI, not anonymous, and neither the options nor the AWS environment (variables,
+    profiles, instance metadata) give credentials."""
+    try:
+        location = parse_uri(uri)
+        if location.protocol != "s3":
+            return False
+        settings = _s3_settings(location, storage_options)
+        if settings.anon or settings.key or settings.profile:
+            return False
+        import botocore.session
+
+        return botocore.session.Session().get_credentials() is None
+    except Exception:
+        return False
 
 
 def _endpoint_for(uri: str, storage_options: dict | None) -> str:

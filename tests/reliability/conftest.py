@@ -45,7 +45,11 @@ def pytest_collection_modifyitems(config, items):
 def env(extra: dict | None = None) -> dict:
     e = dict(os.environ)
     e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
-    e.update(extra or {})
+    for k, v in (extra or {}).items():   # None removes the variable
+        if v is None:
+            e.pop(k, None)
+        else:
+            e[k] = v
     return e
 
 

@@ -29,7 +29,7 @@ def tip_model(payload_mb: float = 1, delay: float = 0.0) -> TipModel:
     return TipModel(payload_mb, delay)
 
 
-def raising_factory(payload_mb: float = 1):
+def raising_factory(**_args):
     raise RuntimeError("weights file /models/tip.bin is missing")
 
 
@@ -40,7 +40,7 @@ class WrongRows:
         return pd.DataFrame({"score": [True]})
 
 
-def wrong_rows_model(payload_mb: float = 1) -> WrongRows:
+def wrong_rows_model(**_args) -> WrongRows:
     return WrongRows()
 
 
@@ -51,11 +51,11 @@ class PandasOnly:
         return pd.DataFrame({"score": batch.iloc[:, 0] >= 2})
 
 
-def pandas_only_model(payload_mb: float = 1) -> PandasOnly:
+def pandas_only_model(**_args) -> PandasOnly:
     return PandasOnly()
 
 
-def lock_closure_model(payload_mb: float = 1):
+def lock_closure_model(**_args):
     """A closure over a lock: cannot be pickled to the workers."""
     guard = threading.Lock()
 
@@ -76,5 +76,5 @@ class HoldsAConnection:
         return pd.DataFrame({"score": batch["passenger_count"] >= 2})
 
 
-def connection_model(payload_mb: float = 1) -> HoldsAConnection:
+def connection_model(**_args) -> HoldsAConnection:
     return HoldsAConnection()
