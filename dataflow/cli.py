@@ -76,7 +76,7 @@ def _validate(pipe, args) -> int:
     else:
         model = s.model.factory or s.model.path or s.model.setup
         print(f"{args.pipeline}: ok ({s.name}: {_src(s)} -> {model} -> "
-              f"{s.sink.uri if s.sink else 'no sink'})", file=sys.stderr)
+              f"{_redact(s.sink.uri) if s.sink else 'no sink'})", file=sys.stderr)
     return EXIT_OK
 
 
@@ -119,7 +119,7 @@ def _run(pipe, args) -> int:
         done = (s.shards_done + s.shards_skipped) if s else 0
         total = s.shards if s else "?"
         print(f"dataflow: interrupted: {done} of {total} shards committed to "
-              f"{pipe.spec.sink.uri}; run the same command again to resume", file=sys.stderr)
+              f"{_redact(pipe.spec.sink.uri)}; run the same command again to resume", file=sys.stderr)
         if args.json and s:
             print(json.dumps(s.to_dict()))
         return EXIT_INTERRUPTED
@@ -161,7 +161,14 @@ def _error(exc: BaseException, args) -> int:
 
 def _src(s) -> str:
     p = s.source.parquet
-    return p if isinstance(p, str) else f"{len(p)} paths"
+    return _redact(p) if isinstance(p, str) else f"{len(p)} paths"
+
+
+def _redact(uri: str) -> str:
+    """The URI without credentials (s3://KEY:SECRET@bucket/... -> s3://bucket/...)."""
+    from connectors.storage import redact
+
+    return redact(uri)
 
 
 def _raise_interrupt(signum, frame) -> None:

@@ -47,8 +47,12 @@ class Pipeline:
         return cls(spec=spec_mod.load(path, overrides))
 
     def __repr__(self) -> str:
-        sink = self.spec.sink.uri if self.spec.sink else None
-        return f"Pipeline(name={self.spec.name!r}, source={self.spec.source.parquet!r}, sink={sink!r})"
+        from connectors.storage import redact
+
+        src = self.spec.source.parquet
+        src = redact(src) if isinstance(src, str) else [redact(u) for u in src]
+        sink = redact(self.spec.sink.uri) if self.spec.sink else None
+        return f"Pipeline(name={self.spec.name!r}, source={src!r}, sink={sink!r})"
 
     # -- planning ---------------------------------------------------------------------------
     @property
@@ -115,7 +119,9 @@ class Pipeline:
             raise SpecError("sink: run() needs a sink (an output URI); use stream() to get the "
                             "predictions without writing them")
         progress = _progress(progress, s.report)
-        summary = Summary(name=s.name, status="done", output=s.sink.uri)
+        from connectors.storage import redact
+
+        summary = Summary(name=s.name, status="done", output=redact(s.sink.uri))  # printed: no secrets
         self.last_summary = summary
         start = time.monotonic()
         mode = "overwrite" if restart else s.sink.mode
