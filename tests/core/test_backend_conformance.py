@@ -361,6 +361,9 @@ class Counter:
     def fail(self):
         raise ValueError("method failed")
 
+    def crash(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 def test_actor_calls_run_in_order_and_keep_state(backend):
     c = Counter.remote(10)
@@ -400,6 +403,20 @@ def test_kill_makes_calls_raise_actor_died(backend):
         time.sleep(0.05)
     else:
         pytest.fail("the killed actor's process is still alive")
+
+
+def test_max_restarts_restarts_with_fresh_state_then_dies(backend):
+    c = Counter.options(max_restarts=1).remote(100)
+    assert core.get(c.add.remote(1), timeout=60) == 101
+    first_pid = core.get(c.pid.remote())
+    with pytest.raises(ActorDiedError):
+        core.get(c.crash.remote(), timeout=60)
+    assert core.get(c.add.remote(1), timeout=60) == 101  # state re-initialised
+    assert core.get(c.pid.remote()) != first_pid
+    with pytest.raises(ActorDiedError):
+        core.get(c.crash.remote(), timeout=60)
+    with pytest.raises(ActorDiedError):
+        core.get(c.add.remote(1), timeout=60)
 
 
 def test_constructor_error_makes_calls_raise_actor_died(backend):
