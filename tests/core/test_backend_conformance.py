@@ -439,6 +439,18 @@ def test_importing_core_does_not_import_ray():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_ray_address_without_ray_installed_says_how_to_install_it():
+    code = ("import sys; sys.modules['ray'] = None\n"
+            "import core\n"
+            "try:\n"
+            "    core.init(address='local-ray')\n"
+            "except core.exceptions.CoreError as exc:\n"
+            "    print(exc)\n"
+            "assert not core.is_initialized()\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=60, capture_output=True, text=True)
+    assert "pip install 'ddsf[ray]'" in out.stdout
+
+
 def test_ray_spilling_config_passes_buffer_size_to_smart_open():
     import json
 
