@@ -173,9 +173,15 @@ class RayBackend:
         ray = self._ray = _import_ray(address)
         self.address = address
         self._owns_ray = not ray.is_initialized()
+        if not self._owns_ray and address == LOCAL_RAY:
+            ignored = [k for k, v in (("num_cpus", num_cpus), ("num_gpus", num_gpus), ("resources", resources),
+                                      ("object_store_memory", object_store_memory), ("spill", spill))
+                       if v is not None]
         if ignored:
-            _log.warning(f"core.init(address={address!r}): {', '.join(ignored)} ignored: an existing Ray "
-                         f"cluster has its own resources and object spilling (set them with `ray start`)")
+            _log.warning(f"core.init(address={address!r}): {', '.join(ignored)} ignored: "
+                         + ("Ray is already initialized in this process" if not self._owns_ray else
+                            "an existing Ray cluster has its own resources and object spilling "
+                            "(set them with `ray start`)"))
         if self._owns_ray:
             # Notices about choices we made on purpose (spilling config, token auth) stay out of
             # the user's terminal.
