@@ -37,6 +37,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 import threading
 from collections import deque
 from typing import Any
@@ -182,6 +184,11 @@ class RayBackend:
                          + ("Ray is already initialized in this process" if not self._owns_ray else
                             "an existing Ray cluster has its own resources and object spilling "
                             "(set them with `ray start`)"))
+        if self._owns_ray and address == LOCAL_RAY and "_temp_dir" not in kwargs:
+            # A private (0700) folder for the instance's sockets, logs and default spill files,
+            # removed at shutdown, so a session leaves nothing behind (Ray keeps /tmp/ray/session_*).
+            self._temp_dir = tempfile.mkdtemp(prefix="ddsf-ray-", dir="/tmp")
+            kwargs["_temp_dir"] = self._temp_dir
         if self._owns_ray:
             # Notices about choices we made on purpose (spilling config, token auth) stay out of
             # the user's terminal.
@@ -194,6 +201,7 @@ class RayBackend:
             try:
                 ray.init(**kwargs)
             except Exception as exc:
+                self._remove_temp_dir()
                 raise CoreError(f"cannot start or reach Ray at address={address!r}: "
                                 f"{type(exc).__name__}: {_first_line(exc)}") from exc
             finally:
@@ -221,6 +229,7 @@ class RayBackend:
         self._ids = itertools.count(1)
         self._closed = False
         self._owns_ray = False
+        self._temp_dir: str | None = None
 
     # ── ids and reference counting ─────────────────────────────────────────────────────────────
     def new_id(self, index: int = 0) -> bytes:
@@ -553,6 +562,12 @@ class RayBackend:
         self._shipped.clear()
         if self._owns_ray:
             self._ray.shutdown()
+            self._remove_temp_dir()
+
+    def _remove_temp_dir(self) -> None:
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir = None
 
 
 class RayWorkerRuntime(RayBackend):
