@@ -60,11 +60,14 @@ def _identity(x):
     return x
 
 
-def _ray_init_local() -> None:
+def _ray_init_local() -> str:
+    """Start Ray as the backend's "local-ray" does; returns its private temp folder."""
     import ray
 
+    temp_dir = tempfile.mkdtemp(prefix="ddsf-bench-ray-", dir="/tmp")
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR",
-             log_to_driver=False)
+             log_to_driver=False, _temp_dir=temp_dir)
+    return temp_dir
 
 
 # ─── 1. backend overhead, in one Ray session ─────────────────────────────────────────────────────
@@ -74,7 +77,7 @@ def overhead(files: list[str], payload_mb: float, reps: int) -> dict:
     import core
     from examples.nyc_taxi.model import load_trained_model
 
-    _ray_init_local()
+    temp_dir = _ray_init_local()
     core.init(address="local-ray")   # attaches to the Ray instance started above
     variants = {"plain_ray": (ray.put, ray.remote(score_shard), ray.get),
                 "core_on_ray": (core.put, core.remote(score_shard), core.get)}
@@ -122,6 +125,7 @@ def overhead(files: list[str], payload_mb: float, reps: int) -> dict:
     finally:
         core.shutdown()
         ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
     med = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
     calls_med = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in per_call.items()}
     return {"runs_s": times, "median_s": med, "per_call_median_us": calls_med,
@@ -136,13 +140,14 @@ def tutorial(files: list[str], payload_mb: float) -> None:
 
     from examples.nyc_taxi.model import load_trained_model
 
-    _ray_init_local()
+    temp_dir = _ray_init_local()
     make_prediction = ray.remote(score_shard)
     model_ref = ray.put(load_trained_model(payload_mb))
     results = ray.get([make_prediction.remote(model_ref, f) for f in files])
     for r in results:
         print("Predictions dataframe size:", len(r), "| Total score for tips:", int(r["score"].sum()))
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def timed(cmd: list[str], log: str) -> tuple[float, str]:
