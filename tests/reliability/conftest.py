@@ -25,6 +25,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from tests.connectors.conftest import s3_auth_enforced  # noqa: F401  (moto checking credentials)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHM = "/dev/shm"
 MODELS = "tests.reliability.models"

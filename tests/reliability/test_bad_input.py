@@ -23,8 +23,6 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.connectors.conftest import s3_auth_enforced  # noqa: F401  (a fixture)
-
 from .conftest import BASE, MODELS, dataflow, make_data, manifest, one_error_line, write_pipeline
 
 

@@ -52,7 +52,7 @@ def fill(mnt, leave: int) -> str:
     return path
 
 
-def test_sink_disk_full_clear_error_no_partial_part_then_resume(tmp_path, small_disk):
+def test_sink_disk_full_clear_error_no_partial_part_then_resume(tmp_path, small_disk, record_property):
     make_data(tmp_path / "data", shards=6, scale=0.02)
     clean = write_pipeline(tmp_path / "clean.yaml", sink__parquet="clean/", runtime__num_cpus=1)
     assert dataflow("run", clean, cwd=tmp_path).returncode == 0
@@ -67,6 +67,7 @@ def test_sink_disk_full_clear_error_no_partial_part_then_resume(tmp_path, small_
     assert "No space left on device" in line and str(out) in line, line
     committed = manifest(out)
     assert len(committed) < 6
+    record_property("shards_committed_before_full", str(len(committed)))
     parts = sorted(n for n in os.listdir(out) if n.startswith("part-"))
     assert parts == [f"part-{i:05d}.parquet" for i in sorted(committed)]   # nothing half-written
     for name in parts:

@@ -90,11 +90,12 @@ def damage(loc, how: str) -> None:
         f.write(bytes([b[0] ^ 0xFF]))
 
 
-def test_store_at_a_quarter_of_the_working_set_spills_and_restores_identically(session):
+def test_store_at_a_quarter_of_the_working_set_spills_and_restores_identically(session, record_property):
     refs = [make.remote(i) for i in range(COUNT)]
     ready, _ = core.wait(refs, num_returns=COUNT, timeout=300)
     assert len(ready) == COUNT
     usage = store().usage()
+    record_property("objects_spilled", str(usage["num_spilled"]))
     assert usage["num_spilled"] >= COUNT // 2 and usage["total_spilled_bytes"] >= 3 * CAPACITY
     for i, ref in enumerate(refs):
         assert np.array_equal(core.get(ref, timeout=120), expected(i)), i
@@ -102,11 +103,12 @@ def test_store_at_a_quarter_of_the_working_set_spills_and_restores_identically(s
 
 
 @pytest.mark.parametrize("how", ["delete", "corrupt"])
-def test_damaged_spill_files_task_results_rebuilt_by_lineage(session, how):
+def test_damaged_spill_files_task_results_rebuilt_by_lineage(session, how, record_property):
     refs = [make.remote(i) for i in range(12)]
     core.wait(refs, num_returns=12, timeout=300)
     spilled = spilled_locations()
     assert len(spilled) >= 4
+    record_property("objects_damaged", str(len(spilled)))
     for _, loc in spilled:
         damage(loc, how)
     for i, ref in enumerate(refs):
@@ -114,10 +116,11 @@ def test_damaged_spill_files_task_results_rebuilt_by_lineage(session, how):
 
 
 @pytest.mark.parametrize("how", ["delete", "corrupt"])
-def test_damaged_spill_files_put_objects_raise_object_lost_naming_them(session, how):
+def test_damaged_spill_files_put_objects_raise_object_lost_naming_them(session, how, record_property):
     refs = [core.put(expected(i)) for i in range(12)]
     spilled = dict(spilled_locations())
     assert len(spilled) >= 4
+    record_property("objects_damaged", str(len(spilled)))
     for loc in spilled.values():
         damage(loc, how)
     for i, ref in enumerate(refs):

@@ -22,7 +22,6 @@ import threading
 import psutil
 
 from .conftest import (
-    MODELS,
     assert_identical,
     dataflow,
     leftovers,
@@ -76,7 +75,7 @@ class Killer(threading.Thread):
                 pass
 
 
-def test_workers_killed_repeatedly_output_identical_to_clean_run(tmp_path):
+def test_workers_killed_repeatedly_output_identical_to_clean_run(tmp_path, record_property):
     make_data(tmp_path / "data", shards=8, scale=0.02)
     clean = write_pipeline(tmp_path / "clean.yaml", sink__parquet="clean/")
     r = dataflow("run", clean, cwd=tmp_path)
@@ -97,6 +96,8 @@ def test_workers_killed_repeatedly_output_identical_to_clean_run(tmp_path):
     assert proc.returncode == 0, err
     summary = json.loads(out)
     assert summary["status"] == "done" and summary["shards_done"] == 8 and summary["failed"] == []
+    record_property("workers_killed", str(len(killer.killed)))
+    record_property("shard_retries", str(err.count("retrying")))
     assert len(killer.killed) >= 3, killer.killed
     # some kills landed in the middle of a shard: that shard was retried
     assert "retrying" in err, err
@@ -104,7 +105,7 @@ def test_workers_killed_repeatedly_output_identical_to_clean_run(tmp_path):
     assert leftovers(tmp_path / "out") == []
 
 
-def test_driver_killed_then_rerun_resumes_and_leaves_nothing_behind(tmp_path):
+def test_driver_killed_then_rerun_resumes_and_leaves_nothing_behind(tmp_path, record_property):
     make_data(tmp_path / "data", shards=10, scale=0.02)
     clean = write_pipeline(tmp_path / "clean.yaml", sink__parquet="clean/")
     assert dataflow("run", clean, cwd=tmp_path).returncode == 0
@@ -124,6 +125,7 @@ def test_driver_killed_then_rerun_resumes_and_leaves_nothing_behind(tmp_path):
         stop(proc)
     done_before = manifest(tmp_path / "out")
     assert 2 <= len(done_before) < 10
+    record_property("shards_committed_before_kill", str(len(done_before)))
 
     # the workers notice their driver died and exit by themselves
     _, alive = psutil.wait_procs(workers, timeout=5)

@@ -71,7 +71,7 @@ def resume_and_compare(tmp_path, spec, committed_before: dict) -> None:
 
 
 @pytest.mark.parametrize("fault", ["503", "drop"])
-def test_transient_fault_is_retried_and_output_identical(tmp_path, proxy, taxi, fault):
+def test_transient_fault_is_retried_and_output_identical(tmp_path, proxy, taxi, fault, record_property):
     spec = through(tmp_path, proxy, taxi, runtime__max_retries=0)
     proxy.match = "/data/part-00002.parquet"
     if fault == "503":
@@ -81,6 +81,7 @@ def test_transient_fault_is_retried_and_output_identical(tmp_path, proxy, taxi, 
     r = dataflow("run", spec, "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["shards_done"] == SHARDS
+    record_property("faults_served", str(proxy.failed + proxy.dropped))
     assert (proxy.failed, proxy.dropped) == ((MAX_ATTEMPTS - 1, 0) if fault == "503" else (0, 1))
     assert_identical(tmp_path / "out", tmp_path / "clean")
 
@@ -92,7 +93,7 @@ def slow_run(tmp_path, proxy, data) -> str:
 
 
 @pytest.mark.parametrize("fault", ["503", "drop"])
-def test_persistent_fault_names_the_uri_then_the_run_resumes(tmp_path, proxy, taxi, fault):
+def test_persistent_fault_names_the_uri_then_the_run_resumes(tmp_path, proxy, taxi, fault, record_property):
     spec = slow_run(tmp_path, proxy, taxi)
     bad = f"{taxi}part-00004.parquet"
     proc = start("run", spec, cwd=tmp_path)
@@ -108,6 +109,7 @@ def test_persistent_fault_names_the_uri_then_the_run_resumes(tmp_path, proxy, ta
     finally:
         stop(proc)
     assert proc.returncode == 1, err
+    record_property("faults_served", str(proxy.failed + proxy.dropped))
     line = one_error_line(err)
     assert line.startswith(f"dataflow: error: shard 4 ({bad}) failed after 2 attempts: "), line
     assert bad in line.partition("attempts: ")[2], line   # the cause names the object too
@@ -124,7 +126,7 @@ def test_persistent_fault_names_the_uri_then_the_run_resumes(tmp_path, proxy, ta
     resume_and_compare(tmp_path, spec, committed)
 
 
-def test_server_gone_mid_run_names_the_uri_then_the_run_resumes(tmp_path, proxy, taxi):
+def test_server_gone_mid_run_names_the_uri_then_the_run_resumes(tmp_path, proxy, taxi, record_property):
     spec = slow_run(tmp_path, proxy, taxi)
     proc = start("run", spec, cwd=tmp_path)
     try:
@@ -137,6 +139,7 @@ def test_server_gone_mid_run_names_the_uri_then_the_run_resumes(tmp_path, proxy,
     committed = manifest(tmp_path / "out")
     assert proc.returncode == 1, err
     assert 1 <= len(committed) < SHARDS
+    record_property("shards_committed_before_stop", str(len(committed)))
     line = one_error_line(err)
     assert re.match(rf"dataflow: error: shard \d \({re.escape(taxi)}part-0000\d\.parquet\) failed "
                     rf"after 2 attempts: .*{re.escape(taxi)}part-0000\d\.parquet", line), line

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
@@ -30,7 +29,6 @@ import psutil
 import pytest
 
 import core
-from tests.connectors.conftest import s3_auth_enforced  # noqa: F401  (a fixture)
 
 from .conftest import (
     dataflow,
