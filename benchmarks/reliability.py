@@ -36,6 +36,9 @@ FAULTS = {
     "test_store_at_a_quarter_of_the_working_set_spills_and_restores_identically":
         ("memory", "object store at 1/4 of the working set (spill to a folder / S3 on moto)",
          "every object spilled and restored identical"),
+    "test_pipeline_with_a_store_at_a_quarter_of_its_working_set":
+        ("memory", "pipeline with the store at 1/4 of its working set (slow consumer of stream())",
+         "every shard's predictions identical to an unconstrained run"),
     "test_damaged_spill_files_task_results_rebuilt_by_lineage":
         ("memory", "spill files deleted / corrupted (byte flipped) under spilled task results",
          "results rebuilt by lineage, identical"),
