@@ -39,6 +39,7 @@ entry (never a part), which only means a rerun redoes that shard.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
 from abc import ABC, abstractmethod
@@ -162,6 +163,21 @@ def _manifest_lock(uri: str) -> threading.Lock:
         return _manifest_locks.setdefault(uri, threading.Lock())
 
 
+# Local destinations: the manifest this process last wrote, keyed by the file's (inode, size,
+# mtime). While the file is still that one, a commit need not read and parse it again: with
+# thousands of parts, reading it back was a third of every commit. Used under the destination's
+# lock only.
+_manifest_cache: dict[str, tuple[tuple, dict]] = {}
+
+
+def _stat_key(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class FileSink(Sink):
     """Part files on any fsspec filesystem, with a `_manifest.json` of committed parts."""
 
@@ -212,6 +228,8 @@ class FileSink(Sink):
 
     def close(self) -> None:
         self._closed = True
+        with self._lock:
+            _manifest_cache.pop(self.uri, None)
 
     # -- internals used by part writers
 
@@ -288,17 +306,29 @@ class FileSink(Sink):
 
     def _record(self, section: str, name: str, shard_index: int, rows: int) -> None:
         """Add one committed part to the manifest: read, update, write to a temp name, move."""
+        local = self._location.protocol == "file"
+        path = self._path(MANIFEST)
         with self._lock:
-            manifest = self._read_manifest()
+            cached = _manifest_cache.get(self.uri) if local else None
+            if cached is not None and cached[0] == _stat_key(path):
+                manifest = cached[1]
+            else:
+                manifest = self._read_manifest()
+            _manifest_cache.pop(self.uri, None)   # back only once the new manifest is in place
             manifest["format"] = self.format
-            manifest[section][name] = {"shard": shard_index, "rows": rows}
-            manifest["parts"] = dict(sorted(manifest["parts"].items()))
+            entries = manifest[section]
+            in_order = not entries or name > next(reversed(entries))
+            entries[name] = {"shard": shard_index, "rows": rows}
+            if not in_order:
+                manifest[section] = dict(sorted(entries.items()))
             # No indent: json's C encoder only runs without one, and a 10,000-part manifest
             # rewritten at every commit is then 1 ms instead of 80 ms.
             data = json.dumps(manifest).encode()
             temp = self._path(f"{MANIFEST}.{TEMP_PREFIX}{uuid.uuid4().hex[:12]}")
             self._fs.pipe_file(temp, data)
-            self._fs.mv(temp, self._path(MANIFEST))
+            self._fs.mv(temp, path)
+            if local:
+                _manifest_cache[self.uri] = (_stat_key(path), manifest)
 
 
 class _FilePartWriter(PartWriter):
