@@ -472,33 +472,38 @@ class LocalEngine:
         if fn_id not in self.functions:
             self.functions[fn_id] = blob
 
-    def submit(self, task: Task, *, owner: WorkerProc | None = None) -> None:
-        """Queue a task whose return objects are owned by the driver (or borrowed by `owner`)."""
+    def submit(self, task: Task) -> None:
+        """Queue a task submitted by the driver, which owns its return objects."""
         bad = S.infeasible(task.need, self.total)
         if bad and task.kind != "actor_method":
             asked = ", ".join(f"{k}={v[0]:g} (the session has {v[1]:g})" for k, v in bad.items())
             raise CoreError(f"task {task.name} can never run here: it asks for {asked}; "
                             f"pass more to core.init(...) or ask for less in .options(...)")
         with self.locked:
-            for oid in task.return_ids:
-                obj = Obj(PENDING, task)
-                if owner is not None:
-                    obj.count = 1
-                    owner.borrowed.add(oid)
-                self.objects[oid] = obj
-                self.by_return[oid] = task
-            self.tasks[task.task_id] = task
-            if task.streaming:
-                self.streams[task.task_id] = Stream()
-            if task.kind == "actor_method":
-                actor = self.actors.get(task.actor_id)
-                if actor is None or actor.dead:
-                    cause = actor.death_cause if actor else "it does not exist"
-                    self._finish_failed(task, ActorDiedError(
-                        f"cannot call {task.name}: the actor is dead ({cause})"))
-                    return
-            self._enqueue(task)
-            self._schedule()
+            if self._register_task(task, owner=None):
+                self._enqueue(task)
+                self._schedule()
+
+    def _register_task(self, task: Task, owner: WorkerProc | None) -> bool:
+        """Record a new task and its pending return objects (lock held). Returns False if it
+        was failed at once (a call on a dead actor)."""
+        for oid in task.return_ids:
+            obj = Obj(PENDING, task)
+            if owner is not None:  # a worker submitted it: the worker borrows its returns
+                obj.count = 1
+                owner.borrowed.add(oid)
+            self.objects[oid] = obj
+            self.by_return[oid] = task
+        self.tasks[task.task_id] = task
+        if task.streaming:
+            self.streams[task.task_id] = Stream()
+        if task.kind == "actor_method":
+            actor = self.actors.get(task.actor_id)
+            if actor is None or actor.dead:
+                cause = actor.death_cause if actor else "it does not exist"
+                self._finish_failed(task, ActorDiedError(f"cannot call {task.name}: the actor is dead ({cause})"))
+                return False
+        return True
 
     def _enqueue(self, task: Task) -> None:
         """Queue `task` once its top-level ref arguments are ready."""
@@ -965,13 +970,7 @@ class LocalEngine:
 
     def _create_actor_from_worker(self, worker: WorkerProc, spec: dict, fn_blob: bytes,
                                   max_restarts: int) -> bytes:
-        self.register_function(spec["fn_id"], fn_blob)
-        counted = lambda ids: [r for r in (self._incref_counted(o) for o in ids) if r is not None]  # noqa: E731
-        spec["arg_refs"] = counted(spec["arg_refs"])
-        spec["held"] = counted(spec["held"])
-        if spec["args"][0] == "stored":
-            spec["args"] = ("stored", counted([spec["args"][1]])[0])
-        create = Task(**spec)
+        create = self._task_from_wire({**spec, "fn_blob": fn_blob})
         self._create_actor(create, max_restarts, create.need)
         return create.task_id
 
@@ -1101,6 +1100,12 @@ class LocalEngine:
 
     def _submit_from_worker(self, worker: WorkerProc, spec: dict) -> None:
         """A task submitted inside a task: its refs travel as ids, the worker borrows the returns."""
+        task = self._task_from_wire(spec)
+        if self._register_task(task, worker):
+            self._enqueue(task)
+
+    def _task_from_wire(self, spec: dict) -> Task:
+        """A Task from a worker's spec: ref ids become counted refs, its function is kept."""
         blob = spec.pop("fn_blob", None)
         if blob is not None:
             self.register_function(spec["fn_id"], blob)
@@ -1109,22 +1114,7 @@ class LocalEngine:
         spec["held"] = counted(spec["held"])
         if spec["args"][0] == "stored":
             spec["args"] = ("stored", counted([spec["args"][1]])[0])
-        task = Task(**spec)
-        for oid in task.return_ids:
-            obj = Obj(PENDING, task)
-            obj.count = 1
-            worker.borrowed.add(oid)
-            self.objects[oid] = obj
-            self.by_return[oid] = task
-        self.tasks[task.task_id] = task
-        if task.streaming:
-            self.streams[task.task_id] = Stream()
-        if task.kind == "actor_method":
-            actor = self.actors.get(task.actor_id)
-            if actor is None or actor.dead:
-                self._finish_failed(task, ActorDiedError(f"cannot call {task.name}: the actor is dead"))
-                return
-        self._enqueue(task)
+        return Task(**spec)
 
     # ── reporting ───────────────────────────────────────────────────────────────────────────
     def cluster_resources(self) -> dict:
