@@ -480,7 +480,10 @@ def main(argv: list[str]) -> None:
     client = WorkerClient(sock, worker_id, inline_threshold)
     refs_mod.set_runtime(client)
     _install_cancel_handler(client, ctl_fd)
-    P.send_frame(sock, (P.HELLO, worker_id, os.getpid()))
+    try:
+        P.send_frame(sock, (P.HELLO, worker_id, os.getpid()))
+    except OSError:  # the driver shut down while we started: nothing to do
+        os._exit(0)
     # numpy is what most task arguments need; import it while the worker waits for work.
     threading.Thread(target=_preimport, daemon=True).start()
     runner = TaskRunner(client)
