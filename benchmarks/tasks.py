@@ -126,15 +126,23 @@ def main() -> None:
         ray = None
         print("  ray: not installed (pip install -e '.[ray]'); no comparison")
     if ray is not None:
+        import shutil
+        import tempfile
+
+        ray_tmp = tempfile.mkdtemp(prefix="ray-bench-")  # Ray's sockets and logs, removed after
+
         class RayApi:
             init = staticmethod(lambda **kw: ray.init(num_cpus=2, include_dashboard=False,
-                                                        _node_ip_address="127.0.0.1",
+                                                        _node_ip_address="127.0.0.1", _temp_dir=ray_tmp,
                                                         log_to_driver=False, configure_logging=False))
             remote = staticmethod(ray.remote)
             get = staticmethod(ray.get)
             put = staticmethod(ray.put)
             shutdown = staticmethod(ray.shutdown)
-        results["ray"] = run_engine(f"ray {ray.__version__}", RayApi, {}, sizes)
+        try:
+            results["ray"] = run_engine(f"ray {ray.__version__}", RayApi, {}, sizes)
+        finally:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
 
     print()
     print(f"{'figure':<32}{'core':>12}{'ray':>12}{'core/ray':>10}  target")
