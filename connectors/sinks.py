@@ -132,14 +132,7 @@ class Sink(ABC):
 
     def write_part(self, shard_index: int, table: pa.Table) -> str:
         """Write `table` as the part of `shard_index` and commit it; returns the final URI."""
-        writer = self.open_part(shard_index)
-        try:
-            writer.write(table)
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
-        return writer.uri
+        return _write_whole(self.open_part(shard_index), table)
 
     def close(self) -> None:
         """Refuse further writes. Committed parts and the manifest are already durable."""
@@ -217,14 +210,7 @@ class FileSink(Sink):
     def write_quarantine(self, shard_index: int, table: pa.Table) -> str:
         self._check_open()
         name = f"{QUARANTINE}/{part_name(shard_index, 'parquet', self._suffix)}"
-        writer = _FilePartWriter(self, shard_index, name, "parquet", "quarantine")
-        try:
-            writer.write(table)
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
-        return writer.uri
+        return _write_whole(_FilePartWriter(self, shard_index, name, "parquet", "quarantine"), table)
 
     def close(self) -> None:
         self._closed = True
@@ -582,3 +568,14 @@ class _MemoryPartWriter(PartWriter):
     def abort(self) -> None:
         self._done = True
         self._tables = []
+
+
+def _write_whole(writer: "PartWriter", table: pa.Table) -> str:
+    """Write one table through `writer` and commit it, or abort so nothing half-written stays."""
+    try:
+        writer.write(table)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.uri
