@@ -39,6 +39,8 @@ import subprocess
 import sys
 import time
 
+from dataflow.summary import tree_memory  # sum of PSS over a process tree
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 PIPELINE = os.path.join(ROOT, "pipelines", "nyc_taxi.yaml")
@@ -138,23 +140,6 @@ def contender_plain(files: list[str], out: str) -> None:
 # the harness
 
 
-def tree_pss(root) -> int:
-    import psutil
-
-    try:
-        procs = [root] + root.children(recursive=True)
-    except psutil.Error:
-        return 0
-    total = 0
-    for p in procs:
-        try:
-            info = p.memory_full_info()
-            total += getattr(info, "pss", 0) or info.rss
-        except psutil.Error:
-            pass
-    return total
-
-
 def measure(cmd: list[str], env: dict, log: str) -> dict:
     """Run `cmd`; wall time from outside and peak PSS of its process tree."""
     import psutil
@@ -165,7 +150,7 @@ def measure(cmd: list[str], env: dict, log: str) -> dict:
         root = psutil.Process(proc.pid)
         peak = 0
         while proc.poll() is None:
-            peak = max(peak, tree_pss(root))
+            peak = max(peak, tree_memory(root.pid))
             time.sleep(0.1)
     wall = time.perf_counter() - start
     if proc.returncode != 0:

@@ -20,7 +20,8 @@ import threading
 import time
 
 import numpy as np
-import psutil
+
+from dataflow.summary import tree_memory  # sum of PSS over this process tree
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
@@ -35,14 +36,7 @@ class PeakPss:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> int:
-        me = psutil.Process()
-        total = 0
-        for p in [me, *me.children(recursive=True)]:
-            try:
-                total += p.memory_full_info().pss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        return total
+        return tree_memory()
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -25,7 +25,6 @@ lineage (the task that made it) that held its arguments.
 from __future__ import annotations
 
 import concurrent.futures
-import itertools
 import os
 import signal
 import threading
@@ -37,7 +36,7 @@ from typing import Any, Callable
 from core._private import protocol as P
 from core._private import refs as refs_mod
 from core._private import scheduler as S
-from core._private.refs import ObjectRef
+from core._private.refs import IdSource, ObjectRef, return_id
 from core._private.worker_pool import WorkerPool, WorkerProc
 from core.exceptions import (
     ActorDiedError,
@@ -173,8 +172,7 @@ class LocalEngine:
         self.locked = _Locked(self)
         self._cond = threading.Condition(self._lock)
         self._ref_events: deque[tuple[int, bytes]] = deque()
-        self._prefix = os.urandom(8)
-        self._ids = itertools.count(1)
+        self._ids = IdSource()
 
         self.session = Session.start()
         try:
@@ -209,7 +207,7 @@ class LocalEngine:
 
     # ── ids ──
     def new_id(self, index: int = 0) -> bytes:
-        return self._prefix + next(self._ids).to_bytes(8, "little") + index.to_bytes(4, "little")
+        return self._ids.new(index)
 
     # ── reference counting ──────────────────────────────────────────────────────────────────
     def add_local_ref(self, oid: bytes) -> None:
@@ -282,14 +280,7 @@ class LocalEngine:
     def put(self, value: Any) -> ObjectRef:
         from core._private.serialization import serialize
 
-        ser = serialize(value)
-        oid = self.new_id()
-        _collecting_if_full(lambda: self.store.put(oid, ser))
-        obj = Obj(READY, inline=ser.total_size <= self.inline_threshold)
-        obj.contained = ser.contained_refs
-        with self.locked:
-            self.objects[oid] = obj
-        return ObjectRef(oid)
+        return self.put_serialized(serialize(value))
 
     def get(self, refs: list[ObjectRef], timeout: float | None, writable: bool = False) -> list:
         oids = [r.binary for r in refs]
@@ -742,7 +733,7 @@ class LocalEngine:
         if not isinstance(results, list):
             return
         ids = [task_id] if len(results) == 1 else \
-            [task_id[:16] + i.to_bytes(4, "little") for i in range(len(results))]
+            [return_id(task_id, i) for i in range(len(results))]
         for oid, (loc, _contained) in zip(ids, results):
             if loc[0] == "shared" and oid not in self.objects:
                 try:
@@ -753,7 +744,7 @@ class LocalEngine:
 
     def _on_yield(self, worker: WorkerProc, task_id: bytes, index: int, result: tuple) -> None:
         stream = self.streams.get(task_id)
-        oid = task_id[:16] + (index + 1).to_bytes(4, "little")
+        oid = return_id(task_id, index + 1)
         if stream is None:
             self._store_delete(oid)
             return

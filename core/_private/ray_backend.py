@@ -32,7 +32,6 @@ map to `GetTimeoutError`, `WorkerCrashedError`, `ObjectLostError`, `TaskCancelle
 from __future__ import annotations
 
 import concurrent.futures
-import itertools
 import json
 import logging
 import os
@@ -44,7 +43,7 @@ from collections import deque
 from typing import Any
 
 from core._private import refs as refs_mod
-from core._private.refs import ObjectRef, ObjectRefGenerator
+from core._private.refs import IdSource, ObjectRef, ObjectRefGenerator
 from core.exceptions import (
     ActorDiedError,
     ConfigError,
@@ -225,15 +224,14 @@ class RayBackend:
         self._remotes: dict[tuple, Any] = {}               # (shipped id, options) -> ray remote function
         self._shipped: dict[int, Any] = {}                 # keeps shipped objects (and so their ids) alive
         self._last_remote: dict[int, tuple] = {}           # shipped id -> (options dict, label, remote function)
-        self._prefix = os.urandom(8)
-        self._ids = itertools.count(1)
+        self._ids = IdSource()
         self._closed = False
         self._owns_ray = False
         self._temp_dir: str | None = None
 
     # ── ids and reference counting ─────────────────────────────────────────────────────────────
     def new_id(self, index: int = 0) -> bytes:
-        return self._prefix + next(self._ids).to_bytes(8, "little") + index.to_bytes(4, "little")
+        return self._ids.new(index)
 
     def add_local_ref(self, oid: bytes) -> None:
         self._events.append((1, oid))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
+import os
 from typing import Any, Iterator
 
 # The process's runtime: set by the engine (driver) or the worker loop. A ref made while it is
@@ -25,6 +27,24 @@ def set_runtime(runtime: Any) -> None:
 
 def current_runtime() -> Any:
     return _runtime
+
+
+class IdSource:
+    """Object ids, 20 bytes: 8 random bytes per process, an 8-byte counter, a 4-byte index.
+    A task's id is also the id of its first return; its other returns (and the items of a
+    streaming generator) differ in the index only."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8)
+        self._counter = itertools.count(1)
+
+    def new(self, index: int = 0) -> bytes:
+        return self._prefix + next(self._counter).to_bytes(8, "little") + index.to_bytes(4, "little")
+
+
+def return_id(task_id: bytes, index: int) -> bytes:
+    """The id of return (or streamed item) `index` of the task `task_id`."""
+    return task_id[:16] + index.to_bytes(4, "little")
 
 
 class ObjectRef:

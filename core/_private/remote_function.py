@@ -18,7 +18,7 @@ from typing import Any
 
 import cloudpickle
 
-from core._private.refs import ObjectRef, ObjectRefGenerator, current_runtime
+from core._private.refs import ObjectRef, ObjectRefGenerator, current_runtime, return_id
 from core._private.scheduler import demand
 from core.exceptions import CoreError
 
@@ -118,7 +118,7 @@ def submit(rt: Any, *, kind: str, name: str, shipped: _Shipped | None, args: tup
     streaming = num_returns == "streaming"
     n = 1 if streaming else int(num_returns)
     task_id = rt.new_id()
-    return_ids = [task_id[:16] + i.to_bytes(4, "little") for i in range(n)] if n > 1 else [task_id]
+    return_ids = [return_id(task_id, i) for i in range(n)] if n > 1 else [task_id]
     fn_blob, fn_id = shipped.blob_and_id() if shipped is not None else (None, None)
     args_spec, arg_refs, held = pack_args(rt, args, kwargs)
     need = demand(options.get("num_cpus", 0), options.get("num_gpus", 0), options.get("resources"))

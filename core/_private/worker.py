@@ -32,7 +32,7 @@ from typing import Any
 
 from core._private import protocol as P
 from core._private import refs as refs_mod
-from core._private.refs import ObjectRef
+from core._private.refs import IdSource, ObjectRef, return_id
 
 BATCH_FLUSH = 64          # results per DONE batch when more tasks are queued
 FLUSH_INTERVAL = 0.002    # seconds: never sit on finished results longer than this
@@ -96,13 +96,12 @@ class WorkerClient:
         self.sent_functions: set[bytes] = set()
         self.bytes_sent = 0
         self._req_ids = itertools.count(1)
-        self._prefix = os.urandom(8)
-        self._counter = itertools.count(1)
+        self._ids = IdSource()
         self.current_task: bytes | None = None
 
     # ── ids ──
     def new_id(self, index: int = 0) -> bytes:
-        return self._prefix + next(self._counter).to_bytes(8, "little") + index.to_bytes(4, "little")
+        return self._ids.new(index)
 
     # ── refs ──
     def add_local_ref(self, oid: bytes) -> None:
@@ -418,7 +417,7 @@ class TaskRunner:
         task_id = task["task_id"]
         index = 0
         for item in gen:
-            oid = task_id[:16] + (index + 1).to_bytes(4, "little")
+            oid = return_id(task_id, index + 1)
             result = client.store_value(oid, item)
             client.queue((P.YIELD, task_id, index, result))
             client.flush()  # an item is available as soon as it is yielded
