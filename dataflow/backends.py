@@ -11,6 +11,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 
+# What every shard task imports (reading Parquet through pyarrow.dataset); the CLI has the workers
+# import these before it even reads the pipeline file.
+TASK_MODULES = ("dataflow._task", "connectors.sources", "pyarrow.dataset")
+
+
 class TaskFailure(Exception):
     """A task did not produce a result: it raised, its worker died, or it was cancelled.
     `.cause` is the task's own exception when there is one."""
@@ -32,12 +37,17 @@ class CoreBackend:
         self._remote: dict[Callable, Any] = {}
         self._warming: list = []
 
-    def start(self) -> None:
+    def start(self, modules: list[str]) -> None:
+        """Start a session whose workers have imported `modules` (forked from a zygote that
+        imported them once); on Ray, or in a session already running, ask each worker to."""
         import core
 
         if not core.is_initialized():
-            core.init(**self.init_kwargs)
+            core.init(**self.init_kwargs, worker_preload=modules)
             self.owns_session = True
+            if "address" not in self.init_kwargs:
+                return
+        self.warm(modules)
 
     def workers(self) -> int:
         import core
@@ -119,7 +129,7 @@ class InlineBackend:
     def __init__(self, **_ignored):
         pass
 
-    def start(self) -> None:
+    def start(self, modules: list[str]) -> None:
         pass
 
     def workers(self) -> int:
@@ -127,9 +137,6 @@ class InlineBackend:
 
     def put(self, value: Any) -> Any:
         return value
-
-    def warm(self, modules: list[str]) -> None:
-        pass
 
     def submit(self, fn: Callable, *args: Any) -> _Done:
         try:

@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "run":
+        _preload_workers()
     from .pipeline import Pipeline
 
     overrides = list(args.overrides)
@@ -67,6 +69,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(str(issue), file=sys.stderr)
         return EXIT_USAGE
     return {"validate": _validate, "plan": _plan, "run": _run}[args.command](pipe, args)
+
+
+def _preload_workers() -> None:
+    """Start the workers' imports first: they run while this process reads the pipeline file,
+    plans the shards and builds the model. (Wasted, in parallel, if the run is inline or on Ray.)"""
+    import core
+
+    from .backends import TASK_MODULES
+
+    core.preload_workers([*TASK_MODULES, "pandas"])
 
 
 def _validate(pipe, args) -> int:

@@ -9,11 +9,11 @@
         │
         └─ stream()  _execute ─► each shard's predictions, as they finish (nothing written)
 
-    _session:      backend.start ─► warm the workers (imports) ─► ... ─► backend.stop
+    _session:      backend.start (workers forked from a zygote that imported the task's modules) ─► ... ─► backend.stop
     _plan_and_put: plan (helper thread)  ║  load_model ─► put once (diagnose if it does not pickle)
     _execute:      Executor.run over the shards to do
 
-The backend starts first, so that the workers boot and import while the driver plans and builds
+The backend starts first, so that the workers' imports run while the driver plans and builds
 the model. After the put the driver drops its own copy of the model: only the object store holds it.
 """
 
@@ -205,16 +205,17 @@ class Pipeline:
         rt = self.spec.runtime
         backend = make_backend(rt.backend, num_cpus=rt.num_cpus, object_store_memory=rt.object_store_memory,
                                spill=rt.spill, address=rt.address)
-        backend.start()
+        backend.start(self._worker_modules())
         try:
-            backend.warm(self._worker_modules())
             yield backend
         finally:
             backend.stop()
 
     def _worker_modules(self) -> list[str]:
+        from .backends import TASK_MODULES
+
         s = self.spec
-        mods = ["dataflow._task", "connectors.sources"]
+        mods = list(TASK_MODULES)
         for ref in (s.model.factory, s.model.setup, s.predict.fn):
             if isinstance(ref, str):
                 mods.append(ref.partition(":")[0])

@@ -15,6 +15,7 @@ from core._private.refs import ObjectRef, ObjectRefGenerator
 from core.exceptions import CoreError
 
 _backend: Any = None          # the driver's backend, while a session is up
+_zygote: Any = None           # started by preload_workers(), taken by the next init()
 _init_lock = threading.Lock()
 
 
@@ -41,12 +42,38 @@ def _parse_size(value: Any, what: str) -> int | None:
     raise CoreError(f"{what} must be a number of bytes or a size such as \"2GB\" or \"512MiB\", got {value!r}")
 
 
+def preload_workers(modules: Sequence[str]) -> None:
+    """Start importing `modules` for the workers of the next `init()`, now.
+
+    One process (the zygote) imports them once and forks every worker of the session, so the
+    workers start in milliseconds with those modules loaded, and share their pages. Call it first
+    thing, before the rest of the program's start-up: the imports run meanwhile. A module that
+    fails to import is skipped (the task that needs it reports the error). With
+    `init(address=...)` (Ray) the zygote is not used and is stopped."""
+    global _zygote
+    from core._private.zygote import Zygote
+
+    with _init_lock:
+        if _zygote is not None:
+            _zygote.close()
+        _zygote = Zygote([str(m) for m in modules])
+        atexit.register(_close_unused_zygote)
+
+
+def _close_unused_zygote() -> None:
+    global _zygote
+    zygote, _zygote = _zygote, None
+    if zygote is not None:
+        zygote.close()
+
+
 def init(num_cpus: float | None = None, num_gpus: float | None = None, resources: dict | None = None,
          object_store_memory: int | str | None = None, spill: Any = None,
          inline_threshold: int = 100 * 1024, address: str | None = None,
-         **ray_kwargs: Any) -> None:
-    """Start a session: the local engine, or attach to Ray when `address` is given."""
-    global _backend
+         worker_preload: Sequence[str] | None = None, **ray_kwargs: Any) -> None:
+    """Start a session: the local engine, or attach to Ray when `address` is given.
+    `worker_preload`: modules every worker has imported when it starts (see preload_workers)."""
+    global _backend, _zygote
     with _init_lock:
         if _backend is not None:
             raise CoreError("core.init() was already called in this process and the session is running; "
@@ -59,20 +86,43 @@ def init(num_cpus: float | None = None, num_gpus: float | None = None, resources
         if not isinstance(inline_threshold, int) or inline_threshold < 0:
             raise CoreError(f"inline_threshold must be an integer >= 0, got {inline_threshold!r}")
         memory = _parse_size(object_store_memory, "object_store_memory")
-        if address is not None:
-            from core._private.ray_backend import RayBackend
+        zygote, _zygote = _zygote, None
+        try:
+            _backend = _start_backend(address, zygote, worker_preload, ray_kwargs, num_cpus=num_cpus,
+                                      num_gpus=num_gpus, resources=resources,
+                                      object_store_memory=memory, spill=spill,
+                                      inline_threshold=inline_threshold)
+        except BaseException:
+            if zygote is not None:
+                zygote.close()
+            raise
 
-            _backend = RayBackend(address=address, num_cpus=num_cpus, num_gpus=num_gpus,
-                                  resources=resources, object_store_memory=memory, spill=spill,
-                                  **ray_kwargs)
+
+def _start_backend(address: str | None, zygote: Any, worker_preload: Sequence[str] | None,
+                   ray_kwargs: dict, **options: Any) -> Any:
+    if address is not None:
+        from core._private.ray_backend import RayBackend
+
+        if zygote is not None:  # Ray starts its own workers
+            zygote.close()
+        options.pop("inline_threshold")
+        return RayBackend(address=address, **options, **ray_kwargs)
+    if ray_kwargs:
+        raise CoreError(f"unknown argument(s) to core.init: {', '.join(sorted(ray_kwargs))}")
+    from core._private.engine import LocalEngine
+    from core._private.zygote import Zygote
+
+    if worker_preload:
+        if zygote is None:
+            zygote = Zygote([str(m) for m in worker_preload])
         else:
-            if ray_kwargs:
-                raise CoreError(f"unknown argument(s) to core.init: {', '.join(sorted(ray_kwargs))}")
-            from core._private.engine import LocalEngine
-
-            _backend = LocalEngine(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                                   object_store_memory=memory, spill=spill,
-                                   inline_threshold=inline_threshold)
+            zygote.add_preload([str(m) for m in worker_preload])
+    try:
+        return LocalEngine(**options, zygote=zygote)
+    except BaseException:
+        if zygote is not None:
+            zygote.close()
+        raise
 
 
 def shutdown() -> None:

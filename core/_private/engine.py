@@ -154,7 +154,7 @@ class _Locked:
 class LocalEngine:
     def __init__(self, *, num_cpus: float | None, num_gpus: float | None,
                  resources: dict | None, object_store_memory: int | None, spill: Any,
-                 inline_threshold: int) -> None:
+                 inline_threshold: int, zygote: Any = None) -> None:
         from core._private.object_store import ObjectStore, default_capacity
         from core._private.shm import Session
         from core._private.spill import open_spill_target
@@ -197,7 +197,7 @@ class LocalEngine:
         self.requests: list[tuple] = []        # pending nested get/wait: (worker, req_id, op, args, deadline)
         self._futures_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
-        self.pool = WorkerPool(inline_threshold, self._on_io)
+        self.pool = WorkerPool(inline_threshold, self._on_io, zygote)
         self.workers = self.pool.workers       # wid -> WorkerProc, kept by the pool
         refs_mod.set_runtime(self)
         with self.locked:

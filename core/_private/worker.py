@@ -440,13 +440,24 @@ def _restore_env(saved: dict) -> None:
 
 
 # ─── main loop ──────────────────────────────────────────────────────────────────────────────────
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGKILL us when the driver dies, so no worker outlives a killed driver."""
+def die_with_parent(name: str = "core-worker") -> None:
+    """Ask the kernel to SIGKILL us when our parent (the driver, or the zygote) dies, so no worker
+    outlives a killed driver; and name the process, as `ps` and `top` show it."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.prctl(15, name.encode()[:15])  # PR_SET_NAME
     except OSError:
         pass
+
+
+def extend_sys_path() -> None:
+    """Import what the driver can import: its sys.path comes in DDSF_SYS_PATH."""
+    extra_path = os.environ.get("DDSF_SYS_PATH")
+    if extra_path:
+        for p in reversed(extra_path.split(os.pathsep)):
+            if p not in sys.path:
+                sys.path.insert(0, p)
 
 
 def _install_cancel_handler(client: WorkerClient, ctl_fd: int) -> None:
@@ -469,12 +480,8 @@ def _install_cancel_handler(client: WorkerClient, ctl_fd: int) -> None:
 
 def main(argv: list[str]) -> None:
     fd, ctl_fd, worker_id, inline_threshold = (int(a) for a in argv[:4])
-    _die_with_parent()
-    extra_path = os.environ.get("DDSF_SYS_PATH")
-    if extra_path:
-        for p in reversed(extra_path.split(os.pathsep)):
-            if p not in sys.path:
-                sys.path.insert(0, p)
+    die_with_parent()
+    extend_sys_path()
     sock = socket.socket(fileno=fd)
     client = WorkerClient(sock, worker_id, inline_threshold)
     refs_mod.set_runtime(client)

@@ -1,6 +1,7 @@
 """Worker processes and the io thread that talks to them.
 
     WorkerPool.spawn() ──► python -c "...worker.main(...)"   (socket pair + control pipe inherited)
+                      └──► or forked by the zygote, when there is one (see zygote.py)
     io thread: select() over every worker socket and a wake-up pipe
         readable  ──► whole messages ─┐
         EOF       ──► dead worker  ───┼──► on_io(messages, dead)   (the engine applies them)
@@ -25,6 +26,7 @@ from collections import deque
 from typing import Callable
 
 from core._private import protocol as P
+from core._private.zygote import Zygote, ZygoteChild, worker_environment
 
 IO_TICK = 0.05  # seconds between io-thread wake-ups when nothing happens (timeouts, ref events)
 
@@ -32,7 +34,7 @@ IO_TICK = 0.05  # seconds between io-thread wake-ups when nothing happens (timeo
 class WorkerProc:
     """One worker process as the driver sees it."""
 
-    def __init__(self, wid: int, proc: subprocess.Popen, chan: P.Channel, ctl_fd: int,
+    def __init__(self, wid: int, proc: subprocess.Popen | ZygoteChild, chan: P.Channel, ctl_fd: int,
                  actor_id: bytes | None) -> None:
         self.wid = wid
         self.proc = proc
@@ -54,8 +56,9 @@ OnIo = Callable[[list[tuple[WorkerProc, tuple]], list[WorkerProc]], None]
 
 
 class WorkerPool:
-    def __init__(self, inline_threshold: int, on_io: OnIo) -> None:
+    def __init__(self, inline_threshold: int, on_io: OnIo, zygote: Zygote | None = None) -> None:
         self.inline_threshold = inline_threshold
+        self.zygote = zygote
         self.workers: dict[int, WorkerProc] = {}
         self._on_io = on_io
         self._wids = itertools.count(1)
@@ -77,15 +80,8 @@ class WorkerPool:
         wid = next(self._wids)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ctl_r, ctl_w = os.pipe()
-        env = dict(os.environ)
-        env["DDSF_SYS_PATH"] = os.pathsep.join(p for p in sys.path if p)  # the driver's imports
-        env.setdefault("OMP_NUM_THREADS", "1")  # as Ray: one BLAS thread per worker
-        # -c, not -m: run as __main__ the module's classes would be a second copy of themselves.
-        cmd = [sys.executable, "-c", "import sys; from core._private.worker import main; main(sys.argv[1:])",
-               str(child.fileno()), str(ctl_r), str(wid), str(self.inline_threshold)]
         try:
-            proc = subprocess.Popen(cmd, pass_fds=(child.fileno(), ctl_r), env=env,
-                                    stdin=subprocess.DEVNULL, close_fds=True)
+            proc = self._start(wid, [str(wid), str(self.inline_threshold)], (child.fileno(), ctl_r))
         finally:
             child.close()
             os.close(ctl_r)
@@ -93,6 +89,19 @@ class WorkerPool:
         self.workers[wid] = worker
         self._sel.register(parent, selectors.EVENT_READ, worker)
         return worker
+
+    def _start(self, wid: int, args: list[str], fds: tuple[int, int]) -> subprocess.Popen | ZygoteChild:
+        """A process running worker.main(fds + args)."""
+        if self.zygote is not None and self.zygote.alive:
+            try:
+                return self.zygote.spawn(wid, args, fds)
+            except OSError:  # the zygote died: fresh interpreters from now on
+                pass
+        # -c, not -m: run as __main__ the module's classes would be a second copy of themselves.
+        cmd = [sys.executable, "-c", "import sys; from core._private.worker import main; main(sys.argv[1:])",
+               *map(str, fds), *args]
+        return subprocess.Popen(cmd, pass_fds=fds, env=worker_environment(), stdin=subprocess.DEVNULL,
+                                close_fds=True)
 
     def reap(self, worker: WorkerProc) -> str:
         """Close a dead worker's channel and collect its exit status: "signal 9", "exit code 3"."""
@@ -138,6 +147,8 @@ class WorkerPool:
         self._sel.close()
         _close_quietly(self._wake_r)
         _close_quietly(self._wake_w)
+        if self.zygote is not None:
+            self.zygote.close()
 
     @property
     def closing(self) -> bool:

@@ -37,15 +37,19 @@ from .conftest import (
 )
 
 
-def workers_of(pid: int) -> list[psutil.Process]:
+def descendants(pid: int) -> list[psutil.Process]:
     try:
-        children = psutil.Process(pid).children(recursive=True)
+        return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+
+
+def workers_of(pid: int) -> list[psutil.Process]:
+    """The driver's workers: its children, or the zygote's (each names itself core-worker)."""
     found = []
-    for child in children:
+    for child in descendants(pid):
         try:
-            if "core._private.worker" in " ".join(child.cmdline()):
+            if child.name() == "core-worker":
                 found.append(child)
         except psutil.Error:
             pass
@@ -118,6 +122,7 @@ def test_driver_killed_then_rerun_resumes_and_leaves_nothing_behind(tmp_path, re
         assert proc.poll() is None, stop(proc)[1]
         session = wait_for(lambda: session_of(proc.pid), what="the driver's session manifest")
         workers = workers_of(proc.pid)
+        processes = descendants(proc.pid)  # the workers, and the zygote they were forked from
         assert workers and segments(session["shm_prefix"]), "the run should use shared memory"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -127,9 +132,9 @@ def test_driver_killed_then_rerun_resumes_and_leaves_nothing_behind(tmp_path, re
     assert 2 <= len(done_before) < 10
     record_property("shards_committed_before_kill", str(len(done_before)))
 
-    # the workers notice their driver died and exit by themselves
-    _, alive = psutil.wait_procs(workers, timeout=5)
-    assert not alive, f"workers outlived the killed driver: {alive}"
+    # the workers (and the zygote) notice their driver died and exit by themselves
+    _, alive = psutil.wait_procs(processes, timeout=5)
+    assert not alive, f"processes outlived the killed driver: {alive}"
 
     # the same command again: skips what the manifest lists, computes the rest
     r = dataflow("run", slow, "--json", cwd=tmp_path)

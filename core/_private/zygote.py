@@ -1,0 +1,295 @@
+"""A zygote: one process that imports what workers need once, then forks them on request.
+
+A fresh worker interpreter pays its imports (pyarrow and pandas: ~0.35 s of CPU) on the critical
+path of a short job, once per worker. Forked from a zygote that paid them once, a worker starts
+in a few milliseconds and shares those pages with its siblings.
+
+    driver (Zygote)                                  zygote (python -c "...zygote.serve(...)")
+    start(preload) ──── spawn, SEQPACKET socket ───►  import core's worker + the preload modules
+    add_preload(modules) ── ("import", modules) ──►  import them too (before later forks)
+    spawn(wid, args, fds) ── ("spawn", wid, args) + fds (SCM_RIGHTS) ──►  fork ─► worker.main(fds + args)
+          ◄── ("pid", wid, pid) ───────────────────
+          ◄── ("exit", pid, returncode) ───────────  SIGCHLD: reaped, as Popen.returncode
+    close()  ── socket closed ──► the zygote exits (its workers are gone by then)
+
+The zygote is spawned, never forked from the driver: the driver may already run threads. It dies
+with the driver (PR_SET_PDEATHSIG), and its workers die with it. Should it die early, the pool
+falls back to starting workers as fresh interpreters. `multiprocessing`'s forkserver does the
+same job for `multiprocessing.Process`; ours hands over the worker's socket and control pipe and
+reports exit statuses, which the pool's crash handling needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from typing import Sequence
+
+_MAX_MESSAGE = 1 << 16
+
+
+class ZygoteChild:
+    """A worker forked by the zygote, with the part of `subprocess.Popen` the pool uses."""
+
+    def __init__(self, zygote: "Zygote", wid: int) -> None:
+        self._zygote = zygote
+        self.wid = wid
+        self._pid: int | None = None
+        self.returncode: int | None = None
+        self._kill_pending = False
+
+    @property
+    def pid(self) -> int:
+        """The worker's pid; waits for the zygote to fork it (it may still be importing)."""
+        with self._zygote.cond:
+            self._zygote.cond.wait_for(lambda: self._pid is not None or self.returncode is not None,
+                                       timeout=60)
+            return self._pid if self._pid is not None else -1
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        with self._zygote.cond:
+            if not self._zygote.cond.wait_for(lambda: self.returncode is not None, timeout):
+                raise subprocess.TimeoutExpired(f"worker {self.wid}", timeout)
+            return self.returncode  # type: ignore[return-value]
+
+    def kill(self) -> None:
+        with self._zygote.cond:
+            if self.returncode is not None:
+                return
+            if self._pid is None:  # not forked yet: kill it as soon as it is
+                self._kill_pending = True
+                return
+            pid = self._pid
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class Zygote:
+    """The driver's handle on the zygote process."""
+
+    def __init__(self, preload: Sequence[str] = ()) -> None:
+        self.preload = tuple(preload)
+        self.cond = threading.Condition()
+        self._children: dict[int, ZygoteChild] = {}      # wid -> child
+        self._by_pid: dict[int, ZygoteChild] = {}
+        self._early_exits: dict[int, int] = {}            # pid -> code, seen before its pid message
+        self.alive = True
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._sock = ours
+        env = worker_environment()
+        cmd = [sys.executable, "-c", "import sys; from core._private.zygote import serve; "
+               "serve(int(sys.argv[1]), sys.argv[2:])", str(theirs.fileno()), *self.preload]
+        try:
+            self.proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), env=env,
+                                         stdin=subprocess.DEVNULL, close_fds=True)
+        finally:
+            theirs.close()
+        self._reader = threading.Thread(target=self._read_loop, name="core-zygote", daemon=True)
+        self._reader.start()
+
+    def add_preload(self, modules: Sequence[str]) -> None:
+        """Import `modules` too, before forking the workers asked for after this."""
+        modules = [m for m in modules if m not in self.preload]
+        if modules:
+            self.preload += tuple(modules)
+            try:
+                self._sock.send(pickle.dumps(("import", modules)))
+            except OSError:  # gone: the pool falls back to fresh interpreters
+                pass
+
+    def spawn(self, wid: int, args: list[str], fds: Sequence[int]) -> ZygoteChild:
+        """Ask for a worker running `worker.main(fds + args)`; returns at once (the zygote forks
+        it when its imports are done). Raises OSError when the zygote is gone."""
+        child = ZygoteChild(self, wid)
+        with self.cond:
+            if not self.alive:
+                raise BrokenPipeError("the zygote has exited")
+            self._children[wid] = child
+        try:
+            socket.send_fds(self._sock, [pickle.dumps(("spawn", wid, args))], list(fds))
+        except OSError:
+            with self.cond:
+                self._children.pop(wid, None)
+            raise
+        return child
+
+    def close(self) -> None:
+        """Stop the zygote (after the pool has stopped its workers)."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=2.0)
+        self._sock.close()
+
+    # ── the reader thread ───────────────────────────────────────────────────────────────────
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                data = self._sock.recv(_MAX_MESSAGE)
+            except OSError:
+                data = b""
+            if not data:
+                self._on_zygote_exit()
+                return
+            msg = pickle.loads(data)
+            with self.cond:
+                if msg[0] == "pid":
+                    self._on_pid(msg[1], msg[2])
+                elif msg[0] == "exit":
+                    self._on_exit(msg[1], msg[2])
+                self.cond.notify_all()
+
+    def _on_pid(self, wid: int, pid: int) -> None:
+        child = self._children.pop(wid, None)
+        if child is None:
+            return
+        child._pid = pid
+        self._by_pid[pid] = child
+        if pid in self._early_exits:
+            child.returncode = self._early_exits.pop(pid)
+        elif child._kill_pending:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _on_exit(self, pid: int, code: int) -> None:
+        child = self._by_pid.pop(pid, None)
+        if child is None:
+            self._early_exits[pid] = code
+        else:
+            child.returncode = code
+
+    def _on_zygote_exit(self) -> None:
+        # Its workers die with it (PR_SET_PDEATHSIG): report them killed, like the kernel will.
+        with self.cond:
+            self.alive = False
+            for child in list(self._children.values()) + list(self._by_pid.values()):
+                if child.returncode is None:
+                    child.returncode = -signal.SIGKILL
+            self._children.clear()
+            self._by_pid.clear()
+            self.cond.notify_all()
+
+
+def worker_environment() -> dict[str, str]:
+    """The environment a worker starts with: the driver's, its import path, one BLAS thread."""
+    env = dict(os.environ)
+    env["DDSF_SYS_PATH"] = os.pathsep.join(p for p in sys.path if p)  # the driver's imports
+    env.setdefault("OMP_NUM_THREADS", "1")  # as Ray: one BLAS thread per worker
+    return env
+
+
+# ── the zygote process ──────────────────────────────────────────────────────────────────────
+def serve(fd: int, preload: list[str]) -> None:
+    """The zygote's main: import, then fork a worker per request until the driver goes away."""
+    from core._private import worker
+
+    worker.die_with_parent("core-zygote")
+    worker.extend_sys_path()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    sock = socket.socket(fileno=fd)
+    _import(preload)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes select() through the wake-up fd
+    try:
+        while True:
+            _reap(sock)
+            readable, _, _ = select.select([sock, wake_r], [], [])
+            if wake_r in readable:
+                _drain(wake_r)
+            if sock in readable and not _serve_one(sock, (wake_r, wake_w)):
+                break
+    finally:
+        _reap(sock)
+        os._exit(0)
+
+
+def _serve_one(sock: socket.socket, own_fds: tuple[int, int]) -> bool:
+    try:
+        data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 4)
+    except OSError:
+        return False
+    if not data:
+        return False
+    msg = pickle.loads(data)
+    if msg[0] == "import":
+        _import(msg[1])
+        return True
+    _, wid, args = msg
+    pid = os.fork()
+    if pid == 0:  # the fds arrive renumbered: they lead the worker's arguments
+        _become_worker(sock, own_fds, [str(fd) for fd in fds] + list(args))
+    for fd in fds:
+        os.close(fd)
+    try:
+        sock.send(pickle.dumps(("pid", wid, pid)))
+    except OSError:
+        return False
+    return True
+
+
+def _import(modules: Sequence[str]) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except BaseException:  # the task that needs it reports the error, with context
+            pass
+
+
+def _become_worker(sock: socket.socket, own_fds: tuple[int, int], args: list[str]) -> None:
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        sock.close()
+        for fd in own_fds:
+            os.close(fd)
+        from core._private import worker
+
+        worker.main(args)  # exits the process
+    finally:
+        os._exit(1)
+
+
+def _reap(sock: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        try:
+            sock.send(pickle.dumps(("exit", pid, os.waitstatus_to_exitcode(status))))
+        except OSError:
+            pass
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+

@@ -1,0 +1,118 @@
+"""Workers forked from a zygote that imported their modules once (core.preload_workers,
+init(worker_preload=...)): same behaviour as fresh workers, crashes and clean-up included."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import psutil
+import pytest
+
+import core
+from core.exceptions import WorkerCrashedError
+
+
+@core.remote
+def where() -> dict:
+    me = psutil.Process()
+    return {"pid": os.getpid(), "ppid": os.getppid(), "name": me.name(),
+            "json_loaded": "json.decoder" in sys.modules, "pkg": "email.mime.text" in sys.modules}
+
+
+@core.remote(max_retries=0)
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@core.remote
+def import_it(name: str) -> str:
+    import importlib
+
+    return importlib.import_module(name).__name__
+
+
+def _zygote_of(info: dict) -> psutil.Process:
+    parent = psutil.Process(info["ppid"])
+    assert parent.name() == "core-zygote" and parent.ppid() == os.getpid()
+    return parent
+
+
+def _descendants() -> list[psutil.Process]:
+    return psutil.Process().children(recursive=True)
+
+
+def test_preloaded_workers_are_forked_from_one_zygote_with_the_modules_loaded(make_session):
+    core.preload_workers(["email.mime.text"])
+    make_session(num_cpus=2)
+    infos = core.get([where.remote() for _ in range(6)])
+    assert {i["name"] for i in infos} == {"core-worker"}
+    assert all(i["pkg"] for i in infos), "the preloaded module is imported before the task runs"
+    assert len({i["ppid"] for i in infos}) == 1
+    _zygote_of(infos[0])
+
+
+def test_init_worker_preload_starts_the_zygote_itself(make_session):
+    make_session(num_cpus=1, worker_preload=["email.mime.text"])
+    info = core.get(where.remote())
+    assert info["pkg"]
+    _zygote_of(info)
+
+
+def test_a_module_that_fails_to_import_is_skipped_and_the_task_reports_it(make_session):
+    make_session(num_cpus=1, worker_preload=["no_such_module_xyz", "email.mime.text"])
+    assert core.get(where.remote())["pkg"]
+    with pytest.raises(ModuleNotFoundError, match="no_such_module_xyz"):
+        core.get(import_it.remote("no_such_module_xyz"))
+
+
+def test_a_killed_forked_worker_is_reported_with_its_signal_and_replaced(make_session):
+    make_session(num_cpus=1, worker_preload=["email.mime.text"])
+    before = core.get(where.remote())
+    with pytest.raises(WorkerCrashedError, match="signal 9"):
+        core.get(die.remote())
+    after = core.get(where.remote())
+    assert after["pid"] != before["pid"] and after["ppid"] == before["ppid"]
+
+
+def test_without_the_zygote_workers_start_as_fresh_interpreters(make_session):
+    make_session(num_cpus=1, worker_preload=["email.mime.text"])
+    zygote = _zygote_of(core.get(where.remote()))
+    zygote.kill()  # its worker dies with it (PR_SET_PDEATHSIG)
+    zygote.wait(5)
+    deadline = time.monotonic() + 10
+    while True:  # the first call may land on the dying worker and be retried
+        info = core.get(where.remote())
+        if info["ppid"] == os.getpid() or time.monotonic() > deadline:
+            break
+    assert info["ppid"] == os.getpid() and info["name"] == "core-worker"
+    assert not info["pkg"]
+
+
+def test_shutdown_stops_the_workers_and_the_zygote(make_session):
+    make_session(num_cpus=2, worker_preload=["email.mime.text"])
+    core.get([where.remote() for _ in range(4)])
+    processes = _descendants()
+    assert {p.name() for p in processes} == {"core-zygote", "core-worker"}
+    core.shutdown()
+    _, alive = psutil.wait_procs(processes, timeout=5)
+    assert not alive
+
+
+def test_an_unused_preload_is_stopped_by_the_next_one_and_at_exit(tmp_path):
+    import subprocess
+
+    script = ("import core, psutil, os\n"
+              "core.preload_workers(['json'])\n"
+              "core.preload_workers(['json'])\n"
+              "kids = psutil.Process().children()\n"
+              "print(len(kids), ' '.join(str(k.pid) for k in kids))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert out.returncode == 0, out.stderr
+    count, *pids = out.stdout.split()
+    assert count == "1"  # the first zygote was stopped when the second started
+    time.sleep(0.2)
+    assert not [p for p in pids if psutil.pid_exists(int(p)) and psutil.Process(int(p)).status() != "zombie"]
