@@ -9,7 +9,6 @@ object or the task that carries it keeps it alive.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import itertools
 import os
@@ -94,6 +93,8 @@ class ObjectRef:
         return _require_runtime(self).future(self)
 
     def __await__(self):
+        import asyncio  # here, not at the top: it costs every process ~30 ms to import
+
         return asyncio.wrap_future(self.future()).__await__()
 
 

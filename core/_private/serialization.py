@@ -194,15 +194,21 @@ def copy_into(dest: memoryview, src: memoryview) -> None:
 
 def copy_skipping_zeros(dest: memoryview, src: memoryview) -> None:
     """Copy `src` into an all-zero `dest`, leaving out blocks of `src` that are all zeros, in
-    two threads. Reading zeros is cheap; not writing them leaves tmpfs pages unallocated."""
+    two threads. Not writing zeros leaves tmpfs pages unallocated; blocks the kernel says were
+    never written are not even read."""
     import numpy as np
+
+    from core._private.untouched import untouched_blocks
 
     n = src.nbytes
     d = np.frombuffer(dest, dtype=np.uint8, count=n)
     s = np.frombuffer(src, dtype=np.uint8, count=n)
+    never_written = untouched_blocks(src, ZERO_BLOCK)  # zeros we need not even read
 
     def run(lo: int, hi: int) -> None:
         for start in range(lo, hi, ZERO_BLOCK):
+            if never_written is not None and never_written[start // ZERO_BLOCK]:
+                continue
             block = s[start:min(start + ZERO_BLOCK, hi)]
             if block.any():
                 np.copyto(d[start:start + block.size], block)
