@@ -261,18 +261,26 @@ def _read_footers(files: dict[str, int], columns: list[str] | None,
 
 def _read_footer(uri: str, size: int, columns: list[str] | None,
                  expression: pc.Expression | None, storage_options: dict | None) -> _Footer:
-    fragment = _fragment(uri, None, size, storage_options)
+    fragment = None
     try:
-        fragment.ensure_complete_metadata()
-        metadata = fragment.metadata
-        schema = fragment.physical_schema
+        if expression is None and uri.startswith("/"):
+            # A local file without filters: pyarrow.parquet alone, not pyarrow.dataset (whose
+            # import also loads pandas: ~0.25 s, on the critical path of every run's driver).
+            import pyarrow.parquet as pq
+
+            with pq.ParquetFile(uri) as file:
+                metadata, schema = file.metadata, file.schema_arrow
+        else:  # a fragment with the size known: on S3, one ranged GET and no HEAD
+            fragment = _fragment(uri, None, size, storage_options)
+            fragment.ensure_complete_metadata()
+            metadata, schema = fragment.metadata, fragment.physical_schema
     except Exception as exc:
         raise _read_error(exc, uri, "read the Parquet footer of", storage_options) from exc
     _check_columns(schema, columns, uri)
     rows = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
     nbytes = tuple(_row_group_bytes(metadata.row_group(i), columns) for i in range(len(rows)))
     selected = tuple(range(len(rows)))
-    if expression is not None and rows:
+    if fragment is not None and expression is not None and rows:
         selected = _prune(fragment, expression, schema, uri)
     return _Footer(uri, size, schema, rows, nbytes, selected)
 
