@@ -25,10 +25,13 @@ import io
 import pickle
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .exceptions import ModelError, UnpicklableModelError
-from .spec import ModelSpec, callable_arity, resolve_ref
+from .refs import callable_arity, resolve_ref
+
+if TYPE_CHECKING:  # the spec (pydantic) is the driver's; workers import this module too
+    from .spec import ModelSpec
 
 
 @dataclass

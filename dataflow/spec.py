@@ -18,9 +18,6 @@ a typo in a factory name without running anything.
 
 from __future__ import annotations
 
-import difflib
-import importlib
-import inspect
 import json
 import os
 import re
@@ -32,6 +29,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, mo
 from pydantic_core import PydanticCustomError
 
 from .exceptions import SpecError, SpecIssue
+from .refs import resolve_ref
+from .refs import did_you_mean as _did_you_mean
 
 # ---------------------------------------------------------------------------------------------
 # value validators: each raises a PydanticCustomError whose message is the one the user reads
@@ -104,23 +103,6 @@ def _mapping(value: Any) -> dict:
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
-def resolve_ref(ref: str) -> Any:
-    """Import `package.module:attr.sub` and return the attribute. Raises ValueError with a message
-    fit for the user (which part is missing, with a did-you-mean)."""
-    module_name, _, attr_path = ref.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ValueError(f"cannot import module {module_name!r} ({exc}); is it on the Python path?") from exc
-    for part in attr_path.split("."):
-        if not hasattr(obj, part):
-            names = [n for n in dir(obj) if not n.startswith("_")]
-            hint = _did_you_mean(part, names)
-            raise ValueError(f"{module_name!r} has no attribute {part!r}{hint}")
-        obj = getattr(obj, part)
-    return obj
-
-
 def _ref(value: Any) -> str | Callable:
     """A `module:function` reference (checked by importing it) or, from Python, a callable."""
     if callable(value) and not isinstance(value, str):
@@ -182,11 +164,6 @@ def _choice(*options: str) -> Callable[[Any], str]:
         raise PydanticCustomError("choice", "must be one of {options}, got {got}{hint}",
                                   {"options": ", ".join(options), "got": show(value), "hint": hint})
     return check
-
-
-def _did_you_mean(word: str, options) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?".replace("'", '"') if close else ""
 
 
 _OPS = ("=", "==", "!=", "<", ">", "<=", ">=", "in", "not in")
@@ -679,15 +656,3 @@ def _as_mapping(value: Any, key: str, cls: type) -> Any:
     if isinstance(value, (str, list, os.PathLike)):
         return {key: os.fspath(value) if isinstance(value, os.PathLike) else value}
     return value
-
-
-def callable_arity(fn: Callable) -> int:
-    """Number of positional parameters `fn` takes (for `fn(batch)` vs `fn(model, batch)`)."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return 2
-    if any(p.kind == p.VAR_POSITIONAL for p in params):
-        return 2
-    return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-               and p.default is p.empty)
