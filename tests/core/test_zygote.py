@@ -116,3 +116,39 @@ def test_an_unused_preload_is_stopped_by_the_next_one_and_at_exit(tmp_path):
     assert count == "1"  # the first zygote was stopped when the second started
     time.sleep(0.2)
     assert not [p for p in pids if psutil.pid_exists(int(p)) and psutil.Process(int(p)).status() != "zombie"]
+
+
+@pytest.mark.parametrize("threaded", [False, True], ids=["forked-zygote", "spawned-zygote"])
+def test_the_zygote_is_forked_when_single_threaded_and_spawned_otherwise(threaded):
+    """Forked from a single-threaded driver (no interpreter start), else a fresh interpreter;
+    either way the workers run tasks and nothing of the driver's open files reaches them."""
+    import subprocess
+
+    script = (
+        "import core, os, sys, threading, psutil\n"
+        f"if {threaded}:\n"
+        "    threading.Thread(target=threading.Event().wait, daemon=True).start()\n"
+        "import tempfile\n"
+        "secret = tempfile.NamedTemporaryFile()\n"
+        "core.preload_workers(['email.mime.text'])\n"
+        "core.init(num_cpus=1)\n"
+        "@core.remote\n"
+        "def probe(path):\n"
+        "    import sys, os\n"
+        "    fds = []\n"
+        "    for fd in os.listdir('/proc/self/fd'):\n"
+        "        try:\n"
+        "            fds.append(os.readlink(f'/proc/self/fd/{fd}'))\n"
+        "        except OSError:  # the listing's own descriptor, closed by now\n"
+        "            pass\n"
+        "    return 'email.mime.text' in sys.modules, path in fds\n"
+        "loaded, leaked = core.get(probe.remote(os.path.realpath(secret.name)))\n"
+        "zygote = [p for p in psutil.Process().children() if p.name() == 'core-zygote'][0]\n"
+        "print(loaded, leaked, zygote.cmdline() != psutil.Process().cmdline())\n"
+        "core.shutdown()\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert out.returncode == 0, out.stderr
+    loaded, leaked, spawned = out.stdout.split()
+    assert loaded == "True" and leaked == "False"
+    assert spawned == str(threaded)
