@@ -1,7 +1,7 @@
 """Fixtures shared by every test package.
 
-`s3_server` starts moto in server mode (a real HTTP S3 endpoint) on 127.0.0.1 at a free port,
-once per test process, and points every S3 client (boto3, s3fs, pyarrow, smart_open) at it through
+`s3_server` starts moto in server mode (a real HTTP S3 endpoint, in a child process) on
+127.0.0.1 at a free port, once per test process, and points every S3 client (boto3, s3fs, pyarrow, smart_open) at it through
 the standard AWS environment. `s3_bucket` gives each test a fresh, empty bucket.
 """
 
@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import time
 import uuid
 
 import pytest
@@ -24,13 +27,22 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """URL of a moto S3 server on loopback; AWS_* variables set for the whole test process."""
-    from moto.server import ThreadedMotoServer
+    """URL of a moto S3 server on loopback; AWS_* variables set for the whole test process.
 
+    The server is a child process, not a thread of this one: an S3 file object a test leaves
+    unclosed may be garbage-collected on any thread, and its close() uploads to the server, which
+    deadlocks when that thread is the server's own."""
     port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_listening(server, port)
+    except BaseException:
+        server.kill()
+        server.wait()
+        raise
     saved = {k: os.environ.get(k) for k in _AWS_ENV}
     os.environ.update({
         "AWS_ENDPOINT_URL": url,
@@ -43,12 +55,31 @@ def s3_server():
     try:
         yield url
     finally:
-        server.stop()
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _wait_until_listening(server: subprocess.Popen, port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.poll() is not None:
+            raise RuntimeError(f"the moto server exited at start (code {server.returncode})")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the moto server did not listen on 127.0.0.1:{port} within {timeout} s")
+            time.sleep(0.05)
 
 
 _AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",

@@ -41,3 +41,21 @@ def test_no_module_imports_core_or_dataflow():
         text = path.read_text()
         for package in ("core", "dataflow"):
             assert f"from {package}" not in text and f"import {package}" not in text, path
+
+
+def test_planning_local_files_without_filters_imports_neither_pyarrow_dataset_nor_pandas(
+        tmp_path):
+    # pyarrow.dataset imports pandas (~0.25 s): planning runs in every driver, before anything.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for i in range(3):
+        pq.write_table(pa.table({"id": [i, i + 1], "name": ["a", "b"]}), tmp_path / f"{i}.parquet")
+    code = ("import sys, connectors; "
+            f"shards = connectors.plan_shards({str(tmp_path)!r}, columns=['id']); "
+            "print(len(shards), [m for m in ('pyarrow.dataset', 'pandas') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "3 []"

@@ -2,8 +2,8 @@
 
 A small HTTP proxy sits in front of the moto server. It answers the next `fail` requests with
 ``503 SlowDown`` (what S3 sends when throttling) and forwards everything else to moto unchanged,
-counting the bytes of object data it forwards, so the clients' real retry logic and request
-patterns run over HTTP.
+recording each request and counting the bytes of object data it forwards, so the clients' real
+retry logic and request patterns run over HTTP.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class FlakyProxy:
         self.failed = 0
         self.forwarded = 0
         self.bytes_forwarded = 0  # body bytes of GET responses
+        self.requests: list[tuple[str, str]] = []  # (method, path) of each forwarded request
         self.lock = threading.Lock()
         target = urlsplit(upstream)
         proxy = self
@@ -51,6 +52,7 @@ class FlakyProxy:
                         proxy.failed += 1
                     else:
                         proxy.forwarded += 1
+                        proxy.requests.append((self.command, self.path))
                 if failing:
                     self.send_response(503)
                     self.send_header("Content-Type", "application/xml")
@@ -68,7 +70,10 @@ class FlakyProxy:
                 for key, value in response.getheaders():
                     if key.lower() not in ("content-length", "transfer-encoding", "connection"):
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
+                # A HEAD answer has no body but says the object's size: pass that on.
+                length = (response.getheader("Content-Length", "0") if self.command == "HEAD"
+                          else str(len(data)))
+                self.send_header("Content-Length", length)
                 self.end_headers()
                 if self.command == "GET":
                     with proxy.lock:
@@ -132,6 +137,17 @@ def test_persistent_slowdown_raises_storage_error_after_bounded_retries(s3_datas
         plan_shards(s3_dataset, storage_options={"endpoint_url": flaky.url})
     assert time.monotonic() - start < 20
     assert flaky.failed <= MAX_ATTEMPTS
+
+
+def test_planning_fetches_each_footer_with_one_get_and_no_head(s3_dataset, flaky):
+    flaky.requests.clear()
+
+    shards = plan_shards(s3_dataset, storage_options={"endpoint_url": flaky.url})
+
+    objects = sorted(path for method, path in flaky.requests if "?" not in path)
+    assert [method for method, _ in flaky.requests].count("HEAD") == 0
+    assert objects == sorted(f"/{s.path.removeprefix('s3://')}" for s in shards)
+    assert len(shards) == 3
 
 
 def test_reading_one_column_fetches_a_small_part_of_the_object(s3_bucket, flaky):

@@ -130,6 +130,7 @@ def test_uncommitted_part_leaves_nothing_under_its_final_name(dest: Destination)
     assert not any(name.startswith("part-") for name in dest.listing())
     assert all(name.startswith("_") for name in dest.listing())
     assert open_sink(dest.uri).committed() == {}
+    part.abort()  # close the "crashed" part's file here, not whenever it is garbage-collected
 
 
 def test_aborted_part_leaves_no_file_at_all(dest: Destination):
