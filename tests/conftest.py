@@ -16,6 +16,8 @@ import uuid
 
 import pytest
 
+from tests.services import SERVICE_PIDS
+
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
@@ -36,6 +38,7 @@ def s3_server():
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
+    SERVICE_PIDS.add(server.pid)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_listening(server, port)
@@ -61,6 +64,7 @@ def s3_server():
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        SERVICE_PIDS.discard(server.pid)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

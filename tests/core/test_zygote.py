@@ -13,6 +13,7 @@ import pytest
 
 import core
 from core.exceptions import WorkerCrashedError
+from tests.services import descendants
 
 
 @core.remote
@@ -38,10 +39,6 @@ def _zygote_of(info: dict) -> psutil.Process:
     parent = psutil.Process(info["ppid"])
     assert parent.name() == "core-zygote" and parent.ppid() == os.getpid()
     return parent
-
-
-def _descendants() -> list[psutil.Process]:
-    return psutil.Process().children(recursive=True)
 
 
 def test_preloaded_workers_are_forked_from_one_zygote_with_the_modules_loaded(make_session):
@@ -94,7 +91,7 @@ def test_without_the_zygote_workers_start_as_fresh_interpreters(make_session):
 def test_shutdown_stops_the_workers_and_the_zygote(make_session):
     make_session(num_cpus=2, worker_preload=["email.mime.text"])
     core.get([where.remote() for _ in range(4)])
-    processes = _descendants()
+    processes = descendants()
     assert {p.name() for p in processes} == {"core-zygote", "core-worker"}
     core.shutdown()
     _, alive = psutil.wait_procs(processes, timeout=5)

@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from tests.connectors.conftest import s3_auth_enforced  # noqa: F401  (moto checking credentials)
+from tests.services import descendants
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHM = "/dev/shm"
@@ -191,8 +192,7 @@ def no_leaks():
     """Nothing the test started survives it: child processes, unaccounted segments."""
     before = segments()
     yield
-    me = psutil.Process()
-    _, alive = psutil.wait_procs(me.children(recursive=True), timeout=15)
+    _, alive = psutil.wait_procs(descendants(), timeout=15)
     assert not alive, f"processes left behind: {[p.pid for p in alive]}"
     known = _known_prefixes()
     leaked = sorted(n for n in segments() - before if not any(n.startswith(p) for p in known))
