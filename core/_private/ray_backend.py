@@ -39,6 +39,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -502,6 +503,23 @@ class RayBackend:
             return
         self._killed.add(actor_id)
         self._ray.kill(known[0], no_restart=True)
+        self._await_death(known[0])
+
+    def _await_death(self, handle: Any, timeout: float = 30.0) -> None:
+        """Return once Ray refuses calls on a killed actor: `ray.kill` only sends the request, and
+        a call made before its death is published can still reach the actor and succeed (our
+        contract, as the local engine's: after `core.kill`, calls raise ActorDiedError)."""
+        ray = self._ray
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                ray.get(handle.__ray_ready__.remote(), timeout=max(0.1, deadline - time.monotonic()))
+            except ray.exceptions.RayActorError:
+                return
+            except ray.exceptions.GetTimeoutError:
+                break
+            time.sleep(0.01)
+        _log.warning("core.kill(): Ray still runs calls on the killed actor after %.0f s", timeout)
 
     # ── reporting ──────────────────────────────────────────────────────────────────────────────
     def cluster_resources(self) -> dict:
