@@ -14,7 +14,8 @@ Layout (little endian):
     table    per buffer: offset u64, length u64 (offsets from the start of the layout)
     pickle   the protocol-5 stream
     buffers  each at a 64-byte aligned offset, so numpy/Arrow/torch see aligned data when the
-             layout starts page-aligned (a shared segment)
+             layout starts page-aligned (a shared segment); a large buffer also at its source's
+             offset within a page (rounded down to 64), which keeps its memcpy fast
 
 `deserialize` returns objects whose arrays are views of `view`: numpy keeps the memoryview as its
 `.base`, Arrow's `py_buffer` and pandas blocks keep theirs, so whatever exports `view` (a mapping,
@@ -63,10 +64,24 @@ PARALLEL_COPY_MIN = 32 * 2**20
 SPARSE_MIN = 8 * 2**20        # buffers this big are checked for zero blocks (see zero_heavy)
 ZERO_BLOCK = 2**20            # granularity of the zero-block skipping
 _COPY_THREADS = 2
+PAGE_MATCH_MIN = 2**20        # buffers this big are placed at their source's page offset
+_PAGE = 4096
 
 
 def _align(n: int) -> int:
     return (n + ALIGNMENT - 1) & ~(ALIGNMENT - 1)
+
+
+def _page_matched(pos: int, buf: memoryview) -> int:
+    """The first 64-byte aligned offset from `pos` at the same place within a page as `buf`'s
+    data (rounded down to 64 bytes). A copy whose destination sits a little *above* its source
+    within a 4 KiB page runs into 4K aliasing (each store looks like it may feed a load a few
+    lines ahead): an 800 MB memcpy into a segment ran at 6 GB/s at offset 192 from a numpy array
+    16 bytes into its page, 15-16 GB/s with the offsets matched. Costs under 4 KiB of padding."""
+    import numpy as np  # only for large buffers, which come from numpy/Arrow/torch anyway
+
+    want = (np.frombuffer(buf, dtype=np.uint8).ctypes.data % _PAGE) & ~(ALIGNMENT - 1)
+    return pos + (want - pos) % _PAGE
 
 
 # ─── nested refs ────────────────────────────────────────────────────────────────────────────────
@@ -99,6 +114,7 @@ class SerializedObject:
         pos = _align(_HEADER_SIZE + _ENTRY.size * len(buffers) + len(pickled))
         offsets = []
         for buf in buffers:
+            pos = _page_matched(pos, buf) if buf.nbytes >= PAGE_MATCH_MIN else pos
             offsets.append(pos)
             pos = _align(pos + buf.nbytes)
         self._offsets = offsets
