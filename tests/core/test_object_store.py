@@ -157,7 +157,10 @@ def test_locate_pins_per_holder_and_unpin_all(make_store):
 def test_create_seal_by_worker_process(make_store):
     """A worker fills a segment it maps by name; the driver then reads it zero-copy."""
     st = make_store()
-    value = serialize(np.arange(300_000, dtype=np.int32))
+    # Under 1 MiB: a larger buffer is laid out at its source's page offset, so its size would
+    # depend on where each process's array happens to sit (a worker sizes and writes one
+    # serialization, never two).
+    value = serialize(np.arange(200_000, dtype=np.int32))
     name, mapped = st.create(oid(1), value.total_size)
     assert mapped >= value.total_size and not st.contains(oid(1))
     code = textwrap.dedent(f"""
@@ -165,13 +168,13 @@ def test_create_seal_by_worker_process(make_store):
         import numpy as np
         from core._private import shm
         from core._private.serialization import serialize
-        so = serialize(np.arange(300_000, dtype=np.int32))
+        so = serialize(np.arange(200_000, dtype=np.int32))
         mm = shm.map_segment({name!r}, "write")
         so.write_to(memoryview(mm))
     """)
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     st.seal(oid(1))
-    assert np.array_equal(get(st, 1), np.arange(300_000, dtype=np.int32))
+    assert np.array_equal(get(st, 1), np.arange(200_000, dtype=np.int32))
 
 
 def test_value_read_zero_copy_in_another_process(make_store):
