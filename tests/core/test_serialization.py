@@ -243,17 +243,10 @@ def test_large_buffers_sit_at_their_sources_page_offset(start):
     dest.close()
 
 
-def test_small_values_have_no_buffers_and_are_fast():
-    import time
-
+def test_small_values_have_no_buffers():
     so = serialize([1, 2, 3])
     assert so.buffers == [] and so.total_size == len(so.to_bytes())
-    n = 20000
-    t0 = time.perf_counter()
-    for _ in range(n):
-        deserialize(serialize([1, 2, 3]).to_bytes())
-    per = (time.perf_counter() - t0) / n
-    assert per < 20e-6, f"small round trip took {per * 1e6:.1f} us"
+    assert deserialize(so.to_bytes()) == [1, 2, 3]
 
 
 def test_write_to_makes_no_intermediate_copy():
