@@ -3,27 +3,30 @@
     python benchmarks/connectors.py [--repeat 5] [--small-files 1000]
 
 1. writes the 12 default NYC taxi shards (1,710,629 rows) into a temp folder;
-2. starts a moto S3 server on 127.0.0.1 (a free port, in this process) and uploads them;
+2. starts a moto S3 server on 127.0.0.1 (a free port) in a process of its own, as any S3
+   endpoint is, and uploads them;
 3. times reading every shard, one column and all columns, with `connectors.read_shard`
    (after `plan_shards`) and with `pyarrow.parquet.read_table` on the same files, in the same
    run, alternating the two, best of `--repeat`;
-4. times `plan_shards` over 1,000 small Parquet objects on the S3 server, first on stock moto,
-   then with moto's per-request scan of its own package folder cached (`speed_up_moto`): one
-   footer GET per file is the floor, and stock moto spends about 2 ms of Python on each
-   request, 40 % of it listing and stat-ing the ~180 folders of its package; real S3 serves
-   these requests concurrently;
+4. times `plan_shards` over 1,000 small Parquet objects on each S3 server: stock moto; moto
+   with its per-request scan of its own package folder cached (a change to the stand-in
+   server's speed only); and s3rver (a Node.js S3 server), when installed with
+   `npm install --prefix benchmarks s3rver@3.7.1`. One LIST and one footer GET per file is the
+   floor; each row also gives the server's CPU time per request, which is where the time goes
+   on moto (a few ms of Python per request, one request at a time under its global lock);
 5. prints a table of times and ratios ours/pyarrow. Targets: ratio <= 1.1; planning < 2 s.
 
-Everything it creates lives in a temp folder and the in-process server, both gone at exit.
+Everything it creates lives in a temp folder and the server processes, both gone at exit.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import logging
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import boto3  # noqa: E402
+import psutil  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from pyarrow import fs as pafs  # noqa: E402
@@ -63,32 +67,88 @@ def compare(repeat: int, ours: Callable[[], object], theirs: Callable[[], object
     return min(ours_times), min(theirs_times)
 
 
-def start_s3() -> tuple[object, str]:
-    from moto.server import ThreadedMotoServer
+class S3Server:
+    """An S3 server on 127.0.0.1 in its own process; `activate()` points every client at it."""
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="bench",
-                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-                      AWS_EC2_METADATA_DISABLED="true")
-    return server, url
+    MOTO = [sys.executable, "-m", "moto.server"]
+    # moto lists and stats the ~180 folders of its package on every request; cache that list.
+    MOTO_CACHED = [sys.executable, "-c", "import sys; from moto import backends; "
+                   "m = tuple(backends.list_of_moto_modules()); "
+                   "backends.list_of_moto_modules = lambda: m; "
+                   "from moto.server import main; main(sys.argv[1:])"]
+
+    def __init__(self, kind: str, data_dir: str) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        if kind == "s3rver":
+            cmd = [S3RVER, "-a", "127.0.0.1", "-p", str(self.port), "-d", data_dir, "--silent",
+                   "--configure-bucket", BUCKET]
+            self.keys = ("S3RVER", "S3RVER")                   # s3rver's fixed test credentials
+        else:
+            cmd = (self.MOTO if kind == "moto" else self.MOTO_CACHED) + ["-H", "127.0.0.1",
+                                                                        "-p", str(self.port)]
+            self.keys = ("bench", "bench")
+        self.kind = kind
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        self._wait_listening()
+        self.activate()
+        if kind != "s3rver":
+            self.client().create_bucket(Bucket=BUCKET)
+
+    def client(self):
+        # explicit keys: boto3's default session keeps the first credentials it resolved
+        return boto3.client("s3", endpoint_url=self.url, aws_access_key_id=self.keys[0],
+                            aws_secret_access_key=self.keys[1], region_name="us-east-1")
+
+    def _wait_listening(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit(f"the {self.kind} S3 server did not start on {self.url}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+
+    def activate(self) -> None:
+        os.environ.update(AWS_ENDPOINT_URL=self.url, AWS_ACCESS_KEY_ID=self.keys[0],
+                          AWS_SECRET_ACCESS_KEY=self.keys[1], AWS_DEFAULT_REGION="us-east-1",
+                          AWS_EC2_METADATA_DISABLED="true")
+
+    def cpu_seconds(self) -> float:
+        times = psutil.Process(self.proc.pid).cpu_times()
+        return times.user + times.system
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
-def speed_up_moto() -> None:
-    """Cache moto's list of its own service modules (it lists its package on every request).
+S3RVER = shutil.which("s3rver") or str(Path(__file__).resolve().parent / "node_modules" / ".bin" / "s3rver")
 
-    This changes only the speed of the stand-in server, not what it answers or what our code
-    sends; the benchmark reports planning with and without it.
-    """
-    from moto import backends
 
-    modules = tuple(backends.list_of_moto_modules())
-    backends.list_of_moto_modules = lambda: modules
+def planning_case(server: S3Server, count: int) -> tuple[str, float, None]:
+    """Best of 3 plans of `count` small objects, with the server's CPU time per request."""
+    prefix = small_files(server.client(), count)
+    times, cpu = [], []
+    for _ in range(3):
+        before, start = server.cpu_seconds(), time.perf_counter()
+        assert len(plan_shards(prefix)) == count
+        times.append(time.perf_counter() - start)
+        cpu.append(server.cpu_seconds() - before)
+    per_request = min(cpu) / (count + 1) * 1e3                  # the footers and one LIST
+    return (f"plan {count} small files, S3 ({server.kind}; server {per_request:.1f} ms CPU/req)",
+            min(times), None)
 
 
 def reading_cases(label: str, uri: str, paths: list[str], filesystem: pafs.FileSystem | None,
@@ -154,34 +214,33 @@ def main() -> int:
         results.append((f"plan {args.small_files} small files, disk (our own overhead)",
                         best_of(3, lambda: plan_shards(str(small))), None))
 
-        server, url = start_s3()
+        server = S3Server("moto", tmp)
         try:
-            client = boto3.client("s3", endpoint_url=url)
-            client.create_bucket(Bucket=BUCKET)
-            upload(client, folder, "taxi")
-            arrow_s3 = pafs.S3FileSystem(endpoint_override=url.split("://")[1], scheme="http",
-                                         region="us-east-1")
+            upload(server.client(), folder, "taxi")
+            arrow_s3 = pafs.S3FileSystem(endpoint_override=server.url.split("://")[1],
+                                         scheme="http", region="us-east-1")
             s3_paths = [f"{BUCKET}/taxi/{Path(p).name}" for p in local_paths]
             results += reading_cases("S3", f"s3://{BUCKET}/taxi/", s3_paths, arrow_s3,
                                      args.repeat)
-
-            prefix = small_files(client, args.small_files)
-            for label in ("stock moto", "moto, module list cached"):
-                if label != "stock moto":
-                    speed_up_moto()
-                planned: list = []
-                seconds = best_of(3, lambda: planned.append(len(plan_shards(prefix))))
-                assert planned[-1] == args.small_files
-                results.append((f"plan {args.small_files} small files, S3 ({label})", seconds,
-                                None))
+            results.append(planning_case(server, args.small_files))
         finally:
             server.stop()
+        kinds = ["moto, module list cached"] + (["s3rver"] if os.path.exists(S3RVER) else [])
+        for kind in kinds:
+            server = S3Server(kind, tempfile.mkdtemp(dir=tmp))
+            try:
+                results.append(planning_case(server, args.small_files))
+            finally:
+                server.stop()
+        if "s3rver" not in kinds:
+            print("s3rver not installed (npm install --prefix benchmarks s3rver@3.7.1): "
+                  "planning measured on moto only", file=sys.stderr)
 
-    print(f"{'case':<56} {'ours s':>8} {'pyarrow s':>10} {'ours/pyarrow':>13}")
+    print(f"{'case':<72} {'ours s':>8} {'pyarrow s':>10} {'ours/pyarrow':>13}")
     for case, ours, theirs in results:
         ratio = f"{ours / theirs:.2f}x" if theirs else ("target < 2 s" if "S3" in case else "")
         theirs_text = f"{theirs:.3f}" if theirs else "-"
-        print(f"{case:<56} {ours:>8.3f} {theirs_text:>10} {ratio:>13}")
+        print(f"{case:<72} {ours:>8.3f} {theirs_text:>10} {ratio:>13}")
     return 0
 
 
