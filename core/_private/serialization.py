@@ -65,7 +65,7 @@ SPARSE_MIN = 8 * 2**20        # buffers this big are checked for zero blocks (se
 ZERO_BLOCK = 2**20            # granularity of the zero-block skipping
 _COPY_THREADS = 2
 PAGE_MATCH_MIN = 2**20        # buffers this big are placed at their source's page offset
-_PAGE = 4096
+_ALIASING_SPAN = 4096         # a load and a store alias when their addresses agree mod 4 KiB
 
 
 def _align(n: int) -> int:
@@ -80,8 +80,8 @@ def _page_matched(pos: int, buf: memoryview) -> int:
     16 bytes into its page, 15-16 GB/s with the offsets matched. Costs under 4 KiB of padding."""
     import numpy as np  # only for large buffers, which come from numpy/Arrow/torch anyway
 
-    want = (np.frombuffer(buf, dtype=np.uint8).ctypes.data % _PAGE) & ~(ALIGNMENT - 1)
-    return pos + (want - pos) % _PAGE
+    want = (np.frombuffer(buf, dtype=np.uint8).ctypes.data % _ALIASING_SPAN) & ~(ALIGNMENT - 1)
+    return pos + (want - pos) % _ALIASING_SPAN
 
 
 # ─── nested refs ────────────────────────────────────────────────────────────────────────────────
