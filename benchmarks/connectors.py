@@ -23,10 +23,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,13 +32,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import boto3  # noqa: E402
-import psutil  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from pyarrow import fs as pafs  # noqa: E402
 
 from connectors import make_nyc_taxi_shards, plan_shards, read_shard  # noqa: E402
+from s3_servers import S3Server, have_s3rver  # noqa: E402  (benchmarks/)
 
 BUCKET = "bench"
 ONE_COLUMN = ["passenger_count"]
@@ -67,78 +62,9 @@ def compare(repeat: int, ours: Callable[[], object], theirs: Callable[[], object
     return min(ours_times), min(theirs_times)
 
 
-class S3Server:
-    """An S3 server on 127.0.0.1 in its own process; `activate()` points every client at it."""
-
-    MOTO = [sys.executable, "-m", "moto.server"]
-    # moto lists and stats the ~180 folders of its package on every request; cache that list.
-    MOTO_CACHED = [sys.executable, "-c", "import sys; from moto import backends; "
-                   "m = tuple(backends.list_of_moto_modules()); "
-                   "backends.list_of_moto_modules = lambda: m; "
-                   "from moto.server import main; main(sys.argv[1:])"]
-
-    def __init__(self, kind: str, data_dir: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        if kind == "s3rver":
-            cmd = [S3RVER, "-a", "127.0.0.1", "-p", str(self.port), "-d", data_dir, "--silent",
-                   "--configure-bucket", BUCKET]
-            self.keys = ("S3RVER", "S3RVER")                   # s3rver's fixed test credentials
-        else:
-            cmd = (self.MOTO if kind == "moto" else self.MOTO_CACHED) + ["-H", "127.0.0.1",
-                                                                        "-p", str(self.port)]
-            self.keys = ("bench", "bench")
-        self.kind = kind
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        self._wait_listening()
-        self.activate()
-        if kind != "s3rver":
-            self.client().create_bucket(Bucket=BUCKET)
-
-    def client(self):
-        # explicit keys: boto3's default session keeps the first credentials it resolved
-        return boto3.client("s3", endpoint_url=self.url, aws_access_key_id=self.keys[0],
-                            aws_secret_access_key=self.keys[1], region_name="us-east-1")
-
-    def _wait_listening(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit(f"the {self.kind} S3 server did not start on {self.url}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-
-    def activate(self) -> None:
-        os.environ.update(AWS_ENDPOINT_URL=self.url, AWS_ACCESS_KEY_ID=self.keys[0],
-                          AWS_SECRET_ACCESS_KEY=self.keys[1], AWS_DEFAULT_REGION="us-east-1",
-                          AWS_EC2_METADATA_DISABLED="true")
-
-    def cpu_seconds(self) -> float:
-        times = psutil.Process(self.proc.pid).cpu_times()
-        return times.user + times.system
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-S3RVER = shutil.which("s3rver") or str(Path(__file__).resolve().parent / "node_modules" / ".bin" / "s3rver")
-
-
 def planning_case(server: S3Server, count: int) -> tuple[str, float, None]:
     """Best of 3 plans of `count` small objects, with the server's CPU time per request."""
+    server.activate()
     prefix = small_files(server.client(), count)
     times, cpu = [], []
     for _ in range(3):
@@ -214,8 +140,8 @@ def main() -> int:
         results.append((f"plan {args.small_files} small files, disk (our own overhead)",
                         best_of(3, lambda: plan_shards(str(small))), None))
 
-        server = S3Server("moto", tmp)
-        try:
+        with S3Server("moto", bucket=BUCKET) as server:
+            server.activate()
             upload(server.client(), folder, "taxi")
             arrow_s3 = pafs.S3FileSystem(endpoint_override=server.url.split("://")[1],
                                          scheme="http", region="us-east-1")
@@ -223,15 +149,10 @@ def main() -> int:
             results += reading_cases("S3", f"s3://{BUCKET}/taxi/", s3_paths, arrow_s3,
                                      args.repeat)
             results.append(planning_case(server, args.small_files))
-        finally:
-            server.stop()
-        kinds = ["moto, module list cached"] + (["s3rver"] if os.path.exists(S3RVER) else [])
+        kinds = ["moto-cached"] + (["s3rver"] if have_s3rver() else [])
         for kind in kinds:
-            server = S3Server(kind, tempfile.mkdtemp(dir=tmp))
-            try:
+            with S3Server(kind, bucket=BUCKET) as server:
                 results.append(planning_case(server, args.small_files))
-            finally:
-                server.stop()
         if "s3rver" not in kinds:
             print("s3rver not installed (npm install --prefix benchmarks s3rver@3.7.1): "
                   "planning measured on moto only", file=sys.stderr)

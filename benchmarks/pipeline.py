@@ -33,13 +33,13 @@ import glob
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
 
 from dataflow.summary import tree_memory  # sum of PSS over a process tree
+from s3_servers import S3Server  # benchmarks/s3_servers.py (this script's folder)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -187,45 +187,13 @@ def ensure_data(scale: int) -> tuple[str, int]:
     return dest, rows
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MotoServer:
-    """A moto S3 server on 127.0.0.1 in its own process, and the env that points clients at it."""
-
-    def __enter__(self):
-        self.port = _free_port()
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        self.env = {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "testing",
-                    "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                    "AWS_EC2_METADATA_DISABLED": "true"}
-        return self
-
-    def upload(self, local_dir: str, bucket: str) -> str:
-        import boto3
-
-        s3 = boto3.client("s3", endpoint_url=self.url, aws_access_key_id="testing",
-                          aws_secret_access_key="testing", region_name="us-east-1")
-        s3.create_bucket(Bucket=bucket)
-        for f in sorted(glob.glob(os.path.join(local_dir, "*.parquet"))):
-            s3.upload_file(f, bucket, f"data/{os.path.basename(f)}")
-        return f"s3://{bucket}/data/"
-
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        self.proc.wait(10)
+def upload(server: S3Server, local_dir: str, bucket: str) -> str:
+    """The local shards as s3://bucket/data/*.parquet on `server`."""
+    s3 = server.client()
+    s3.create_bucket(Bucket=bucket)
+    for f in sorted(glob.glob(os.path.join(local_dir, "*.parquet"))):
+        s3.upload_file(f, bucket, f"data/{os.path.basename(f)}")
+    return f"s3://{bucket}/data/"
 
 
 def run_config(label: str, data_uri: str, files: list[str], rows: int, extra_env: dict,
@@ -306,8 +274,8 @@ def main(argv: list[str] | None = None) -> None:
         label = f"{'s3' if s3 else 'local'}-x{scale}" + ("-filled" if args.payload == "filled" else "")
         fill = 0.5 if args.payload == "filled" else 0.0
         if s3:
-            with MotoServer() as moto:
-                uri = moto.upload(local, "taxi")
+            with S3Server("moto") as moto:
+                uri = upload(moto, local, "taxi")
                 files = [f"{uri}{os.path.basename(f)}" for f in local_files]
                 configs.append(run_config(label, uri, files, rows, moto.env, contenders, args.repeat, fill))
         else:
