@@ -7,8 +7,8 @@
                    pyarrow's C++ client; globs through fsspec), keeping Parquet files and
                    skipping names that start with "_" or "." (temp files, manifests, _SUCCESS)
       2. footers   read in parallel on a thread pool; only the footer of each file is fetched,
-                   with pyarrow.parquet alone (pyarrow.dataset imports pandas: ~0.25 s in the
-                   driver), except on S3 and with filters: see `_read_footer`
+                   with pyarrow.parquet alone (pyarrow.dataset imports pandas: ~0.3 s in the
+                   driver), except with filters and for many files on S3: see `_read_footer`
       3. check     every file has the requested columns; all files agree on their schema
       4. split     one shard per file, or per run of row groups of about `target_rows`; row
                    groups whose statistics rule out `filters` are dropped here already
@@ -52,6 +52,10 @@ Filters = Any  # pyarrow.compute.Expression | list[tuple] | list[list[tuple]] | 
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 _LOCAL_FOOTER_THREADS = 8
 _REMOTE_FOOTER_THREADS = 32  # footers are small: latency-bound, so many in flight
+# From this many S3 files on, footers are read through fragments (one GET each, after a one-off
+# import of pyarrow.dataset and pandas, ~0.3 s of CPU); below it through pyarrow.parquet (a HEAD
+# and a GET each, no import). Local moto serves a request in ~5 ms: 64 HEADs cost about the import.
+_S3_FRAGMENT_FOOTERS_FROM = 64
 
 
 @dataclass(frozen=True)
@@ -252,8 +256,12 @@ def _read_footers(files: dict[str, int], columns: list[str] | None,
     remote = not next(iter(files)).startswith("/")
     threads = min(len(files), _REMOTE_FOOTER_THREADS if remote else _LOCAL_FOOTER_THREADS)
 
+    on_s3 = {uri for uri in files if parse_uri(uri).protocol == "s3"}
+    many_on_s3 = len(on_s3) >= _S3_FRAGMENT_FOOTERS_FROM
+
     def read(item: tuple[str, int]) -> _Footer:
-        return _read_footer(item[0], item[1], columns, expression, storage_options)
+        fragment = expression is not None or (many_on_s3 and item[0] in on_s3)
+        return _read_footer(item[0], item[1], columns, expression, storage_options, fragment)
 
     if threads <= 1:
         return [read(item) for item in files.items()]
@@ -262,19 +270,20 @@ def _read_footers(files: dict[str, int], columns: list[str] | None,
 
 
 def _read_footer(uri: str, size: int, columns: list[str] | None,
-                 expression: pc.Expression | None, storage_options: dict | None) -> _Footer:
-    """One file's footer, through pyarrow.parquet or, on S3 or with filters, a fragment.
+                 expression: pc.Expression | None, storage_options: dict | None,
+                 use_fragment: bool) -> _Footer:
+    """One file's footer, through pyarrow.parquet or, with `use_fragment`, a fragment.
 
-    Importing pyarrow.dataset also imports pandas (~0.25 s of CPU, on the critical path of
-    every run's driver), so files are opened with pyarrow.parquet when nothing needs a
-    fragment. Two things do: pruning row groups by `filters`, and S3, where pyarrow.parquet
-    can only open a file by path, which costs a HEAD request for its size before the footer's
-    ranged GET (planning 1,000 small objects on moto: 1.8 s -> 3.9 s); a fragment is handed
-    the listed size and sends the GET alone.
+    Importing pyarrow.dataset also imports pandas (~0.3 s of CPU, on the critical path of
+    every run's driver), so files are opened with pyarrow.parquet unless a fragment is needed
+    or pays. Pruning row groups by `filters` needs one. Many files on S3 pay for one:
+    pyarrow.parquet can only open a file by path, which costs a HEAD request for its size
+    before the footer's ranged GET (planning 1,000 small objects on moto: 1.8 s -> 3.9 s),
+    while a fragment is handed the listed size and sends the GET alone.
     """
     fragment = None
     try:
-        if expression is None and parse_uri(uri).protocol != "s3":
+        if not use_fragment:
             metadata, schema = _parquet_footer(uri, storage_options)
         else:
             fragment = _fragment(uri, None, size, storage_options)

@@ -59,3 +59,15 @@ def test_planning_local_files_without_filters_imports_neither_pyarrow_dataset_no
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "3 []"
+
+
+def test_planning_a_few_s3_files_imports_neither_pyarrow_dataset_nor_pandas(s3_dataset, s3_server):
+    code = ("import sys, connectors; "
+            f"shards = connectors.plan_shards({s3_dataset!r}, columns=['id'], "
+            f"storage_options={{'endpoint_url': {s3_server!r}}}); "
+            "print(len(shards), [m for m in ('pyarrow.dataset', 'pandas') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "3 []"

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from connectors import StorageError, make_nyc_taxi_shards, open_sink, plan_shards, read_shard
+from connectors import sources
 from connectors.storage import MAX_ATTEMPTS
 
 from .conftest import small_table
@@ -139,7 +140,9 @@ def test_persistent_slowdown_raises_storage_error_after_bounded_retries(s3_datas
     assert flaky.failed <= MAX_ATTEMPTS
 
 
-def test_planning_fetches_each_footer_with_one_get_and_no_head(s3_dataset, flaky):
+def test_planning_many_files_fetches_each_footer_with_one_get_and_no_head(s3_dataset, flaky,
+                                                                          monkeypatch):
+    monkeypatch.setattr(sources, "_S3_FRAGMENT_FOOTERS_FROM", 3)  # 3 files count as many
     flaky.requests.clear()
 
     shards = plan_shards(s3_dataset, storage_options={"endpoint_url": flaky.url})
@@ -148,6 +151,17 @@ def test_planning_fetches_each_footer_with_one_get_and_no_head(s3_dataset, flaky
     assert [method for method, _ in flaky.requests].count("HEAD") == 0
     assert objects == sorted(f"/{s.path.removeprefix('s3://')}" for s in shards)
     assert len(shards) == 3
+
+
+def test_planning_few_files_sends_a_head_and_a_get_per_footer(s3_dataset, flaky):
+    flaky.requests.clear()
+
+    shards = plan_shards(s3_dataset, storage_options={"endpoint_url": flaky.url})
+
+    paths = sorted(f"/{s.path.removeprefix('s3://')}" for s in shards)
+    heads = sorted(path for method, path in flaky.requests if method == "HEAD")
+    gets = sorted(path for method, path in flaky.requests if method == "GET" and "?" not in path)
+    assert heads == paths and gets == paths
 
 
 def test_reading_one_column_fetches_a_small_part_of_the_object(s3_bucket, flaky):
