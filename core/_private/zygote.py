@@ -36,6 +36,9 @@ import time
 from typing import Sequence
 
 _MAX_MESSAGE = 1 << 16
+# What a worker imports lazily to get its first argument from the store: imported here once,
+# not in every worker on its first task.
+_STORE_MODULES = ("core._private.serialization", "core._private.shm")
 
 
 class ZygoteChild:
@@ -267,7 +270,7 @@ def serve(fd: int, preload: list[str]) -> None:
     worker.extend_sys_path()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     sock = socket.socket(fileno=fd)
-    _import(preload)
+    _import([*_STORE_MODULES, *preload])
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
