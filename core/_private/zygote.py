@@ -23,6 +23,7 @@ reports exit statuses, which the pool's crash handling needs.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import pickle
@@ -301,6 +302,9 @@ def _serve_one(sock: socket.socket, own_fds: tuple[int, int]) -> bool:
         _import(msg[1])
         return True
     _, wid, args = msg
+    # Objects made so far go to the permanent generation, which the workers' collections skip:
+    # a collection touches every object it scans, and in a fork each touched page is a copy.
+    gc.freeze()
     pid = os.fork()
     if pid == 0:  # the fds arrive renumbered: they lead the worker's arguments
         _become_worker(sock, own_fds, [str(fd) for fd in fds] + list(args))
