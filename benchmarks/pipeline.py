@@ -217,11 +217,12 @@ def run_config(label: str, data_uri: str, files: list[str], rows: int, extra_env
     files_json = os.path.join(RESULTS, f"files-{label}.json")
     with open(files_json, "w") as f:
         json.dump(files, f)
-    results = {}
-    for name in contenders:
-        out = os.path.join(RESULTS, "out", label, name)
-        runs = []
-        for i in range(repeat):
+    # Round-robin: round i runs every contender once, so a slow spell of the host (this one is
+    # noisy: the same command varies by +-15% from minute to minute) hits all of them alike.
+    runs: dict[str, list[dict]] = {name: [] for name in contenders}
+    for i in range(repeat):
+        for name in contenders:
+            out = os.path.join(RESULTS, "out", label, name)
             shutil.rmtree(out, ignore_errors=True)
             if name == "dataflow":
                 cmd = [sys.executable, "-m", "dataflow", "run", PIPELINE, "--set", f"source.parquet={data_uri}",
@@ -232,13 +233,16 @@ def run_config(label: str, data_uri: str, files: list[str], rows: int, extra_env
                 cmd = [sys.executable, os.path.abspath(__file__), "--contender", name, "--files", files_json,
                        "--out", out]
             log = os.path.join(RESULTS, f"{label}-{name}.log")
-            runs.append(measure(cmd, env, log))
+            runs[name].append(measure(cmd, env, log))
             shutil.rmtree(os.path.join(RESULTS, "ray_tmp"), ignore_errors=True)
-        wall = statistics.median(r["wall"] for r in runs)
-        peak = statistics.median(r["peak_pss"] for r in runs)
-        results[name] = {"wall": wall, "peak_pss": peak, "rows_per_s": rows / wall, "runs": runs}
-        print(f"  {label:<10} {name:<9} {wall:7.2f} s  {peak / 1e9:6.2f} GB PSS  {rows / wall:>12,.0f} rows/s",
-              flush=True)
+    results = {}
+    for name in contenders:
+        wall = statistics.median(r["wall"] for r in runs[name])
+        peak = statistics.median(r["peak_pss"] for r in runs[name])
+        results[name] = {"wall": wall, "peak_pss": peak, "rows_per_s": rows / wall, "runs": runs[name]}
+        each = " ".join(f"{r['wall']:.2f}" for r in runs[name])
+        print(f"  {label:<10} {name:<9} {wall:7.2f} s  {peak / 1e9:6.2f} GB PSS  {rows / wall:>12,.0f} rows/s"
+              f"   (runs: {each})", flush=True)
     return {"label": label, "rows": rows, "files": len(files), "results": results}
 
 
