@@ -152,6 +152,7 @@ def measure(cmd: list[str], env: dict, log: str) -> dict:
     import psutil
 
     peak = [0]
+    seen: set = set()
     with open(log, "w") as f:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
@@ -161,6 +162,10 @@ def measure(cmd: list[str], env: dict, log: str) -> dict:
             root = psutil.Process(proc.pid)
             while not done.is_set():
                 peak[0] = max(peak[0], tree_memory(root.pid))
+                try:
+                    seen.update(root.children(recursive=True))
+                except psutil.Error:
+                    pass
                 done.wait(0.1)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -169,6 +174,8 @@ def measure(cmd: list[str], env: dict, log: str) -> dict:
         wall = time.perf_counter() - start
         done.set()
         sampler.join()
+    # Whatever the run left behind exiting (Ray's raylet, say) must not slow the next run.
+    psutil.wait_procs(list(seen), timeout=30)
     if proc.returncode != 0:
         with open(log) as f:
             tail = f.read()[-3000:]
@@ -218,10 +225,11 @@ def run_config(label: str, data_uri: str, files: list[str], rows: int, extra_env
     with open(files_json, "w") as f:
         json.dump(files, f)
     # Round-robin: round i runs every contender once, so a slow spell of the host (this one is
-    # noisy: the same command varies by +-15% from minute to minute) hits all of them alike.
+    # noisy: the same command varies by +-15% from minute to minute) hits all of them alike; the
+    # order rotates, so no contender always runs right after the same one.
     runs: dict[str, list[dict]] = {name: [] for name in contenders}
     for i in range(repeat):
-        for name in contenders:
+        for name in contenders[i % len(contenders):] + contenders[:i % len(contenders)]:
             out = os.path.join(RESULTS, "out", label, name)
             shutil.rmtree(out, ignore_errors=True)
             if name == "dataflow":
