@@ -96,7 +96,10 @@ class FaultProxy:
                 for key, value in response.getheaders():
                     if key.lower() not in ("content-length", "transfer-encoding", "connection"):
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
+                # A HEAD answer has no body but gives the object's size: pass that on.
+                length = response.getheader("Content-Length", "0") if self.command == "HEAD" \
+                    else str(len(data))
+                self.send_header("Content-Length", length)
                 self.end_headers()
                 if self.command == "HEAD":
                     return
