@@ -21,6 +21,7 @@ import itertools
 import mmap
 import os
 import pickle
+import random
 import signal
 import socket
 import sys
@@ -460,9 +461,14 @@ def extend_sys_path() -> None:
                 sys.path.insert(0, p)
 
 
+CANCEL_RETRY_S = 0.02  # a cancel that a finalizer swallowed is signalled again within this
+
+
 def _install_cancel_handler(client: WorkerClient, ctl_fd: int) -> None:
     os.set_blocking(ctl_fd, False)
     cancelled: set[bytes] = set()
+    interrupted: list[bytes | None] = [None]  # the task the last KeyboardInterrupt was for
+    default_hook = sys.unraisablehook
 
     def on_sigint(signum, frame):
         try:
@@ -473,8 +479,28 @@ def _install_cancel_handler(client: WorkerClient, ctl_fd: int) -> None:
             cancelled.add(data[i:i + 20])
         if client.current_task is not None and client.current_task in cancelled:
             cancelled.discard(client.current_task)
+            interrupted[0] = client.current_task
             raise KeyboardInterrupt
+
+    def on_unraisable(unraisable) -> None:
+        # The interrupt landed in a finalizer (a __del__, a weakref callback), where Python can
+        # only print it and drop it: cancel again in a moment, once the finalizer has returned
+        # (should that land in a finalizer too, this runs again; the jitter keeps a loop that
+        # makes and drops objects from catching every retry in the same place).
+        task = interrupted[0]
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and task is not None:
+            interrupted[0] = None
+            if client.current_task == task:
+                cancelled.add(task)
+                delay = random.uniform(0.1, 1.0) * CANCEL_RETRY_S
+                retry = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
+                retry.daemon = True
+                retry.start()
+            return
+        default_hook(unraisable)
+
     signal.signal(signal.SIGINT, on_sigint)
+    sys.unraisablehook = on_unraisable
     client.cancelled = cancelled  # type: ignore[attr-defined]
 
 

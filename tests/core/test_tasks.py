@@ -226,6 +226,31 @@ def test_cancel_pending_and_running_tasks(session):
     assert core.get(sleeper.remote(0), timeout=30) == 0
 
 
+def test_cancel_that_lands_in_a_finalizer_still_cancels_and_prints_nothing(make_session, capfd):
+    # The cancel is a KeyboardInterrupt raised by a signal handler; raised inside a __del__,
+    # Python can only print it as "Exception ignored" and drop it.
+    make_session(num_cpus=1)
+
+    @core.remote
+    def finalizing():
+        class Slow:
+            def __del__(self):
+                time.sleep(0.016)  # 80% of the task's time is spent in here
+        while True:
+            Slow()
+            time.sleep(0.004)
+
+    ref = finalizing.remote()
+    time.sleep(1.0)
+    core.cancel(ref)
+
+    with pytest.raises(TaskCancelledError):
+        core.get(ref, timeout=20)
+    assert core.get(core.remote(lambda: 1).remote(), timeout=30) == 1  # the worker lived on
+    err = capfd.readouterr().err
+    assert "Exception ignored" not in err and "Traceback" not in err, err
+
+
 def test_wait_keeps_order_and_splits_ready(session):
     @core.remote
     def sleeper(s):
