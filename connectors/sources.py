@@ -8,11 +8,13 @@
                    skipping names that start with "_" or "." (temp files, manifests, _SUCCESS)
       2. footers   read in parallel on a thread pool; only the footer of each file is fetched,
                    with pyarrow.parquet alone (pyarrow.dataset imports pandas: ~0.3 s in the
-                   driver), except with filters and for many files on S3: see `_read_footer`
+                   driver), except with filters and for many files on S3: see `_read_footer`.
+                   Many remote files sharded by file, with no filters, read a sample of
+                   footers only (see `_sampled_plan`), as Ray Data estimates from a sample
       3. check     every file has the requested columns; all files agree on their schema
       4. split     one shard per file, or per run of row groups of about `target_rows`; row
                    groups whose statistics rule out `filters` are dropped here already
-      → [Shard(index, path, row_groups, num_rows, num_bytes, file_size), ...]
+      → [Shard(index, path, row_groups, num_rows, num_bytes, file_size, expect), ...]
 
     read_shard(shard)  / iter_batches(shard, batch_size)
       a pyarrow.dataset fragment over the shard's row groups: column projection and filter
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
-__all__ = ["Shard", "iter_batches", "plan_shards", "read_shard"]
+__all__ = ["SchemaCheck", "Shard", "iter_batches", "plan_shards", "read_shard"]
 
 ShardBy = Literal["file", "row_group"]
 Filters = Any  # pyarrow.compute.Expression | list[tuple] | list[list[tuple]] | None
@@ -56,6 +58,13 @@ _REMOTE_FOOTER_THREADS = 32  # footers are small: latency-bound, so many in flig
 # import of pyarrow.dataset and pandas, ~0.3 s of CPU); below it through pyarrow.parquet (a HEAD
 # and a GET each, no import). Local moto serves a request in ~5 ms: 64 HEADs cost about the import.
 _S3_FRAGMENT_FOOTERS_FROM = 64
+# From this many remote files on, a plan by file without filters reads the footers of a sample
+# of `_FOOTER_SAMPLE` files spread over the listing and estimates the rest from the listed sizes;
+# each estimated shard checks its own footer against the sample's schema when it is read.
+_SAMPLE_FOOTERS_FROM = 64
+_FOOTER_SAMPLE = 16
+
+Footers = Literal["auto", "all"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,21 @@ class Shard:
     num_rows: int  # rows in those row groups (before row-level filtering)
     num_bytes: int  # compressed bytes of the projected columns in those row groups
     file_size: int | None = None  # size of the whole file; saves a HEAD request when reading
+    expect: SchemaCheck | None = None  # set when the footer was not read at planning
+
+    @property
+    def estimated(self) -> bool:
+        """True when `num_rows` and `num_bytes` are estimated from the file's size."""
+        return self.expect is not None
+
+
+@dataclass(frozen=True)
+class SchemaCheck:
+    """The schema a shard planned from a sample must have, checked when the shard is read."""
+
+    schema: pa.Schema  # names and types of the checked columns
+    columns: tuple[str, ...] | None  # the planned columns; None: the file's whole schema
+    sampled_from: str  # URI of the sampled file the schema was taken from
 
 
 @dataclass(frozen=True)
@@ -87,8 +111,8 @@ class _Footer:
 
 def plan_shards(uri: str | Sequence[str], *, columns: Sequence[str] | None = None,
                 filters: Filters = None, shard_by: ShardBy = "file",
-                target_rows: int | None = None, storage_options: dict | None = None
-                ) -> list[Shard]:
+                target_rows: int | None = None, storage_options: dict | None = None,
+                footers: Footers = "auto") -> list[Shard]:
     """Split Parquet files into shards, reading only their footers.
 
     `uri` is a file, a folder or prefix (read recursively), a glob, or a list of those.
@@ -97,11 +121,18 @@ def plan_shards(uri: str | Sequence[str], *, columns: Sequence[str] | None = Non
     ignored with `shard_by="file"`). `columns` and
     `filters` are checked against every file and used to estimate bytes and drop row groups
     early; pass them to `read_shard` / `iter_batches` too.
+
+    With `footers="auto"`, a plan by file, without filters, of 64 or more remote files reads the
+    footers of 16 files spread over the listing, checks their schemas, and estimates the other
+    shards' rows and bytes from their sizes (`Shard.estimated`); such a shard checks its own
+    schema when it is read and raises `SchemaError` there. `footers="all"` reads every footer.
     """
     if shard_by not in ("file", "row_group"):
         raise ValueError(f"shard_by must be 'file' or 'row_group', found {shard_by!r}")
     if target_rows is not None and (not isinstance(target_rows, int) or target_rows < 1):
         raise ValueError(f"target_rows must be a positive integer or None, found {target_rows!r}")
+    if footers not in ("auto", "all"):
+        raise ValueError(f"footers must be 'auto' or 'all', found {footers!r}")
     uris = [uri] if isinstance(uri, str) else list(uri)
     if not uris:
         raise SourceError("plan_shards: expected a URI or a non-empty list of URIs, found []")
@@ -112,9 +143,50 @@ def plan_shards(uri: str | Sequence[str], *, columns: Sequence[str] | None = Non
     for one in uris:
         for file_uri, size in _list_parquet(one, storage_options):
             files.setdefault(file_uri, size)
-    footers = _read_footers(files, columns, expression, storage_options)
-    _check_schemas(footers, columns)
-    return _split(footers, shard_by, target_rows, expression is not None)
+    if footers == "auto" and shard_by == "file" and expression is None and _many_remote(files):
+        return _sampled_plan(files, columns, storage_options)
+    read = _read_footers(files, columns, expression, storage_options)
+    _check_schemas(read, columns)
+    return _split(read, shard_by, target_rows, expression is not None)
+
+
+def _many_remote(files: dict[str, int]) -> bool:
+    return len(files) >= _SAMPLE_FOOTERS_FROM and not any(uri.startswith("/") for uri in files)
+
+
+def _sampled_plan(files: dict[str, int], columns: list[str] | None,
+                  storage_options: dict | None) -> list[Shard]:
+    """One shard per file, from the footers of a sample spread evenly over the listing.
+
+    A footer costs one request, so 1,000 files cost 1,000 requests: seconds on a server that
+    spends a few ms on each. Sizes come with the listing; rows and projected bytes per listed byte
+    come from the sample; the sample's schema goes with every other shard, to be checked against
+    its own footer when a task reads it (so a stray file fails its shard, naming itself).
+    """
+    uris = list(files)
+    last = len(uris) - 1
+    picked = sorted({round(i * last / (_FOOTER_SAMPLE - 1)) for i in range(_FOOTER_SAMPLE)})
+    sample = {uris[i]: files[uris[i]] for i in picked}
+    read = {f.uri: f for f in _read_footers(sample, columns, None, storage_options)}
+    _check_schemas(list(read.values()), columns)
+    first = read[uris[0]]
+    expect = SchemaCheck(_projected(first.schema, columns),
+                         None if columns is None else tuple(columns), first.uri)
+    listed = sum(f.size for f in read.values()) or 1
+    rows_per_byte = sum(sum(f.rows) for f in read.values()) / listed
+    bytes_per_byte = sum(sum(f.nbytes) for f in read.values()) / listed
+    shards = []
+    for index, uri in enumerate(uris):
+        footer = read.get(uri)
+        if footer is not None:
+            shards.append(_shard(index, footer, None))
+        else:
+            size = files[uri]
+            shards.append(Shard(index=index, path=uri, row_groups=None,
+                                num_rows=round(size * rows_per_byte),
+                                num_bytes=round(size * bytes_per_byte), file_size=size,
+                                expect=expect))
+    return shards
 
 
 def _check_column_names(columns: Sequence[str] | None) -> list[str] | None:
@@ -491,8 +563,22 @@ def _prepare(shard: Shard, columns: Sequence[str] | None, filters: Filters,
         schema = fragment.physical_schema  # reads the footer once; the scan reuses it
     except Exception as exc:
         raise _read_error(exc, shard.path, "read the Parquet footer of", storage_options) from exc
+    if shard.expect is not None:
+        _check_expected(schema, shard.expect, shard.path)
     _check_columns(schema, columns, shard.path)
     return fragment, columns, expression
+
+
+def _check_expected(schema: pa.Schema, expect: SchemaCheck, uri: str) -> None:
+    """The planning checks, for a shard whose footer was first read here."""
+    columns = None if expect.columns is None else list(expect.columns)
+    _check_columns(schema, columns, uri)
+    found = _projected(schema, columns)
+    if [(f.name, f.type) for f in found] != [(f.name, f.type) for f in expect.schema]:
+        raise SchemaError(
+            f"mismatched schemas: {redact(uri)} differs from {redact(expect.sampled_from)}: "
+            f"{_schema_diff(expect.schema, found)}; every file of a source must have the same "
+            "columns and types (or pass columns=[...] that they share)")
 
 
 def _fragment(uri: str, row_groups: tuple[int, ...] | None, size: int | None,

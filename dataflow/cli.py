@@ -104,14 +104,18 @@ def _plan(pipe, args) -> int:
     if args.json:
         print(json.dumps({"name": pipe.spec.name, "shards": [
             {"index": s.index, "path": s.path, "row_groups": list(s.row_groups) if s.row_groups is not None else None,
-             "num_rows": s.num_rows, "num_bytes": s.num_bytes, "committed": s.index in done} for s in shards]}))
+             "num_rows": s.num_rows, "num_bytes": s.num_bytes, "estimated": s.estimated,
+             "committed": s.index in done} for s in shards]}))
         return EXIT_OK
     print(f"{'shard':>5}  {'rows':>10}  {'size':>9}  {'row groups':<10}  {'state':<9}  path")
     for s in shards:
         rg = "all" if s.row_groups is None else ",".join(map(str, s.row_groups))
         state = "committed" if s.index in done else "to do"
-        print(f"{s.index:>5}  {s.num_rows:>10,}  {format_bytes(s.num_bytes):>9}  {rg:<10}  {state:<9}  {s.path}")
+        rows = f"~{s.num_rows:,}" if s.estimated else f"{s.num_rows:,}"
+        print(f"{s.index:>5}  {rows:>10}  {format_bytes(s.num_bytes):>9}  {rg:<10}  {state:<9}  {s.path}")
     todo = [s for s in shards if s.index not in done]
+    if any(s.estimated for s in shards):
+        print("~ estimated from the file's size: the footers of a sample of the files were read")
     print(f"{len(shards)} shards, {sum(s.num_rows for s in shards):,} rows, "
           f"{format_bytes(sum(s.num_bytes for s in shards))}; to do: {len(todo)} shards, "
           f"{sum(s.num_rows for s in todo):,} rows")

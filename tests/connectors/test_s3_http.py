@@ -20,7 +20,7 @@ from connectors import StorageError, make_nyc_taxi_shards, open_sink, plan_shard
 from connectors import sources
 from connectors.storage import MAX_ATTEMPTS
 
-from .conftest import small_table
+from .conftest import small_table, upload_files
 
 SLOW_DOWN = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
              b"<Message>Please reduce your request rate.</Message></Error>")
@@ -162,6 +162,33 @@ def test_planning_few_files_sends_a_head_and_a_get_per_footer(s3_dataset, flaky)
     heads = sorted(path for method, path in flaky.requests if method == "HEAD")
     gets = sorted(path for method, path in flaky.requests if method == "GET" and "?" not in path)
     assert heads == paths and gets == paths
+
+
+def test_planning_64_objects_reads_16_footers_and_estimates_the_rest(s3_client, s3_bucket,
+                                                                     flaky):
+    upload_files(s3_client, s3_bucket, "many", count=64, rows=20, row_group_size=20)
+    flaky.requests.clear()
+
+    shards = plan_shards(f"s3://{s3_bucket}/many/", storage_options={"endpoint_url": flaky.url})
+
+    footers = {path for method, path in flaky.requests if method == "GET" and "?" not in path}
+    read = {f"/{s.path.removeprefix('s3://')}" for s in shards if not s.estimated}
+    assert len(shards) == 64 and len(footers) == 16 and footers == read
+    assert [s.index for s in shards] == list(range(64))
+    # Same-shaped files: the sample's rows per byte give every estimated shard its 20 rows.
+    assert all(abs(s.num_rows - 20) <= 1 for s in shards)
+
+
+def test_footers_all_reads_every_footer_of_many_objects(s3_client, s3_bucket, flaky):
+    upload_files(s3_client, s3_bucket, "many", count=64, rows=20, row_group_size=20)
+    flaky.requests.clear()
+
+    shards = plan_shards(f"s3://{s3_bucket}/many/", storage_options={"endpoint_url": flaky.url},
+                         footers="all")
+
+    footers = {path for method, path in flaky.requests if method == "GET" and "?" not in path}
+    assert len(footers) == 64 and not any(s.estimated for s in shards)
+    assert [s.num_rows for s in shards] == [20] * 64
 
 
 def test_reading_one_column_fetches_a_small_part_of_the_object(s3_bucket, flaky):

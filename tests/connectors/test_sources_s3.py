@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import time
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectors import SourceError, StorageError, iter_batches, plan_shards, read_shard
+from connectors import (SchemaError, SourceError, StorageError, iter_batches, plan_shards,
+                        read_shard)
+from connectors import sources
 
-from .conftest import small_table, upload_files
+from .conftest import small_table, upload_files, write_files
+
+
+@pytest.fixture
+def sampled(monkeypatch):
+    """Plans of 6+ S3 files read 3 footers (files 0, 2 and 5 of 6) and estimate the rest."""
+    monkeypatch.setattr(sources, "_SAMPLE_FOOTERS_FROM", 6)
+    monkeypatch.setattr(sources, "_FOOTER_SAMPLE", 3)
 
 
 def test_prefix_plans_one_shard_per_object_with_sizes_from_the_listing(s3_dataset, s3_bucket):
@@ -194,3 +204,72 @@ def test_mismatched_schemas_on_s3_raise_schema_error(s3_client, s3_bucket):
                                           rf"s3://{s3_bucket}/mixed/a.parquet: missing columns "
                                           r"\['name'\]"):
         plan_shards(f"s3://{s3_bucket}/mixed/")
+
+
+def test_sampled_plan_estimates_unsampled_shards_and_reads_them_all(s3_client, s3_bucket,
+                                                                    sampled):
+    upload_files(s3_client, s3_bucket, "six", count=6)
+
+    shards = plan_shards(f"s3://{s3_bucket}/six/", columns=["id"])
+
+    assert [s.estimated for s in shards] == [False, True, False, True, True, False]
+    assert all(abs(s.num_rows - 100) <= 1 and s.num_bytes > 0 for s in shards)
+    ids = sorted(i for s in shards for i in read_shard(s, columns=["id"])["id"].to_pylist())
+    assert ids == list(range(600))
+
+
+def test_unsampled_file_with_another_schema_fails_its_own_shard_naming_both_files(
+        s3_client, s3_bucket, sampled):
+    upload_files(s3_client, s3_bucket, "six", count=6)
+    odd = small_table(0, 10).set_column(0, "id", pa.array([str(i) for i in range(10)]))
+    sink = pa.BufferOutputStream()
+    pq.write_table(odd, sink)
+    s3_client.put_object(Bucket=s3_bucket, Key="six/f3.parquet", Body=sink.getvalue().to_pybytes())
+
+    shards = plan_shards(f"s3://{s3_bucket}/six/")  # f3 is not in the sample
+
+    assert read_shard(shards[1]).num_rows == 100
+    with pytest.raises(SchemaError) as info:
+        read_shard(shards[3])
+    message = str(info.value)
+    assert "mismatched schemas" in message and "six/f3.parquet" in message
+    assert "six/f0.parquet" in message and "'id' is string, expected int64" in message
+
+
+def test_unsampled_file_without_a_planned_column_fails_its_shard(s3_client, s3_bucket, sampled):
+    upload_files(s3_client, s3_bucket, "six", count=6)
+    sink = pa.BufferOutputStream()
+    pq.write_table(small_table(0, 10).drop_columns(["value"]), sink)
+    s3_client.put_object(Bucket=s3_bucket, Key="six/f4.parquet", Body=sink.getvalue().to_pybytes())
+
+    shards = plan_shards(f"s3://{s3_bucket}/six/", columns=["id", "value"])
+
+    with pytest.raises(SchemaError, match=r"six/f4\.parquet has no column 'value'"):
+        read_shard(shards[4], columns=["id", "value"])
+
+
+def test_unsampled_corrupt_file_fails_its_shard_naming_the_file(s3_client, s3_bucket, sampled):
+    upload_files(s3_client, s3_bucket, "six", count=6)
+    s3_client.put_object(Bucket=s3_bucket, Key="six/f1.parquet", Body=b"PAR1 not really")
+
+    shards = plan_shards(f"s3://{s3_bucket}/six/")
+
+    with pytest.raises(SourceError, match=r"six/f1\.parquet: not a valid Parquet file"):
+        read_shard(shards[1])
+
+
+def test_sampling_is_off_with_filters_row_groups_or_footers_all(s3_client, s3_bucket, sampled):
+    upload_files(s3_client, s3_bucket, "six", count=6)
+    uri = f"s3://{s3_bucket}/six/"
+
+    assert not any(s.estimated for s in plan_shards(uri, footers="all"))
+    assert not any(s.estimated for s in plan_shards(uri, filters=[("id", ">=", 0)]))
+    assert not any(s.estimated for s in plan_shards(uri, shard_by="row_group"))
+    with pytest.raises(ValueError, match="footers must be 'auto' or 'all'"):
+        plan_shards(uri, footers="some")
+
+
+def test_local_files_are_never_sampled(tmp_path, sampled):
+    write_files(tmp_path / "six", count=6)
+
+    assert not any(s.estimated for s in plan_shards(str(tmp_path / "six")))
