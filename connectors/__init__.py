@@ -18,19 +18,22 @@ from .exceptions import ConnectorError, SchemaError, SinkError, SourceError, Sto
 
 if TYPE_CHECKING:
     from .sample_data import make_nyc_taxi_shards
-    from .sinks import FileSink, MemorySink, PartWriter, Sink, open_sink
-    from .sources import Shard, iter_batches, plan_shards, read_shard
+    from .sinks import FileSink, MemorySink, PartStager, PartWriter, Sink, StagedPart, open_sink
+    from .sources import SchemaCheck, Shard, iter_batches, plan_shards, read_shard
 
 __all__ = [
     "ConnectorError",
     "FileSink",
     "MemorySink",
+    "PartStager",
     "PartWriter",
+    "SchemaCheck",
     "SchemaError",
     "Shard",
     "Sink",
     "SinkError",
     "SourceError",
+    "StagedPart",
     "StorageError",
     "iter_batches",
     "make_nyc_taxi_shards",
@@ -40,13 +43,16 @@ __all__ = [
 ]
 
 _LAZY = {
+    "SchemaCheck": "sources",
     "Shard": "sources",
     "plan_shards": "sources",
     "read_shard": "sources",
     "iter_batches": "sources",
     "FileSink": "sinks",
     "MemorySink": "sinks",
+    "PartStager": "sinks",
     "PartWriter": "sinks",
+    "StagedPart": "sinks",
     "Sink": "sinks",
     "open_sink": "sinks",
     "make_nyc_taxi_shards": "sample_data",

@@ -17,7 +17,15 @@
 A crash at any point leaves at most a temporary file whose name starts with "_", which readers
 (ours, pyarrow.dataset, Spark) skip; the final name only ever holds a complete part, and the
 manifest only lists parts that were moved into place. A rerun in mode "resume" asks
-`committed()` and skips those shards.
+`committed()` and skips those shards, and `discard_staged()` removes what a crash left.
+
+Parts can be written in one process and committed in another (workers write, the driver
+commits, as each part must be recorded once):
+
+    stager = sink.stager(token)           picklable; sent to the workers
+    staged = stager.write(7, table)       (worker) out/_tmp-part-00007.parquet.<token>-<id>
+    sink.commit_staged(staged)            (driver) steps 2 and 3 above
+    sink.discard_staged(token)            (driver, its workers gone) remove the token's leftovers
 
 Modes, checked when the sink is opened:
   resume     keep what is there; `committed()` reports finished shards (the default)
@@ -44,15 +52,17 @@ import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from .exceptions import ConnectorError, SchemaError, SinkError
-from .storage import fsspec_filesystem, redact, wrap_error
+from .storage import fsspec_filesystem, parse_uri, redact, wrap_error
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["FileSink", "MemorySink", "PartWriter", "Sink", "open_sink", "part_name"]
+__all__ = ["FileSink", "MemorySink", "PartStager", "PartWriter", "Sink", "StagedPart", "open_sink",
+           "part_name"]
 
 Format = Literal["parquet", "csv", "jsonl"]
 Mode = Literal["resume", "overwrite", "append", "error"]
@@ -175,21 +185,26 @@ class FileSink(Sink):
     """Part files on any fsspec filesystem, with a `_manifest.json` of committed parts."""
 
     def __init__(self, uri: str, *, format: Format = "parquet", mode: Mode = "resume",
-                 storage_options: dict | None = None, run_id: str | None = None) -> None:
+                 storage_options: dict | None = None, run_id: str | None = None,
+                 _opened: bool = False) -> None:
+        # _opened: another sink opened this destination (mode checks, listing); this one only
+        # writes parts for it (see PartStager).
         if format not in FORMATS:
             raise ValueError(f"format must be one of {sorted(FORMATS)}, found {format!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, found {mode!r}")
         self.format, self.mode = format, mode
         self._storage_options = storage_options
-        self._fs, self._location = fsspec_filesystem(uri, storage_options)
+        self._location = parse_uri(uri)
+        self._fs_instance: Any = None
         self._root = self._location.path.rstrip("/") or self._location.path
         self.uri = self._location.uri(self._root)
         self.run_id = run_id or uuid.uuid4().hex[:8]
         self._suffix = f"-{self.run_id}" if mode == "append" else ""
         self._lock = _manifest_lock(self.uri)
         self._closed = False
-        self._guard("open the sink at", self._open)
+        if not _opened:
+            self._guard("open the sink at", self._open)
 
     def __repr__(self) -> str:
         return f"FileSink({redact(self.uri)!r}, format={self.format!r}, mode={self.mode!r})"
@@ -216,6 +231,56 @@ class FileSink(Sink):
         self._closed = True
         with self._lock:
             _manifest_cache.pop(self.uri, None)
+
+    @property
+    def _fs(self) -> Any:
+        # Made on first use: a worker that only writes local parts never imports fsspec (~50 ms).
+        if self._fs_instance is None:
+            self._fs_instance, _ = fsspec_filesystem(self.uri, self._storage_options)
+        return self._fs_instance
+
+    @property
+    def local(self) -> bool:
+        """True for a folder on this machine's filesystem."""
+        return self._location.protocol == "file"
+
+    def stager(self, token: str) -> PartStager:
+        """Writes this sink's parts under temporary names tagged `token`, in any process; the
+        parts appear when this sink commits them (`commit_staged`)."""
+        self._check_open()
+        if not token or not token.isalnum():
+            raise ValueError(f"token must be a non-empty alphanumeric string, found {token!r}")
+        return PartStager(self.uri, self.format, self.mode, self.run_id, token,
+                          self._storage_options)
+
+    def commit_staged(self, staged: StagedPart) -> str:
+        """Move a part a stager wrote into place and record it; returns its final URI."""
+        self._check_open()
+        final = self._path(staged.name)
+        uri = self._location.uri(final)
+        self._guard("commit", lambda: self._fs.mv(self._path(staged.temp), final), uri)
+        self._guard("record in the manifest", lambda: self._record(
+            "parts", staged.name, staged.shard_index, staged.rows))
+        return uri
+
+    def discard_staged(self, token: str | None = None) -> list[str]:
+        """Remove temporary files under the destination: those of `token`'s stager, or, with no
+        token, every one (what crashed runs left). Best effort; returns the names removed. Call it
+        only when nothing is writing them: a stager's workers have exited, or no run is going."""
+        try:
+            names = self._list_names()
+        except Exception:
+            return []
+        tag = None if token is None else f".{token}-"
+        doomed = [n for n in names if _is_temp(n) and (tag is None or tag in n.rsplit("/", 1)[-1])]
+        removed = []
+        for name in doomed:
+            try:
+                self._fs.rm(self._path(name))
+                removed.append(name)
+            except Exception:
+                pass
+        return removed
 
     # -- internals used by part writers
 
@@ -317,16 +382,66 @@ class FileSink(Sink):
                 _manifest_cache[self.uri] = (_stat_key(path), manifest)
 
 
+def _is_temp(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return base.startswith(TEMP_PREFIX) or f".{TEMP_PREFIX}" in base
+
+
+@dataclass(frozen=True)
+class StagedPart:
+    """A complete part under its temporary name, waiting for the sink's `commit_staged`."""
+
+    shard_index: int
+    name: str  # final name, relative to the destination (part-00007.parquet)
+    temp: str  # temporary name, relative to the destination
+    rows: int
+
+
+@dataclass(frozen=True)
+class PartStager:
+    """Writes parts for a `FileSink` under temporary names, in whatever process holds it
+    (`FileSink.stager`). Small and picklable; it carries the sink's storage options."""
+
+    uri: str
+    format: str
+    mode: str
+    run_id: str  # the sink's: names the parts in mode "append"
+    token: str  # tags the temporary names, so that its leftovers can be told apart
+    storage_options: dict | None = None
+
+    def write(self, shard_index: int, table: pa.Table) -> StagedPart:
+        """Write `table` as the part of `shard_index` under a temporary name; nothing appears
+        under the final name until the sink commits it."""
+        key = (self.uri, self.format, self.mode, self.run_id, repr(self.storage_options))
+        sink = _attached.get(key)
+        if sink is None:  # one per process: the filesystem object is reused across parts
+            sink = _attached[key] = FileSink(
+                self.uri, format=self.format, mode=self.mode,  # type: ignore[arg-type]
+                storage_options=self.storage_options, run_id=self.run_id, _opened=True)
+        writer = _FilePartWriter(sink, shard_index, sink._part_name(shard_index), self.format,
+                                 "parts", tag=f"{self.token}-{uuid.uuid4().hex[:8]}")
+        try:
+            writer.write(table)
+            return writer.stage()
+        except BaseException:
+            writer.abort()
+            raise
+
+
+_attached: dict[tuple, FileSink] = {}
+
+
 class _FilePartWriter(PartWriter):
     """Streams one part into a temp file; commit moves it into place and records it."""
 
     def __init__(self, sink: FileSink, shard_index: int, name: str, format: str,
-                 section: str) -> None:
+                 section: str, tag: str | None = None) -> None:
         self._sink, self._shard_index, self._name = sink, shard_index, name
         self._format, self._section = format, section
         folder, _, base = name.rpartition("/")
-        temp_base = f"{TEMP_PREFIX}{base}.{uuid.uuid4().hex[:12]}"
-        self._temp = sink._path(f"{folder}/{temp_base}" if folder else temp_base)
+        temp_base = f"{TEMP_PREFIX}{base}.{tag or uuid.uuid4().hex[:12]}"
+        self._temp_name = f"{folder}/{temp_base}" if folder else temp_base
+        self._temp = sink._path(self._temp_name)
         self._final = sink._path(name)
         self.uri = sink._location.uri(self._final)
         self.rows = 0
@@ -345,30 +460,40 @@ class _FilePartWriter(PartWriter):
 
     def _start(self, schema: pa.Schema) -> Callable[[], None]:
         def start() -> None:
-            fs = self._sink._fs
-            if self._sink._location.protocol == "file":
-                fs.makedirs(self._temp.rpartition("/")[0], exist_ok=True)
-            self._file = fs.open(self._temp, "wb")
+            if self._sink.local:  # builtin open: the same file, without fsspec
+                os.makedirs(self._temp.rpartition("/")[0], exist_ok=True)
+                self._file = open(self._temp, "wb")
+            else:
+                self._file = self._sink._fs.open(self._temp, "wb")
             self._encoder = _ENCODERS[self._format](self._file, schema, self.uri)
         return start
 
     def commit(self) -> int:
+        self._finish()
+        self._sink._guard("commit", lambda: self._sink._fs.mv(self._temp, self._final), self.uri)
+        self._done = True
+        self._sink._guard("record in the manifest", lambda: self._sink._record(
+            self._section, self._name, self._shard_index, self.rows), self._sink.uri)
+        return self.rows
+
+    def stage(self) -> StagedPart:
+        """Complete the temporary file and leave it for `FileSink.commit_staged`."""
+        self._finish()
+        self._done = True
+        return StagedPart(self._shard_index, self._name, self._temp_name, self.rows)
+
+    def _finish(self) -> None:
         if self._done:
             raise SinkError(f"part {redact(self.uri)} was already committed or aborted")
         if self._encoder is None:  # nothing written: an empty part still marks the shard done
             import pyarrow as pa
 
             self.write(pa.table({}))
-        self._sink._guard("commit", self._move_into_place, self.uri)
-        self._done = True
-        self._sink._guard("record in the manifest", lambda: self._sink._record(
-            self._section, self._name, self._shard_index, self.rows), self._sink.uri)
-        return self.rows
 
-    def _move_into_place(self) -> None:
-        self._encoder.close()
-        self._file.close()  # on S3 this completes the (multipart) upload of the temp object
-        self._sink._fs.mv(self._temp, self._final)
+        def close() -> None:
+            self._encoder.close()
+            self._file.close()  # on S3 this completes the (multipart) upload of the temp object
+        self._sink._guard("write", close, self.uri)
 
     def abort(self) -> None:
         if self._done:
@@ -378,7 +503,9 @@ class _FilePartWriter(PartWriter):
             return
         # Best effort throughout: a leftover temp file is invisible to readers.
         encoder_close = self._encoder.close if self._encoder is not None else (lambda: None)
-        for step in (encoder_close, self._file.close, lambda: self._sink._fs.rm(self._temp)):
+        remove = (lambda: os.remove(self._temp)) if self._sink.local else (
+            lambda: self._sink._fs.rm(self._temp))
+        for step in (encoder_close, self._file.close, remove):
             try:
                 step()
             except Exception:

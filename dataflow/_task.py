@@ -8,8 +8,10 @@
 
 The predictor (model + predict.fn) is built once per worker per run and cached here, keyed by the
 run's token: a callable class's __init__ or a `setup` function runs once per worker, not per shard.
-The shard's predictions return to the driver as one Arrow table (through the object store), so
-the driver is the only writer and each part file is written exactly once.
+With a file sink the worker writes the shard's part under a temporary name (`task.stager`) and
+returns only its name; the driver commits it, once, as the shard's one part (a retried shard's
+earlier attempt is never committed). Otherwise (`stream()`, a memory sink, or a local sink on
+a cluster) the predictions return to the driver as one Arrow table, through the object store.
 """
 
 from __future__ import annotations
@@ -45,12 +47,15 @@ class ShardTask:
     timeout: float | None
     on_error: str
     predict_fn: Any                 # None, "module:function", or a callable
+    stager: Any = None              # connectors.PartStager: write the part here, return its name
 
 
 @dataclass
 class ShardResult:
     index: int
-    table: pa.Table
+    table: pa.Table | None          # None once staged
+    staged: Any = None              # connectors.StagedPart, for the driver to commit
+    rows_out: int = 0
     quarantine: pa.Table | None = None
     rows_in: int = 0
     rows_quarantined: int = 0
@@ -61,7 +66,7 @@ class ShardResult:
 
     @property
     def rows(self) -> int:
-        return self.table.num_rows
+        return self.rows_out
 
 
 _CACHE: dict[str, Any] = {}
@@ -108,10 +113,13 @@ def run_shard(task: ShardTask, model: Any) -> ShardResult:
         offset += n
     table = _concat(tables, task)
     quarantine = pa.concat_tables(bad) if bad else None
+    sums = column_sums(table)
+    staged = task.stager.write(shard.index, table) if task.stager is not None else None
     return ShardResult(
-        index=shard.index, table=table, quarantine=quarantine, rows_in=rows_in,
+        index=shard.index, table=None if staged else table, staged=staged,
+        rows_out=table.num_rows, quarantine=quarantine, rows_in=rows_in,
         rows_quarantined=quarantine.num_rows if quarantine is not None else 0,
-        sums=column_sums(table), seconds=time.perf_counter() - start, pid=os.getpid(),
+        sums=sums, seconds=time.perf_counter() - start, pid=os.getpid(),
         first_error=first_error)
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 
-# What every shard task imports (reading Parquet through pyarrow.dataset); the CLI has the workers
-# import these before it even reads the pipeline file.
-TASK_MODULES = ("dataflow._task", "connectors.sources", "pyarrow.dataset")
+# What every shard task imports (reading Parquet through pyarrow.dataset, writing its part); the
+# CLI has the workers import these before it even reads the pipeline file.
+TASK_MODULES = ("dataflow._task", "connectors.sources", "pyarrow.dataset", "connectors.sinks",
+                "pyarrow.parquet")
 
 
 class TaskFailure(Exception):
@@ -48,6 +49,11 @@ class CoreBackend:
             if "address" not in self.init_kwargs:
                 return
         self.warm(modules)
+
+    @property
+    def local(self) -> bool:
+        """Workers on this machine: a session we started ourselves, without a cluster address."""
+        return self.owns_session and self.init_kwargs.get("address") in (None, "local-ray")
 
     def workers(self) -> int:
         import core
@@ -125,6 +131,7 @@ class InlineBackend:
     """Every task runs in the driver, at submit time, one after another."""
 
     name = "inline"
+    local = True  # tasks run in the driver itself
 
     def __init__(self, **_ignored):
         pass

@@ -11,7 +11,10 @@
 
     _session:      backend.start (workers forked from a zygote that imported the task's modules) ─► ... ─► backend.stop
     _plan_and_put: plan (helper thread)  ║  load_model ─► put once (diagnose if it does not pickle)
-    _execute:      Executor.run over the shards to do
+    _execute:      Executor.run over the shards to do; with a file sink each worker writes its
+                   shard's part under a temporary name and the driver commits it (rename and
+                   manifest), so the driver never encodes output. The temporary files of a
+                   run that died are removed by the next run (resume), a run's own by itself.
 
 The backend starts first, so that the workers' imports run while the driver plans and builds
 the model. After the put the driver drops its own copy of the model: only the object store holds it.
@@ -125,29 +128,38 @@ class Pipeline:
         self.last_summary = summary
         start = time.monotonic()
         mode = "overwrite" if restart else s.sink.mode
-        with MemorySampler() as memory, self._session() as backend:
-            try:
-                shards, model_ref = self._plan_and_put(backend, progress)
-                sink = open_sink(s.sink.uri, format=s.sink.format, mode=mode,
-                                 storage_options=s.sink.storage_options or None)
+        token = uuid.uuid4().hex
+        sink = stager = None
+        try:
+            with MemorySampler() as memory, self._session() as backend:
                 try:
-                    committed = sink.committed() if mode == "resume" else {}
-                    todo = [sh for sh in shards if sh.index not in committed]
-                    summary.shards = len(shards)
-                    summary.shards_skipped = len(shards) - len(todo)
-                    progress.start(s.name, len(shards), sum(sh.num_rows for sh in todo), summary.shards_skipped)
-                    if todo:
-                        with contextlib.closing(self._execute(todo, model_ref, backend)) as events:
-                            for event in events:
-                                self._record(event, summary, progress, sink)
+                    shards, model_ref = self._plan_and_put(backend, progress)
+                    sink = open_sink(s.sink.uri, format=s.sink.format, mode=mode,
+                                     storage_options=s.sink.storage_options or None)
+                    try:
+                        committed = sink.committed() if mode == "resume" else {}
+                        if mode == "resume":
+                            sink.discard_staged()  # what an interrupted run left half-written
+                        stager = _stager(sink, backend, token)
+                        todo = [sh for sh in shards if sh.index not in committed]
+                        summary.shards = len(shards)
+                        summary.shards_skipped = len(shards) - len(todo)
+                        progress.start(s.name, len(shards), sum(sh.num_rows for sh in todo), summary.shards_skipped)
+                        if todo:
+                            with contextlib.closing(self._execute(todo, model_ref, backend, token, stager)) as events:
+                                for event in events:
+                                    self._record(event, summary, progress, sink)
+                    finally:
+                        sink.close()
+                except KeyboardInterrupt:
+                    summary.status = "interrupted"
+                    raise
                 finally:
-                    sink.close()
-            except KeyboardInterrupt:
-                summary.status = "interrupted"
-                raise
-            finally:
-                progress.close()
-                summary.wall_time = time.monotonic() - start
+                    progress.close()
+                    summary.wall_time = time.monotonic() - start
+        finally:
+            if stager is not None:  # the session is over, its workers gone: nothing writes these now
+                sink.discard_staged(token)
         summary.peak_memory = memory.peak
         if summary.status == "failed":
             f = summary.failed[0]
@@ -161,7 +173,7 @@ class Pipeline:
         if format not in ("pandas", "pyarrow"):
             raise ValueError(f'stream(format=...) must be "pandas" or "pyarrow", got {format!r}')
         with self._session() as backend, contextlib.closing(
-                self._execute(*self._plan_and_put(backend), backend)) as events:
+                self._execute(*self._plan_and_put(backend), backend, uuid.uuid4().hex)) as events:
             for event in events:
                 from .executor import ShardDone, ShardFailed
 
@@ -185,10 +197,13 @@ class Pipeline:
                 summary.rows_quarantined += r.quarantine.num_rows
                 summary.quarantined_shards.append(r.index)
                 summary.status = "partial" if summary.status == "done" else summary.status
-            sink.write_part(r.index, r.table)
-            summary.rows += r.table.num_rows
+            if r.staged is not None:
+                sink.commit_staged(r.staged)  # the worker wrote it under a temporary name
+            else:
+                sink.write_part(r.index, r.table)
+            summary.rows += r.rows
             summary.shards_done += 1
-            progress.shard_done(r.index, r.rows_in, r.table.num_rows, r.seconds, r.sums, r.rows_quarantined)
+            progress.shard_done(r.index, r.rows_in, r.rows, r.seconds, r.sums, r.rows_quarantined)
         elif isinstance(event, ShardRetry):
             progress.shard_retry(event.shard.index, event.attempt, event.error)
         elif isinstance(event, ShardFailed):
@@ -223,6 +238,8 @@ class Pipeline:
             mods.append(type(s.model.instance).__module__)
         if s.predict.batch_format == "pandas":
             mods.append("pandas")
+        if s.sink is not None and not _is_local(s.sink.uri):  # workers write their parts there
+            mods += ["fsspec", "s3fs"] if s.sink.uri.startswith(("s3://", "s3a://")) else ["fsspec"]
         if s.predict.batch_format == "torch" or s.model.format in ("torch", "torchscript") or (
                 s.model.path or "").endswith((".pt", ".pth")):
             mods.append("torch")
@@ -258,13 +275,13 @@ class Pipeline:
             check_picklable(payload, "model")  # raises, naming the captured object
             raise
 
-    def _execute(self, shards: list, model_ref: Any, backend: Any) -> Iterator[Any]:
+    def _execute(self, shards: list, model_ref: Any, backend: Any, token: str,
+                 stager: Any = None) -> Iterator[Any]:
         from ._task import ShardTask, run_shard
         from .executor import Executor, default_max_in_flight, task_deadline
 
         s = self.spec
         rt, pred, src = s.runtime, s.predict, s.source
-        token = uuid.uuid4().hex
         model_columns = list(src.columns) if src.columns is not None else None
 
         def make_args(shard):
@@ -274,7 +291,7 @@ class Pipeline:
                 storage_options=dict(src.storage_options), batch_size=pred.batch_size,
                 batch_format=pred.batch_format, keep_columns=list(pred.keep_columns),
                 output_column=pred.output_column, timeout=pred.timeout, on_error=rt.on_error,
-                predict_fn=pred.fn)
+                predict_fn=pred.fn, stager=stager)
 
         executor = Executor(
             backend=backend, fn=run_shard, make_args=make_args, model_ref=model_ref,
@@ -284,6 +301,16 @@ class Pipeline:
                                                   rt.on_error == "quarantine"))
         with contextlib.closing(executor.run(shards)) as events:
             yield from events
+
+
+def _stager(sink: Any, backend: Any, token: str) -> Any:
+    """Workers write their parts (the driver only commits them) when they can reach the
+    destination: any non-local URI, or a local folder with workers on this machine."""
+    from connectors import FileSink
+
+    if not isinstance(sink, FileSink) or (sink.local and not backend.local):
+        return None
+    return sink.stager(token)
 
 
 def _progress(progress: Progress | bool | None, report: str | None) -> Progress:

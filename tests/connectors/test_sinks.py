@@ -383,3 +383,72 @@ def test_two_sinks_on_one_destination_in_one_process_keep_every_entry(dest: Dest
         list(pool.map(lambda i: sinks[i % 2].write_part(i, small_table(0, 1)), range(8)))
 
     assert sorted(open_sink(dest.uri).committed()) == list(range(8))
+
+
+# --------------------------------------------------------------------------- staged parts
+
+_STAGE_IN_A_CHILD = """
+import pickle, sys
+import pyarrow as pa
+stager = pickle.loads(sys.stdin.buffer.read())
+staged = stager.write(7, pa.table({"id": list(range(5))}))
+sys.stdout.buffer.write(pickle.dumps(staged))
+"""
+
+
+def _stage_in_another_process(stager) -> object:
+    import pickle
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _STAGE_IN_A_CHILD], input=pickle.dumps(stager),
+                          capture_output=True, check=True)
+    return pickle.loads(done.stdout)
+
+
+def test_part_staged_in_another_process_appears_only_when_committed(dest: Destination):
+    sink = open_sink(dest.uri)
+    staged = _stage_in_another_process(sink.stager("run1"))
+
+    assert staged.rows == 5 and staged.name == "part-00007.parquet"
+    assert dest.listing() == [staged.temp] and staged.temp.startswith("_tmp-part-00007.parquet.run1-")
+    assert sink.committed() == {}
+
+    uri = sink.commit_staged(staged)
+
+    assert uri.endswith("/part-00007.parquet")
+    assert dest.listing() == ["_manifest.json", "part-00007.parquet"]
+    assert pq.read_table(io.BytesIO(dest.read("part-00007.parquet")))["id"].to_pylist() == [0, 1, 2, 3, 4]
+    assert open_sink(dest.uri).committed() == {7: 5}
+
+
+def test_discard_staged_removes_one_tokens_leftovers_or_every_temporary_file(dest: Destination):
+    sink = open_sink(dest.uri)
+    sink.write_part(0, small_table(0, 3))
+    mine, theirs = sink.stager("mine"), sink.stager("theirs")
+    mine.write(1, small_table(0, 3))
+    mine.write(1, small_table(0, 3))  # a retried shard: two temporary files
+    theirs.write(2, small_table(0, 3))
+
+    removed = sink.discard_staged("mine")
+
+    assert len(removed) == 2 and all(".mine-" in name for name in removed)
+    assert [n for n in dest.listing() if n.startswith("_tmp-")] == [
+        n for n in dest.listing() if ".theirs-" in n]
+    assert len(sink.discard_staged()) == 1
+    assert dest.listing() == ["_manifest.json", "part-00000.parquet"]
+
+
+def test_staged_parts_in_append_mode_carry_the_runs_suffix(dest: Destination):
+    open_sink(dest.uri).write_part(0, small_table(0, 2))
+    sink = open_sink(dest.uri, mode="append", run_id="r2")
+
+    sink.commit_staged(sink.stager("t").write(0, small_table(0, 4)))
+
+    assert "part-00000-r2.parquet" in dest.listing() and "part-00000.parquet" in dest.listing()
+    assert sink.committed() == {0: 4}
+
+
+def test_stager_token_must_be_alphanumeric(tmp_path: Path):
+    with pytest.raises(ValueError, match="token must be a non-empty alphanumeric"):
+        open_sink(str(tmp_path / "out")).stager("a-b")

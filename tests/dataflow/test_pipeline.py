@@ -296,3 +296,44 @@ def test_a_crashed_worker_is_retried(tmp_path):
     p = pipeline(tmp_path, data, model={"factory": f"{H}:crash_once", "args": {"marker": str(tmp_path / "m")}})
     summary = p.run()
     assert summary.status == "done" and summary.rows == 300 and (tmp_path / "m").exists()
+
+
+def test_workers_write_the_parts_and_the_driver_only_commits_them(tmp_path, monkeypatch):
+    from connectors import Sink
+
+    def driver_writes(*args):
+        raise AssertionError("the driver encoded a part")
+
+    monkeypatch.setattr(Sink, "write_part", driver_writes)
+    data = helpers.make_dataset(tmp_path / "data", shards=4, rows=300)
+
+    summary = pipeline(tmp_path, data).run()
+
+    assert summary.status == "done" and summary.rows == 1200
+    assert output(tmp_path).sort_by("id")["id"].to_pylist() == list(range(1200))
+    assert sorted(os.listdir(tmp_path / "out")) == ["_manifest.json"] + [
+        f"part-0000{i}.parquet" for i in range(4)]
+
+
+def test_resume_removes_the_temporary_files_an_interrupted_run_left(tmp_path):
+    data = helpers.make_dataset(tmp_path / "data", shards=3, rows=200)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("_tmp-part-00001.parquet.0123abcd-89abcdef", "_tmp-part-00002.parquet.a1b2c3d4e5f6",
+                 "_manifest.json._tmp-0f1e2d3c4b5a"):
+        (out / name).write_bytes(b"half a file")
+
+    summary = pipeline(tmp_path, data).run()
+
+    assert summary.shards_done == 3
+    assert sorted(os.listdir(out)) == ["_manifest.json"] + [f"part-0000{i}.parquet" for i in range(3)]
+
+
+def test_local_sink_with_workers_elsewhere_is_written_by_the_driver(tmp_path):
+    from connectors import open_sink
+    from dataflow.backends import CoreBackend, InlineBackend
+    from dataflow.pipeline import _stager
+
+    local = open_sink(str(tmp_path / "out"))
+    assert _stager(local, CoreBackend(address="ray://127.0.0.1:10001"), "t") is None
+    assert _stager(local, InlineBackend(), "t") is not None
