@@ -24,7 +24,8 @@ commits, as each part must be recorded once):
 
     stager = sink.stager(token)           picklable; sent to the workers
     staged = stager.write(7, table)       (worker) out/_tmp-part-00007.parquet.<token>-<id>
-    sink.commit_staged(staged)            (driver) steps 2 and 3 above
+    sink.commit_staged(staged)            (driver) steps 2 and 3 above; with defer_manifest=True,
+                                          quick commits share one manifest write (flush/close)
     sink.discard_staged(token)            (driver, its workers gone) remove the token's leftovers
 
 Modes, checked when the sink is opened:
@@ -49,6 +50,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -72,6 +74,7 @@ MODES = ("resume", "overwrite", "append", "error")
 MANIFEST = "_manifest.json"
 QUARANTINE = "_quarantine"
 TEMP_PREFIX = "_tmp-"
+MANIFEST_DELAY_S = 0.25  # commit_staged(defer_manifest=True): the longest a record waits
 
 
 def part_name(shard_index: int, format: str = "parquet", suffix: str = "") -> str:
@@ -145,7 +148,8 @@ class Sink(ABC):
         return _write_whole(self.open_part(shard_index), table)
 
     def close(self) -> None:
-        """Refuse further writes. Committed parts and the manifest are already durable."""
+        """Refuse further writes. Committed parts are durable; the manifest records the last
+        deferred ones (`FileSink.commit_staged(defer_manifest=True)`) now."""
 
     def __enter__(self) -> Sink:
         return self
@@ -203,6 +207,9 @@ class FileSink(Sink):
         self._suffix = f"-{self.run_id}" if mode == "append" else ""
         self._lock = _manifest_lock(self.uri)
         self._closed = False
+        self._pending: list[tuple[str, int, int]] = []  # committed, not yet in the manifest
+        self._pending_lock = threading.Lock()
+        self._flushed_at = 0.0
         if not _opened:
             self._guard("open the sink at", self._open)
 
@@ -214,7 +221,10 @@ class FileSink(Sink):
     def committed(self) -> dict[int, int]:
         manifest = self._guard("read the manifest of", self._read_manifest)
         present = set(self._guard("list", self._list_names))
-        return {entry["shard"]: entry["rows"] for name, entry in manifest["parts"].items()
+        with self._pending_lock:
+            pending = {name: {"shard": i, "rows": rows} for name, i, rows in self._pending}
+        return {entry["shard"]: entry["rows"]
+                for name, entry in {**manifest["parts"], **pending}.items()
                 if name == self._part_name(entry["shard"]) and name in present}
 
     def open_part(self, shard_index: int) -> PartWriter:
@@ -228,9 +238,14 @@ class FileSink(Sink):
         return _write_whole(_FilePartWriter(self, shard_index, name, "parquet", "quarantine"), table)
 
     def close(self) -> None:
+        if self._closed:
+            return
         self._closed = True
-        with self._lock:
-            _manifest_cache.pop(self.uri, None)
+        try:
+            self.flush()
+        finally:
+            with self._lock:
+                _manifest_cache.pop(self.uri, None)
 
     @property
     def _fs(self) -> Any:
@@ -253,15 +268,31 @@ class FileSink(Sink):
         return PartStager(self.uri, self.format, self.mode, self.run_id, token,
                           self._storage_options)
 
-    def commit_staged(self, staged: StagedPart) -> str:
-        """Move a part a stager wrote into place and record it; returns its final URI."""
+    def commit_staged(self, staged: StagedPart, *, defer_manifest: bool = False) -> str:
+        """Move a part a stager wrote into place and record it; returns its final URI.
+
+        With `defer_manifest`, parts committed within `MANIFEST_DELAY_S` of the last manifest
+        write are recorded together with a later one (or by `flush` / `close`): one manifest
+        write for many quick parts. A crash before that write loses only the records, and a
+        rerun redoes those shards, rewriting the same parts."""
         self._check_open()
         final = self._path(staged.name)
         uri = self._location.uri(final)
         self._guard("commit", lambda: self._fs.mv(self._path(staged.temp), final), uri)
-        self._guard("record in the manifest", lambda: self._record(
-            "parts", staged.name, staged.shard_index, staged.rows))
+        with self._pending_lock:
+            self._pending.append((staged.name, staged.shard_index, staged.rows))
+            due = not defer_manifest or time.monotonic() - self._flushed_at >= MANIFEST_DELAY_S
+        if due:
+            self.flush()
         return uri
+
+    def flush(self) -> None:
+        """Record in the manifest every part committed with `defer_manifest` so far."""
+        with self._pending_lock:
+            parts, self._pending = self._pending, []
+            self._flushed_at = time.monotonic()
+        if parts:
+            self._guard("record in the manifest", lambda: self._record_all("parts", parts))
 
     def discard_staged(self, token: str | None = None) -> list[str]:
         """Remove temporary files under the destination: those of `token`'s stager, or, with no
@@ -356,7 +387,11 @@ class FileSink(Sink):
                 "mode='overwrite'") from exc
 
     def _record(self, section: str, name: str, shard_index: int, rows: int) -> None:
-        """Add one committed part to the manifest: read, update, write to a temp name, move."""
+        """Add one committed part to the manifest."""
+        self._record_all(section, [(name, shard_index, rows)])
+
+    def _record_all(self, section: str, parts: list[tuple[str, int, int]]) -> None:
+        """Add committed parts to the manifest: read, update, write to a temp name, move."""
         local = self._location.protocol == "file"
         path = self._path(MANIFEST)
         with self._lock:
@@ -368,8 +403,10 @@ class FileSink(Sink):
             _manifest_cache.pop(self.uri, None)   # back only once the new manifest is in place
             manifest["format"] = self.format
             entries = manifest[section]
-            in_order = not entries or name > next(reversed(entries))
-            entries[name] = {"shard": shard_index, "rows": rows}
+            in_order = True
+            for name, shard_index, rows in parts:
+                in_order = in_order and (not entries or name > next(reversed(entries)))
+                entries[name] = {"shard": shard_index, "rows": rows}
             if not in_order:
                 manifest[section] = dict(sorted(entries.items()))
             # No indent: json's C encoder only runs without one, and a 10,000-part manifest

@@ -198,7 +198,8 @@ class Pipeline:
                 summary.quarantined_shards.append(r.index)
                 summary.status = "partial" if summary.status == "done" else summary.status
             if r.staged is not None:
-                sink.commit_staged(r.staged)  # the worker wrote it under a temporary name
+                # The worker wrote it under a temporary name; quick parts share manifest writes.
+                sink.commit_staged(r.staged, defer_manifest=True)
             else:
                 sink.write_part(r.index, r.table)
             summary.rows += r.rows

@@ -452,3 +452,23 @@ def test_staged_parts_in_append_mode_carry_the_runs_suffix(dest: Destination):
 def test_stager_token_must_be_alphanumeric(tmp_path: Path):
     with pytest.raises(ValueError, match="token must be a non-empty alphanumeric"):
         open_sink(str(tmp_path / "out")).stager("a-b")
+
+
+def test_deferred_records_share_a_manifest_write_and_reach_it_on_close(dest: Destination,
+                                                                       monkeypatch):
+    from connectors import sinks
+
+    monkeypatch.setattr(sinks, "MANIFEST_DELAY_S", 3600.0)
+    sink = open_sink(dest.uri)
+    stager = sink.stager("t")
+    sink.commit_staged(stager.write(0, small_table(0, 2)), defer_manifest=True)  # first: written
+    for i in (1, 2):
+        sink.commit_staged(stager.write(i, small_table(0, 2)), defer_manifest=True)
+
+    assert "part-00002.parquet" in dest.listing()
+    assert sink.committed() == {0: 2, 1: 2, 2: 2}  # this sink knows its pending records
+    assert open_sink(dest.uri).committed() == {0: 2}  # the manifest does not, yet
+
+    sink.close()
+
+    assert open_sink(dest.uri).committed() == {0: 2, 1: 2, 2: 2}
