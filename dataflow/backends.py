@@ -17,6 +17,14 @@ TASK_MODULES = ("dataflow._task", "connectors.sources", "pyarrow.dataset", "conn
                 "pyarrow.parquet")
 
 
+def preload_workers() -> None:
+    """Start the workers' imports first: they run while this process reads the pipeline file,
+    plans the shards and builds the model. (Wasted, in parallel, if the run is inline or on Ray.)"""
+    import core
+
+    core.preload_workers([*TASK_MODULES, "pandas"])
+
+
 class TaskFailure(Exception):
     """A task did not produce a result: it raised, its worker died, or it was cancelled.
     `.cause` is the task's own exception when there is one."""

@@ -19,6 +19,7 @@ import sys
 import traceback
 from typing import Sequence
 
+from .backends import preload_workers
 from .exceptions import DataflowError, RunError, SpecError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -53,10 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, preloaded: bool = False) -> int:
+    """`preloaded`: the caller has already started the workers' imports (preload_workers)."""
     args = _parser().parse_args(argv)
-    if args.command == "run":
-        _preload_workers()
+    if args.command == "run" and not preloaded:
+        preload_workers()
     from .pipeline import Pipeline
 
     overrides = list(args.overrides)
@@ -69,16 +71,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(str(issue), file=sys.stderr)
         return EXIT_USAGE
     return {"validate": _validate, "plan": _plan, "run": _run}[args.command](pipe, args)
-
-
-def _preload_workers() -> None:
-    """Start the workers' imports first: they run while this process reads the pipeline file,
-    plans the shards and builds the model. (Wasted, in parallel, if the run is inline or on Ray.)"""
-    import core
-
-    from .backends import TASK_MODULES
-
-    core.preload_workers([*TASK_MODULES, "pandas"])
 
 
 def _validate(pipe, args) -> int:

@@ -134,6 +134,8 @@ class WorkerPool:
         for w in workers:
             w.chan.send((P.EXIT,))
         self.wake()
+        if self.zygote is not None:
+            self.zygote.stop_forking()  # it exits with its workers, not after them
         self._io.join(timeout=2.0)
         deadline = time.monotonic() + grace
         for w in workers:

@@ -37,6 +37,7 @@ import time
 from typing import Sequence
 
 _MAX_MESSAGE = 1 << 16
+_DRAIN_S = 2.0  # how long the zygote, told to stop, waits for its workers to exit
 # What a worker imports lazily to get its first argument from the store: imported here once,
 # not in every worker on its first task.
 _STORE_MODULES = ("core._private.serialization", "core._private.shm")
@@ -128,6 +129,14 @@ class Zygote:
                 self._children.pop(wid, None)
             raise
         return child
+
+    def stop_forking(self) -> None:
+        """No more workers: the zygote exits as soon as its workers have (it still reports their
+        exits). Called right after the workers are told to exit, so the two exits overlap."""
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
     def close(self) -> None:
         """Stop the zygote (after the pool has stopped its workers). Safe to call twice."""
@@ -236,6 +245,7 @@ class _ForkedProcess:
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._wait_exit(timeout)
         while self.returncode is None:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -248,6 +258,20 @@ class _ForkedProcess:
             else:
                 time.sleep(0.005)
         return self.returncode
+
+    def _wait_exit(self, timeout: float | None) -> None:
+        """Block until the process exits (or `timeout`), woken by the kernel through a pidfd
+        rather than polled: a stop waits for the zygote's exit at the end of every run."""
+        if self.returncode is not None or not hasattr(os, "pidfd_open"):
+            return
+        try:
+            fd = os.pidfd_open(self.pid)
+        except OSError:  # already reaped, or a kernel without pidfds: poll below
+            return
+        try:
+            select.select([fd], [], [], timeout)
+        finally:
+            os.close(fd)
 
     def kill(self) -> None:
         if self.returncode is None:
@@ -285,6 +309,7 @@ def serve(fd: int, preload: list[str]) -> None:
                 _drain(wake_r)
             if sock in readable and not _serve_one(sock, (wake_r, wake_w)):
                 break
+        _wait_children(sock, wake_r, _DRAIN_S)
     finally:
         _reap(sock)
         os._exit(0)
@@ -318,11 +343,21 @@ def _serve_one(sock: socket.socket, own_fds: tuple[int, int]) -> bool:
 
 
 def _import(modules: Sequence[str]) -> None:
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except BaseException:  # the task that needs it reports the error, with context
-            pass
+    # Without the collector: an import allocates hundreds of thousands of objects that live as
+    # long as the process, and the collections they trigger (pandas: ~0.1 s of CPU, on the
+    # critical path of every run) would find nothing to free. What they leave is frozen before
+    # each fork anyway (gc.freeze, as its docs advise for a pre-fork server).
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except BaseException:  # the task that needs it reports the error, with context
+                pass
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _become_worker(sock: socket.socket, own_fds: tuple[int, int], args: list[str]) -> None:
@@ -339,14 +374,24 @@ def _become_worker(sock: socket.socket, own_fds: tuple[int, int], args: list[str
         os._exit(1)
 
 
-def _reap(sock: socket.socket) -> None:
+def _wait_children(sock: socket.socket, wake_r: int, timeout: float) -> None:
+    """Reap (and report) workers until none is left, for at most `timeout` seconds; those left
+    then die with this process (PR_SET_PDEATHSIG)."""
+    deadline = time.monotonic() + timeout
+    while _reap(sock) and (left := deadline - time.monotonic()) > 0:
+        select.select([wake_r], [], [], left)  # SIGCHLD writes to the wake-up fd
+        _drain(wake_r)
+
+
+def _reap(sock: socket.socket) -> bool:
+    """Reap and report the workers that exited; True if some are still running."""
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return False
         if pid == 0:
-            return
+            return True
         try:
             sock.send(pickle.dumps(("exit", pid, os.waitstatus_to_exitcode(status))))
         except OSError:

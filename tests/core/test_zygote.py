@@ -94,8 +94,30 @@ def test_shutdown_stops_the_workers_and_the_zygote(make_session):
     processes = descendants()
     assert {p.name() for p in processes} == {"core-zygote", "core-worker"}
     core.shutdown()
-    _, alive = psutil.wait_procs(processes, timeout=5)
-    assert not alive
+    # Gone by the time shutdown returns: the zygote reaps its workers, and shutdown the zygote.
+    assert not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not descendants()
+
+
+def test_a_zygote_told_to_stop_forking_exits_right_after_its_workers(make_session):
+    """What a shutdown does: the workers are told to exit, and the zygote to stop forking; it
+    reports their (clean) exits, then exits itself, instead of waiting to be told after them."""
+    from core._private import api
+    from core._private import protocol as P
+
+    make_session(num_cpus=2, worker_preload=["email.mime.text"])
+    core.get([where.remote() for _ in range(4)])
+    pool = api._backend.pool
+    workers = list(pool.workers.values())
+    pool.zygote.stop_forking()
+    time.sleep(0.3)
+    assert pool.zygote.proc.returncode is None and psutil.pid_exists(pool.zygote.proc.pid), \
+        "the zygote waits while its workers run"
+    for w in workers:
+        w.chan.send((P.EXIT,))
+    pool.wake()
+    assert [w.proc.wait(timeout=5) for w in workers] == [0] * len(workers)
+    assert pool.zygote.proc.wait(timeout=5) == 0
 
 
 def test_an_unused_preload_is_stopped_by_the_next_one_and_at_exit(tmp_path):
