@@ -278,7 +278,10 @@ class FileSink(Sink):
         self._check_open()
         final = self._path(staged.name)
         uri = self._location.uri(final)
-        self._guard("commit", lambda: self._fs.mv(self._path(staged.temp), final), uri)
+        temp = self._path(staged.temp)
+        # A local part is one rename (fsspec's mv adds a stat and shutil.move per part).
+        move = (lambda: os.replace(temp, final)) if self.local else (lambda: self._fs.mv(temp, final))
+        self._guard("commit", move, uri)
         with self._pending_lock:
             self._pending.append((staged.name, staged.shard_index, staged.rows))
             due = not defer_manifest or time.monotonic() - self._flushed_at >= MANIFEST_DELAY_S
