@@ -107,6 +107,7 @@ class Task:
     worker: "WorkerProc | None" = None
     cancelled: bool = False
     gpu_ids: list = field(default_factory=list)
+    pipelined: bool = False           # sent to a busy worker, to start after its current task
 
 
 class Actor:
@@ -553,6 +554,37 @@ class LocalEngine:
             S.acquire(task.need, self.available)
             worker.held_need = task.need
             self._dispatch(worker, batch)
+        self._pipeline()
+
+    def _pipeline(self) -> None:
+        """Queued short tasks go to busy workers as their next task (scheduler.pipelined). The
+        worker already holds what the task needs; it runs the two one after the other."""
+        for worker in self.workers.values():
+            while self.queue and (self.queue[0].cancelled or self.queue[0].state != "queued"):
+                self.queue.popleft()
+            if not self.queue:
+                return
+            task = self.queue[0]
+            if (worker.alive and worker.actor_id is None and not worker.blocked
+                    and len(worker.inflight) == 1 and not worker.inflight[0].streaming
+                    and not task.streaming and worker.held_need == task.need
+                    and S.pipelined(self.fn_time.get(task.fn_id))):
+                self.queue.popleft()
+                task.pipelined = True
+                self._dispatch(worker, [task])
+
+    def _reclaim(self, worker: WorkerProc) -> None:
+        """Take back the tasks queued behind a worker's running task: it blocked, maybe waiting
+        for one of them. Sent before the reply to its request, so it drops them before it could
+        start one; they go back to the front of the queue."""
+        queued = [t for t in list(worker.inflight)[1:] if t.pipelined]
+        if not queued or worker.actor_id is not None:
+            return
+        worker.inflight = deque(t for t in worker.inflight if not t.pipelined or t is worker.inflight[0])
+        worker.chan.send((P.RECLAIM, [t.task_id for t in queued]))
+        for task in reversed(queued):
+            task.state, task.worker, task.pipelined = "queued", None, False
+            self.queue.appendleft(task)
 
     def _dispatch_actor(self, actor: Actor) -> None:
         batch = []
@@ -885,11 +917,14 @@ class LocalEngine:
         if worker.actor_id is None:
             S.release(worker.held_need, self.available) if worker.inflight else None
             worker.held_need = {}
-            for task in worker.inflight:
+            for i, task in enumerate(worker.inflight):
                 if task.gpu_ids:
                     self.free_gpus.extend(task.gpu_ids)
                     task.gpu_ids = []
-                if task.cancelled:
+                if task.pipelined and i > 0:  # queued behind the running task: it never started
+                    task.state, task.worker, task.pipelined = "queued", None, False
+                    self.queue.appendleft(task)
+                elif task.cancelled:
                     self._finish_failed(task, TaskCancelledError(f"task {task.name} was cancelled"))
                 elif task.max_retries != 0:
                     if task.max_retries > 0:
@@ -981,6 +1016,7 @@ class LocalEngine:
         deadline = None if timeout is None else time.monotonic() + timeout
         req = (worker, req_id, op, oids, num, deadline)
         if not self._try_answer(req):
+            self._reclaim(worker)
             worker.blocked += 1
             if worker.actor_id is None and worker.blocked == 1:
                 S.release(worker.held_need, self.available)

@@ -25,6 +25,7 @@ REPLY = "reply"            # (REPLY, request_id, ok, payload)
 FUNCTION = "function"      # (FUNCTION, fn_id, blob)
 RELEASE_SEGMENTS = "release"  # (RELEASE_SEGMENTS, [segment names]) drop cached mappings
 EXIT = "exit"              # (EXIT,)
+RECLAIM = "reclaim"        # (RECLAIM, [task_id...]) queued tasks not to run: the driver took them back
 # worker -> driver
 HELLO = "hello"            # (HELLO, worker_id, pid)
 DONE = "done"              # (DONE, task_id, results, error, stats)

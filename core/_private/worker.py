@@ -34,6 +34,7 @@ from typing import Any
 from core._private import protocol as P
 from core._private import refs as refs_mod
 from core._private.refs import IdSource, ObjectRef, return_id
+from core._private.scheduler import FAST_TASK
 
 BATCH_FLUSH = 64          # results per DONE batch when more tasks are queued
 FLUSH_INTERVAL = 0.002    # seconds: never sit on finished results longer than this
@@ -534,6 +535,9 @@ def main(argv: list[str]) -> None:
                 msg = client.inbox.popleft()
                 if msg[0] == P.TASKS:
                     tasks.extend(msg[1])
+                elif msg[0] == P.RECLAIM:  # the task we ran blocked: the driver took these back
+                    taken = set(msg[1])
+                    tasks = deque(t for t in tasks if t["task_id"] not in taken)
                 elif msg[0] == "batch":
                     client.inbox.extendleft(reversed(msg[1]))
                 else:
@@ -541,6 +545,7 @@ def main(argv: list[str]) -> None:
             if not tasks:
                 continue
             task = tasks.popleft()
+            began = time.monotonic()
             if task["task_id"] in client.cancelled:  # type: ignore[attr-defined]
                 client.cancelled.discard(task["task_id"])  # type: ignore[attr-defined]
                 client.queue((P.DONE, task["task_id"], None, _error_payload(task["name"], _Cancelled()), 0.0))
@@ -550,7 +555,10 @@ def main(argv: list[str]) -> None:
                 except KeyboardInterrupt:  # a cancel that landed between tasks: nothing to stop
                     pass
             now = time.monotonic()
-            if not tasks or len(client.outbox) >= BATCH_FLUSH or now - last_flush > FLUSH_INTERVAL:
+            # A result is sent at once unless the task was tiny (then results go in batches): the
+            # driver learns it is done while this worker runs the next one it was handed.
+            if not tasks or len(client.outbox) >= BATCH_FLUSH or now - last_flush > FLUSH_INTERVAL \
+                    or now - began > FAST_TASK:
                 client.flush()
                 last_flush = now
     except (EOFError, ConnectionError, BrokenPipeError):

@@ -364,3 +364,54 @@ def test_init_twice_raises_and_session_keeps_working(session):
     with pytest.raises(CoreError, match="already"):
         core.init()
     assert core.get(add.remote(2, 2)) == 4
+
+
+# ── pipelining: a busy worker running short tasks gets its next one in advance ───────────────
+@core.remote
+def short(die: bool = False) -> int:
+    time.sleep(0.01)
+    if die:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return os.getpid()
+
+
+@core.remote
+def measure_short_inside() -> None:
+    core.get([short.remote() for _ in range(4)], timeout=30)  # known to be short from here on
+
+
+@core.remote
+def outer() -> int:
+    # Submitted from inside this task while it holds the session's only CPU, the short task is
+    # queued behind it on its worker: blocking on it must hand it back, or this task would wait
+    # for itself (the get would time out).
+    ref = short.remote()
+    time.sleep(0.2)
+    return core.get(ref, timeout=30)
+
+
+def _measured_short(rt) -> None:
+    rt.get([short.remote() for _ in range(4)])  # now known to take ~10 ms: pipelined from here on
+
+
+def test_a_task_that_waits_for_the_task_queued_behind_it_does_not_deadlock(make_session):
+    rt = make_session(num_cpus=1)
+    rt.get(measure_short_inside.remote(), timeout=60)
+    assert isinstance(rt.get(outer.remote(), timeout=60), int)
+
+
+def test_a_task_queued_behind_one_that_kills_the_worker_never_ran_and_keeps_its_retries(make_session):
+    rt = make_session(num_cpus=1)
+    _measured_short(rt)
+    doomed = short.options(max_retries=0).remote(die=True)
+    behind = short.options(max_retries=0).remote()  # handed to the same busy worker
+    with pytest.raises(WorkerCrashedError):
+        rt.get(doomed, timeout=60)
+    assert isinstance(rt.get(behind, timeout=60), int)
+
+
+def test_short_tasks_run_back_to_back_on_each_worker(make_session):
+    rt = make_session(num_cpus=2)
+    _measured_short(rt)
+    pids = rt.get([short.remote() for _ in range(40)], timeout=60)
+    assert len(set(pids)) <= 2 and len(pids) == 40
