@@ -10,7 +10,8 @@ in a few milliseconds and shares those pages with its siblings.
     spawn(wid, args, fds) ── ("spawn", wid, args) + fds (SCM_RIGHTS) ──►  fork ─► worker.main(fds + args)
           ◄── ("pid", wid, pid) ───────────────────
           ◄── ("exit", pid, returncode) ───────────  SIGCHLD: reaped, as Popen.returncode
-    close()  ── socket closed ──► the zygote exits (its workers are gone by then)
+    stop_forking() ── write side shut ──►  reap and report its workers, then exit with the last
+    close()  ── socket closed, wait (pidfd)
 
 The zygote is forked from the driver while the driver is still single-threaded (the dataflow CLI
 starts it first thing), spawned as a fresh interpreter otherwise: forking a process that runs
