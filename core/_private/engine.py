@@ -568,6 +568,7 @@ class LocalEngine:
             if (worker.alive and worker.actor_id is None and not worker.blocked
                     and len(worker.inflight) == 1 and not worker.inflight[0].streaming
                     and not task.streaming and worker.held_need == task.need
+                    and "GPU" not in task.need  # its devices are picked when it is sent
                     and S.pipelined(self.fn_time.get(task.fn_id))):
                 self.queue.popleft()
                 task.pipelined = True
@@ -580,7 +581,8 @@ class LocalEngine:
         queued = [t for t in list(worker.inflight)[1:] if t.pipelined]
         if not queued or worker.actor_id is not None:
             return
-        worker.inflight = deque(t for t in worker.inflight if not t.pipelined or t is worker.inflight[0])
+        worker.inflight = deque(list(worker.inflight)[:1] + [t for t in list(worker.inflight)[1:]
+                                                              if not t.pipelined])
         worker.chan.send((P.RECLAIM, [t.task_id for t in queued]))
         for task in reversed(queued):
             task.state, task.worker, task.pipelined = "queued", None, False
