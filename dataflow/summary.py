@@ -95,11 +95,13 @@ def tree_memory(pid: int | None = None) -> int:
 def tree_rss(pid: int | None = None) -> int:
     """Sum of RSS over a process and its descendants: a shared page counts in every process that
     maps it, but the kernel keeps the figure ready (microseconds, where PSS costs milliseconds)."""
+    import psutil
+
     total = 0
     for p in _tree(pid):
         try:
             total += p.memory_info().rss
-        except Exception:  # psutil.Error: it exited meanwhile
+        except psutil.Error:  # it exited meanwhile
             pass
     return total
 
