@@ -186,6 +186,8 @@ def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | No
          fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
     """Split `refs` into (ready, not ready) once `num_returns` are ready or `timeout` passes."""
     refs = list(refs)
+    if not refs:
+        return [], []                # as Ray: an empty list is answered before num_returns is checked
     if len(set(refs)) != len(refs):
         raise ValueError("core.wait() got the same ref more than once")
     if not isinstance(num_returns, int) or num_returns < 1:

@@ -6,14 +6,21 @@ once: top-level ObjectRefs become placeholders resolved by the worker; refs nest
 refs; arguments too large to travel inline are put in the store and passed by ref, so big arrays
 reach the worker zero-copy.
 
-The function itself is pickled (cloudpickle) once per process and identified by a hash of the
-bytes; the driver ships it to each worker once.
+The function itself is pickled once per process and identified by a hash of the bytes; the
+driver ships it to each worker once. A function (or class) the worker can import is shipped by
+name (module, qualified name, and the sys.path folder it was found in): a few bytes, and its
+code is the file's, so a remote traceback shows the failing line. Others (defined in `__main__`
+or inside a function) go by value with cloudpickle, their code keeping its real file name.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
+import os
+import sys
+import types
 from typing import Any
 
 import cloudpickle
@@ -65,13 +72,102 @@ class _Shipped:
 
     def blob_and_id(self) -> tuple[bytes, bytes]:
         if self._blob is None:
+            name = importable_name(self.obj)
             try:
-                self._blob = cloudpickle.dumps(self.obj, protocol=5)
+                if name is not None:
+                    self._blob = cloudpickle.dumps(_ByName(*name), protocol=5)
+                else:
+                    self._blob = cloudpickle.dumps(_ByValue(self.obj), protocol=5)
             except Exception as exc:
                 raise CoreError(f"cannot pickle {getattr(self.obj, '__qualname__', self.obj)!r} to send it to "
                                 f"workers: {exc}. Create what it captures inside the function instead") from exc
             self._id = hashlib.blake2b(self._blob, digest_size=16).digest()
         return self._blob, self._id  # type: ignore[return-value]
+
+
+# ─── shipping by name or by value ───────────────────────────────────────────────────────────────
+def _unwrap(obj: Any) -> Any:
+    """The function or class behind a `@core.remote` wrapper (the module attribute is the wrapper)."""
+    shipped = getattr(obj, "_shipped", None)
+    return shipped.obj if isinstance(shipped, _Shipped) else obj
+
+
+def _resolve(module: Any, qualname: str) -> Any:
+    obj = module
+    for part in qualname.split("."):
+        obj = _unwrap(getattr(obj, part))
+    return obj
+
+
+def importable_name(obj: Any) -> tuple[str, str, str] | None:
+    """(module, qualified name, sys.path folder) when a worker with this process's files can
+    import `obj` by name and find this very object; None when it must go by value."""
+    mod_name = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not mod_name or not qualname or mod_name == "__main__" or "<locals>" in qualname:
+        return None
+    module = sys.modules.get(mod_name)
+    file = getattr(module, "__file__", None)
+    if not file or not file.endswith(".py"):
+        return None
+    try:
+        if _resolve(module, qualname) is not obj:
+            return None
+    except AttributeError:
+        return None
+    parts = mod_name.split(".")
+    is_package = os.path.basename(file) == "__init__.py"
+    root = os.path.dirname(os.path.abspath(file))
+    for _ in range(len(parts) - (0 if is_package else 1)):
+        root = os.path.dirname(root)
+    expected = os.path.join(root, *parts, "__init__.py") if is_package else os.path.join(root, *parts) + ".py"
+    if os.path.abspath(file) != expected:
+        return None                  # loaded from a path its name does not lead to (importlib mode)
+    return mod_name, qualname, root
+
+
+class _ByName:
+    """Pickles as an import of `module` and a walk down `qualname` (done in the worker)."""
+
+    def __init__(self, module: str, qualname: str, root: str) -> None:
+        self.args = (module, qualname, root)
+
+    def __reduce__(self):
+        return (load_by_name, self.args)
+
+
+def load_by_name(module: str, qualname: str, root: str) -> Any:
+    """The function or class `module.qualname`, unwrapped from its `@core.remote` wrapper."""
+    if root not in sys.path:
+        sys.path.append(root)        # appended: never shadows what the worker already imports
+    try:
+        return _resolve(importlib.import_module(module), qualname)
+    except (ImportError, AttributeError) as exc:
+        raise CoreError(f"the worker cannot import {module}.{qualname} (looked in {root} and "
+                        f"sys.path): {exc}") from exc
+
+
+class _ByValue:
+    """Pickles `obj` by value (cloudpickle) with the file name of its code, restored on load if
+    the pickler dropped it: tracebacks then show the source lines."""
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __reduce__(self):
+        code = getattr(self.obj, "__code__", None)
+        return (load_by_value, (self.obj, code.co_filename if code is not None else None))
+
+
+def load_by_value(obj: Any, filename: str | None) -> Any:
+    if filename and isinstance(obj, types.FunctionType) and obj.__code__.co_filename != filename:
+        obj.__code__ = _refile(obj.__code__, filename)
+    return obj
+
+
+def _refile(code: types.CodeType, filename: str) -> types.CodeType:
+    consts = tuple(_refile(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
 
 
 def runtime() -> Any:
