@@ -3,30 +3,36 @@
     driver                                           each worker (once per run, then cached)
     ──────                                           ─────────────────────────────────────────
     model.factory(**args) ─┐                         Shared: the put object, mapped zero-copy
-    model.path (fsspec)    ├─► Shared(value) ─put─►    (numpy/torch weights stay in shared memory)
+    model.path: a pickle   ├─► Shared(value) ─put─►    (numpy/torch weights stay in shared memory)
     model.instance        ─┘                                   │
+    model.path: torch.save, safetensors, .npy/.npz             │
+      ─► PerWorker(MappedWeights(local path)) ─put─► build() ──┤  maps the file (weights.py)
     model.setup / TorchScript ─► PerWorker(build) ─put─► build() ─┤
                                                                ▼
                                        make_predictor(model, predict.fn) -> batch -> output
 
 `Shared` is the DDSF pattern: the model is built once in the driver and put once; every worker
 maps the same bytes. `PerWorker` is for what cannot be pickled (a connection, a lock, a compiled
-TorchScript module): only a small recipe is put, and each worker runs it once.
+TorchScript module) and for weights files: only a small recipe is put, and each worker runs it
+once. A weights file is never read into the driver: each worker maps it from the page cache, so
+the workers share its pages and nothing is copied (a remote file is first downloaded once into a
+local cache, see weights.py).
 
 Before the put, `check_picklable` pickles the model with out-of-band buffers (so an 800 MB array
 costs nothing to check) and, if that fails, walks the object to name the captured object that
 does not pickle.
 """
-
 from __future__ import annotations
 
 import functools
 import io
+import os
 import pickle
 import zipfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from . import weights
 from .exceptions import ModelError, UnpicklableModelError
 from .refs import callable_arity, resolve_ref
 
@@ -86,21 +92,26 @@ def load_model(spec: ModelSpec) -> Shared | PerWorker:
 
 
 def _load_file(uri: str, fmt: str, storage_options: dict) -> Shared | PerWorker:
-    import fsspec
-
+    """torch.save, safetensors and numpy files are mapped in each worker (only the path travels);
+    TorchScript travels as the file's bytes; a pickle is loaded here and put."""
+    local = weights.local_copy(uri, storage_options)  # a remote file: downloaded once, to a cache
     try:
-        with fsspec.open(uri, "rb", **storage_options) as f:
+        if fmt == "auto":
+            fmt = weights.sniff_file(local, uri)
+        if fmt in weights.MAPPED_FORMATS and not (fmt == "torch" and weights.is_legacy_torch(local)):
+            recipe = weights.MappedWeights(local, fmt, uri, dict(storage_options), os.path.getsize(local))
+            weights.check_weights(local, fmt, uri)  # fail here, in the driver (reads headers only)
+            return PerWorker(recipe, f"{fmt} weights {uri}, memory-mapped in each worker")
+        with open(local, "rb") as f:
             data = f.read()
-    except Exception as exc:  # fsspec raises whatever the backend raises
+    except OSError as exc:
         raise ModelError(f"model.path: cannot read {uri}: {type(exc).__name__}: {exc}") from exc
-    if fmt == "auto":
-        fmt = sniff_format(data, uri)
     try:
         if fmt == "torchscript":
             # A ScriptModule does not pickle: put the file's bytes once, load them in each worker.
             _load_torchscript(data)  # fail here, in the driver, with a clear error
             return PerWorker(functools.partial(_load_torchscript, data), f"TorchScript {uri}")
-        if fmt == "torch":
+        if fmt == "torch":  # the legacy format, which cannot be mapped: loaded here, put once
             import torch
 
             model = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
@@ -119,19 +130,14 @@ def _load_file(uri: str, fmt: str, storage_options: dict) -> Shared | PerWorker:
 
 
 def sniff_format(data: bytes, uri: str = "") -> str:
-    """pickle, torch (torch.save zip archive) or torchscript, from the bytes."""
+    """pickle, torch (torch.save zip archive), torchscript, safetensors or numpy, from the bytes."""
+    names = None
     if data[:4] == b"PK\x03\x04":
         try:
             names = zipfile.ZipFile(io.BytesIO(data)).namelist()
         except zipfile.BadZipFile:
             names = []
-        # TorchScript archives carry the compiled code; torch.save archives only data.pkl + data/.
-        if any("/code/" in n for n in names) or any(n.endswith("constants.pkl") for n in names):
-            return "torchscript"
-        return "torch"
-    if uri.endswith((".pt", ".pth")) and data[:1] == b"\x80" and b"torch" in data[:256]:
-        return "torch"  # the legacy (non-zip) torch.save format
-    return "pickle"
+    return weights.sniff(data[:16], uri, names)
 
 
 def _name(ref: Any) -> str:

@@ -18,6 +18,12 @@ from tests.dataflow import helpers
 
 BATCH = pd.DataFrame({"x": [1, 2, 3]})
 
+
+@pytest.fixture(autouse=True)
+def _weights_cache(tmp_path, monkeypatch):
+    """Remote model files are cached under the test's own folder (removed with it)."""
+    monkeypatch.setenv("DATAFLOW_CACHE_DIR", str(tmp_path / "cache"))
+
 # TorchScript still works in torch 2.13 but warns that it is deprecated; loading it is what we test.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
@@ -66,10 +72,13 @@ def test_torch_save_and_torchscript(tmp_path):
     assert sniff_format(scripted.read_bytes()) == "torchscript"
     a = load_model(ModelSpec(path=str(saved)))
     b = load_model(ModelSpec(path=str(scripted)))
-    assert isinstance(a, Shared) and isinstance(b, PerWorker)  # a ScriptModule does not pickle
-    check_picklable(b)  # ... so only its bytes and a recipe travel
+    # A torch.save file is mapped in each worker; a ScriptModule does not pickle: both travel as
+    # small recipes (the path; the bytes).
+    assert isinstance(a, PerWorker) and isinstance(b, PerWorker)
+    check_picklable(a)
+    check_picklable(b)
     x = torch.rand(4, 3)
-    assert torch.allclose(a.value(x), model(x)) and torch.allclose(b.build()(x), model(x))
+    assert torch.allclose(a.build()(x), model(x)) and torch.allclose(b.build()(x), model(x))
 
 
 def test_committed_mlp_loads():
@@ -77,7 +86,7 @@ def test_committed_mlp_loads():
     from examples.nyc_taxi.model import MLP_PATH
 
     src = load_model(ModelSpec(path=MLP_PATH))
-    assert type(src.value).__name__ == "TipMLP"
+    assert type(src.build()).__name__ == "TipMLP"
 
 
 class Holder:
@@ -130,5 +139,5 @@ def test_model_file_on_s3(s3_bucket):
 
     with open(MLP_PATH, "rb") as src, fsspec.open(f"s3://{s3_bucket}/models/tip_mlp.pt", "wb") as dst:
         dst.write(src.read())
-    model = load_model(ModelSpec(path=f"s3://{s3_bucket}/models/tip_mlp.pt")).value
+    model = load_model(ModelSpec(path=f"s3://{s3_bucket}/models/tip_mlp.pt")).build()
     assert model(torch.tensor([[1.0, 2.0, 8.0]])).shape == (1,)
