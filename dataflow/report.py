@@ -366,7 +366,7 @@ def _timeline(record: RunRecord, colors: dict[str, str]) -> str:
                    f'text-anchor="end">{_e(label)}</text>')
         by = y + (LANE_H - BAR_H) / 2
         for b in bars:
-            out.append(_bar(b, sx(b.start), max(1.5, sx(b.end) - sx(b.start)), by, colors, label))
+            out.append(_bar(b, sx(b.start), max(3.0, sx(b.end) - sx(b.start)), by, colors, label))
     out.append(_timeline_legend(record, colors))
     out.append("</svg>")
     return "".join(out)
@@ -440,7 +440,7 @@ def _slowest(record: RunRecord) -> str:
     if not blocks:
         return '<p class="empty-text" id="slowest-table">no shard ran</p>'
     rows = [[f"{b.shard}", _e(b.stage), f"{b.attempt}", _badge(b.outcome), _dur(b.seconds),
-             f"{b.rows_out:,}", _e(b.worker or "-"), f"<code>{_e(b.path or '-')}</code>"] for b in blocks]
+             f"{b.rows_out:,}", _e(b.worker or "-"), _path(b.path)] for b in blocks]
     return _table("slowest-table", ["shard", "stage", "attempt", "outcome", "seconds", "rows out",
                                     "worker", "path"], rows, {0, 2, 4, 5})
 
@@ -454,10 +454,10 @@ def _errors(record: RunRecord, f: _Facts) -> str:
     attempts = [b for b in record.blocks if b.outcome in ("retried", "failed") or b.error]
     # Failed shards the Summary knows of but no block event told (a run recorded in part).
     extra = [x for x in f.failed if (x.get("index"), x.get("attempts")) not in recorded]
-    rows = [[f"{b.shard}", _e(b.stage), f"{b.attempt}", _badge(b.outcome), f"<code>{_e(b.path or '-')}</code>",
+    rows = [[f"{b.shard}", _e(b.stage), f"{b.attempt}", _badge(b.outcome), _path(b.path),
              f'<span class="msg">{_e(b.error or "-")}</span>'] for b in attempts]
     rows += [[f"{x.get('index')}", "-", f"{x.get('attempts', '')}", _badge("failed"),
-              f"<code>{_e(str(x.get('path', '-')))}</code>", f'<span class="msg">{_e(str(x.get("error", "")))}</span>']
+              _path(str(x.get("path", ""))), f'<span class="msg">{_e(str(x.get("error", "")))}</span>']
              for x in extra]
     if rows:
         shown = rows[:MAX_ERRORS_SHOWN]
@@ -465,7 +465,7 @@ def _errors(record: RunRecord, f: _Facts) -> str:
         parts.append("<h3>Failed attempts</h3>" + _table("errors-table", ["shard", "stage", "attempt",
                      "outcome", "path", "error"], shown, {0, 2}) + more)
     if record.quarantined or f.rows_quarantined:
-        q = [[f"{r.shard}", f"{r.row}", f"<code>{_e(r.path or '-')}</code>", f'<span class="msg">{_e(r.error)}</span>']
+        q = [[f"{r.shard}", f"{r.row}", _path(r.path), f'<span class="msg">{_e(r.error)}</span>']
              for r in record.quarantined[:MAX_ERRORS_SHOWN]]
         total = max(record.quarantined_total, f.rows_quarantined)
         more = (f'<p class="note">{total - len(q):,} more quarantined rows are not listed here: '
@@ -485,6 +485,14 @@ def _stages(record: RunRecord) -> list[str]:
 def _last_stage(record: RunRecord) -> str | None:
     stages = _stages(record)
     return stages[-1] if stages else None
+
+
+def _path(path: str, most: int = 64) -> str:
+    """A path cell: long paths keep their end (the file name), the whole path on hover."""
+    if not path:
+        return "<code>-</code>"
+    shown = path if len(path) <= most else "…" + path[-(most - 1):]
+    return f'<code title="{_e(path)}">{_e(shown)}</code>'
 
 
 def _badge(outcome: str) -> str:
