@@ -1,10 +1,16 @@
-"""What runs in a worker: one shard through the model.
+"""What runs in a worker: one shard through a segment of the plan (one or more fused stages).
 
     iter_batches(shard) ─► RecordBatch ─► to_format ─► predictor (timeout) ─► to_table (+ keep columns)
                                               │ raises
                                               ├─ on_error fail/skip: PredictError (shard, rows) ─► driver retries / reports
                                               └─ on_error quarantine: bisect the batch down to the rows that fail;
                                                  those rows (+ _error, _shard, _path, _row) become the quarantine table
+
+A segment of several stages (plan.Segment) does the same per batch, stage after stage
+(`run_segment`): the first segment reads the shard, the others take the block the previous
+segment returned through the object store; every segment but the last returns
+(BlockMeta, block) as two objects, so the driver reads the small meta and hands the block's ref on
+without touching it. An actor-pool segment runs the same code in a `StageActor`.
 
 The predictor (model + predict.fn) is built once per worker per run and cached here, keyed by the
 run's token: a callable class's __init__ or a `setup` function runs once per worker, not per shard.
@@ -16,6 +22,7 @@ a cluster) the predictions return to the driver as one Arrow table, through the 
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -25,7 +32,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from .batches import add_columns, column_sums, to_format, to_table
+from .batches import (add_columns, as_block, block_format, block_rows, block_table, column_sums,
+                      concat_blocks, slice_block, take_rows, to_format, to_table)
 from .exceptions import BatchTimeoutError, PredictError
 from .models import PerWorker, make_predictor
 
@@ -63,6 +71,7 @@ class ShardResult:
     seconds: float = 0.0
     pid: int = 0
     first_error: str = ""
+    stage_stats: dict = field(default_factory=dict)  # stage name -> [rows_in, rows_out, seconds]
 
     @property
     def rows(self) -> int:
@@ -227,3 +236,231 @@ def call_with_timeout(fn, arg, timeout: float | None):
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+# ---------------------------------------------------------------------------------------------
+# segments: one or more stages over a shard's block
+
+
+@dataclass(frozen=True)
+class SegmentTask:
+    """What a segment needs besides its stages' payloads; small and picklable."""
+
+    run_token: str
+    shard: Any                      # connectors.Shard
+    stages: tuple                   # plan.Stage, fused in this segment
+    on_error: str
+    read: dict | None = None        # the first segment: iter_batches keywords (columns, filters, ...)
+    last: bool = True               # the last segment writes (stager) or returns the table
+    stager: Any = None
+
+
+@dataclass
+class BlockMeta:
+    """What the driver learns of an intermediate block (the block itself stays in the store)."""
+
+    index: int
+    rows_in: int
+    rows_out: int
+    quarantine: pa.Table | None
+    first_error: str
+    stage_stats: dict               # stage name -> [rows_in, rows_out, seconds]
+    seconds: float
+    pid: int
+
+
+class _StageFn:
+    """One stage's callable, built once per worker (or actor) per run."""
+
+    def __init__(self, stage: Any, payload: Any):
+        from .refs import resolve_ref
+
+        self.stage = stage
+        model = payload.model if payload is not None else None
+        if isinstance(model, PerWorker):
+            model = model.build()
+        if stage.shorthand:
+            self.call = make_predictor(model, stage.fn)
+            self.args, self.kwargs = (), {}
+            return
+        fn = resolve_ref(stage.fn) if isinstance(stage.fn, str) else stage.fn
+        self.args, self.kwargs = tuple(payload.fn_args), dict(payload.fn_kwargs)
+        head = (model,) if stage.has_model else ()
+        if stage.kind == "pool":
+            try:
+                self.call = fn(*head, *payload.constructor_args, **payload.constructor_kwargs)
+            except Exception as exc:
+                raise StageInitError(f"stage {stage.name}: {getattr(fn, '__qualname__', fn)}(...) raised "
+                                     f"{_describe(exc)}") from exc
+        else:
+            self.call = functools.partial(fn, *head) if head else fn
+
+    def __call__(self, batch: Any) -> Any:
+        if self.args or self.kwargs:
+            return self.call(batch, *self.args, **self.kwargs)
+        return self.call(batch)
+
+
+class StageInitError(PredictError):
+    """A pool's constructor raised: the pool cannot start."""
+
+
+def _stage_fns(task: SegmentTask, payloads: tuple) -> list[_StageFn]:
+    key = (task.run_token, tuple(st.name for st in task.stages))
+    if _CACHE.get("token") != task.run_token:
+        _CACHE.clear()  # a new run: drop the last run's models
+        _CACHE["token"] = task.run_token
+    fns = _CACHE.get(key)
+    if fns is None:
+        fns = _CACHE[key] = [_StageFn(st, p) for st, p in zip(task.stages, payloads)]
+    return fns
+
+
+def run_segment(task: SegmentTask, block: Any, *payloads: Any) -> Any:
+    """A segment over one shard: read it (first segment) or take the block the previous segment
+    made, run each stage, and return the ShardResult (last segment) or (BlockMeta, block)."""
+    start = time.perf_counter()
+    fns = _stage_fns(task, payloads)
+    return process(task, fns, block, start)
+
+
+def process(task: SegmentTask, fns: list, block: Any, start: float) -> Any:
+    from connectors import iter_batches
+
+    stats = {st.name: [0, 0, 0.0] for st in task.stages}
+    bad: list[pa.Table] = []
+    errors: list[str] = []
+    outs: list = []
+    if task.read is not None:
+        batches = iter_batches(task.shard, **task.read)
+        offset = rows_in = 0
+        for rb in batches:
+            if isinstance(rb, pa.Table):
+                rb = pa.Table.from_batches(rb.combine_chunks().to_batches()) if rb.num_rows else rb
+            else:
+                rb = pa.Table.from_batches([rb])
+            rows_in += rb.num_rows
+            outs.append(_chain(task, fns, rb, offset, stats, bad, errors))
+            offset += rb.num_rows
+    else:
+        rows_in = block_rows(block)
+        outs.append(_chain(task, fns, block, 0, stats, bad, errors))
+    out = concat_blocks([o for o in outs if o is not None and block_rows(o)] or [o for o in outs if o is not None][:1])
+    quarantine = pa.concat_tables(bad, promote_options="permissive") if bad else None
+    seconds = time.perf_counter() - start
+    if not task.last:
+        meta = BlockMeta(task.shard.index, rows_in, block_rows(out), quarantine,
+                         errors[0] if errors else "", stats, seconds, os.getpid())
+        return meta, out
+    table = block_table(out) if outs else pa.table({})
+    sums = column_sums(table)
+    staged = task.stager.write(task.shard.index, table) if task.stager is not None else None
+    return ShardResult(index=task.shard.index, table=None if staged else table, staged=staged,
+                       rows_out=table.num_rows, quarantine=quarantine, rows_in=rows_in,
+                       rows_quarantined=quarantine.num_rows if quarantine is not None else 0,
+                       sums=sums, seconds=seconds, pid=os.getpid(),
+                       first_error=errors[0] if errors else "", stage_stats=stats)
+
+
+def _chain(task: SegmentTask, fns: list, block: Any, offset: int, stats: dict, bad: list,
+           errors: list) -> Any:
+    """One block through every stage of the segment, each in its own batch size."""
+    for fn in fns:
+        st = fn.stage
+        t0 = time.perf_counter()
+        n = block_rows(block)
+        size = st.batch_size or n or 1
+        parts = []
+        for lo in range(0, max(n, 1), size):
+            chunk = slice_block(block, lo, min(n, lo + size)) if n > size else block
+            parts.append(_stage_batch(task, fn, chunk, offset + lo if st is task.stages[0] else lo, bad, errors))
+        parts = [p for p in parts if p is not None]
+        block = concat_blocks(parts) if parts else None
+        s = stats[st.name]
+        s[0] += n
+        s[1] += block_rows(block) if block is not None else 0
+        s[2] += time.perf_counter() - t0
+        if block is None:
+            return None
+    return block
+
+
+def _stage_batch(task: SegmentTask, fn: _StageFn, chunk: Any, offset: int, bad: list, errors: list) -> Any:
+    try:
+        return _call_stage(fn, chunk)
+    except Exception as exc:
+        st = fn.stage
+        rows = block_rows(chunk)
+        if task.on_error != "quarantine":
+            where = f"stage {st.name}: " if not st.shorthand else ""
+            raise PredictError(f"{where}rows {offset}-{offset + rows - 1}: {_describe(exc)}", task.shard.index) from exc
+        good, failed = _bisect_stage(fn, chunk, exc)
+        if failed:
+            errors.append(failed[0][1])
+            q = take_rows(chunk, [r for r, _ in failed])
+            n = len(failed)
+            q = q.append_column("_error", pa.array([e for _, e in failed], pa.string()))
+            q = q.append_column("_stage", pa.array([st.name] * n, pa.string()))
+            q = q.append_column("_shard", pa.array([task.shard.index] * n, pa.int64()))
+            q = q.append_column("_path", pa.array([task.shard.path] * n, pa.string()))
+            bad.append(q.append_column("_row", pa.array([offset + r for r, _ in failed], pa.int64())))
+        return concat_blocks(good) if good else None
+
+
+def _call_stage(fn: _StageFn, chunk: Any) -> Any:
+    st = fn.stage
+    if st.shorthand:
+        table = chunk if isinstance(chunk, pa.Table) else block_table(chunk)
+        batch = to_format(table, st.batch_format)
+    else:
+        batch = block_format(chunk, st.batch_format)
+    if st.batch_format == "torch":
+        import torch
+
+        with torch.inference_mode():
+            output = call_with_timeout(fn, batch, st.timeout)
+    else:
+        output = call_with_timeout(fn, batch, st.timeout)
+    if st.shorthand:
+        rows = block_rows(chunk)
+        out = to_table(output, rows, st.output_column)
+        return add_columns(out, table, list(st.keep_columns))
+    return as_block(output, "prediction")
+
+
+def _bisect_stage(fn: _StageFn, chunk: Any, exc: BaseException, base: int = 0) -> tuple[list, list]:
+    """As _bisect, for a stage: halves until the failing rows are alone; timeouts not split."""
+    n = block_rows(chunk)
+    if n <= 1 or isinstance(exc, BatchTimeoutError):
+        text = _describe(exc)
+        return [], [(base + j, text) for j in range(n)]
+    mid = n // 2
+    good: list = []
+    failed: list = []
+    for lo, hi in ((0, mid), (mid, n)):
+        part = slice_block(chunk, lo, hi)
+        try:
+            good.append(_call_stage(fn, part))
+        except Exception as part_exc:
+            g, f = _bisect_stage(fn, part, part_exc, base + lo)
+            good += g
+            failed += f
+    return good, failed
+
+
+class StageActor:
+    """An actor of a pool: builds the stage once (its constructor runs here, with the model the
+    driver put, zero-copy), then runs blocks through it."""
+
+    def __init__(self, stage: Any, payload: Any, run_token: str, devices: list | None = None):
+        if devices is not None:
+            # Set for the actor's whole life: the model may touch the device at any call.
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
+        self.stage = stage
+        self.fn = _StageFn(stage, payload)
+
+    def ready(self) -> dict:
+        return {"pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+    def run(self, task: SegmentTask, block: Any) -> Any:
+        return process(task, [self.fn], block, time.perf_counter())

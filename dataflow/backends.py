@@ -39,8 +39,10 @@ class CoreBackend:
 
     name = "core"
 
-    def __init__(self, *, num_cpus=None, object_store_memory=None, spill=None, address=None):
-        self.init_kwargs = {k: v for k, v in dict(num_cpus=num_cpus, object_store_memory=object_store_memory,
+    def __init__(self, *, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
+                 spill=None, address=None):
+        self.init_kwargs = {k: v for k, v in dict(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None,
+                                                  object_store_memory=object_store_memory,
                                                   spill=spill, address=address).items() if v is not None}
         self.owns_session = False
         self._remote: dict[Callable, Any] = {}
@@ -81,14 +83,53 @@ class CoreBackend:
         for _ in range(self.workers()):
             self._warming.append(self.submit(import_modules, modules))
 
-    def submit(self, fn: Callable, *args: Any) -> Any:
+    def resources(self) -> dict:
+        """The session's total resources ({"CPU": 2.0, "GPU": 0.0, ...})."""
         import core
 
-        remote = self._remote.get(fn)
+        try:
+            return {k: float(v) for k, v in core.cluster_resources().items()}
+        except Exception:  # noqa: BLE001 - a backend without it: what was asked for
+            return {"CPU": float(self.init_kwargs.get("num_cpus") or 1)}
+
+    def submit(self, fn: Callable, *args: Any, options: dict | None = None) -> Any:
+        """`fn(*args)` as a task; `options` are core's (num_cpus, num_gpus, resources,
+        num_returns): with num_returns=2 the result is a list of two handles."""
+        import core
+
+        key = (fn, tuple(sorted((k, repr(v)) for k, v in (options or {}).items())))
+        remote = self._remote.get(key)
         if remote is None:
             # Retries are the executor's (it counts and reports them), so core does none.
-            remote = self._remote[fn] = core.remote(num_cpus=1, max_retries=0, retry_exceptions=False)(fn)
+            opts = {"num_cpus": 1, **(options or {})}
+            remote = self._remote[key] = core.remote(max_retries=0, retry_exceptions=False, **opts)(fn)
         return remote.remote(*args)
+
+    def start_actor(self, cls: type, args: tuple, options: dict) -> Any:
+        """An actor of `cls` (core's: its own process, restarted by core if it dies)."""
+        import core
+
+        key = (cls, "actor")
+        actor_class = self._remote.get(key)
+        if actor_class is None:
+            actor_class = self._remote[key] = core.remote(cls)
+        return actor_class.options(**options).remote(*args)
+
+    def call(self, actor: Any, method: str, *args: Any, num_returns: int = 1) -> Any:
+        m = getattr(actor, method)
+        return (m.options(num_returns=num_returns) if num_returns != 1 else m).remote(*args)
+
+    def as_arg(self, handle: Any) -> Any:
+        """A result handle as another task's argument (a ref: resolved in the worker, zero-copy)."""
+        return handle
+
+    def kill(self, actor: Any) -> None:
+        import core
+
+        try:
+            core.kill(actor)
+        except Exception:  # noqa: BLE001 - already dead
+            pass
 
     def wait(self, handles: list, timeout: float) -> list:
         import core
@@ -153,11 +194,34 @@ class InlineBackend:
     def put(self, value: Any) -> Any:
         return value
 
-    def submit(self, fn: Callable, *args: Any) -> _Done:
+    def resources(self) -> dict:
+        return {"CPU": 1.0}
+
+    def submit(self, fn: Callable, *args: Any, options: dict | None = None) -> Any:
         try:
-            return _Done(value=fn(*args))
+            value = fn(*args)
         except Exception as exc:
+            n = (options or {}).get("num_returns", 1)
+            return _Done(error=exc) if n == 1 else [_Done(error=exc) for _ in range(n)]
+        n = (options or {}).get("num_returns", 1)
+        return _Done(value=value) if n == 1 else [_Done(value=v) for v in value]
+
+    def start_actor(self, cls: type, args: tuple, options: dict) -> Any:
+        try:
+            return cls(*args)
+        except Exception as exc:  # every call then fails with the constructor's error
             return _Done(error=exc)
+
+    def call(self, actor: Any, method: str, *args: Any, num_returns: int = 1) -> Any:
+        if isinstance(actor, _Done):
+            return actor if num_returns == 1 else [actor] * num_returns
+        return self.submit(getattr(actor, method), *args, options={"num_returns": num_returns})
+
+    def as_arg(self, handle: Any) -> Any:
+        return None if handle is None else self.result(handle)
+
+    def kill(self, actor: Any) -> None:
+        pass
 
     def wait(self, handles: list, timeout: float) -> list:
         return list(handles)[:1]

@@ -121,3 +121,123 @@ def column_sums(table: pa.Table) -> dict[str, float]:
             s = pc.sum(col.cast(pa.int64()) if pa.types.is_boolean(t) else col).as_py()
             sums[name] = s if s is not None else 0
     return sums
+
+
+# ---------------------------------------------------------------------------------------------
+# blocks between stages
+#
+# A block is what one stage hands the next: an Arrow table, or a dict of numpy arrays (what a
+# numpy or torch stage returns). A dict of arrays crosses the object store as out-of-band
+# buffers (pickle 5), so N-d arrays (decoded images, embeddings) arrive zero-copy, read-only,
+# with no per-row Python objects. Only the sink turns an N-d column into Arrow: a fixed-shape
+# tensor column (`arrow.fixed_shape_tensor`), which Parquet keeps and reads back as such.
+
+Block = Any  # pa.Table | dict[str, np.ndarray]
+
+
+def as_block(output: Any, name: str = "prediction") -> Block:
+    """A stage's output as a block: dicts of arrays and tensors stay arrays (no copy), the rest
+    becomes an Arrow table."""
+    if isinstance(output, dict):
+        cols = {str(k): _as_array(v) for k, v in output.items()}
+        if all(isinstance(v, np.ndarray) for v in cols.values()):
+            _same_length(cols)
+            return cols
+        return pa.table({k: v if not isinstance(v, np.ndarray) or v.ndim == 1 else tensor_column(v)
+                         for k, v in cols.items()})
+    if isinstance(output, np.ndarray) or type(output).__module__.split(".")[0] == "torch":
+        return {name: _as_array(output)}
+    return _as_table(output, name)
+
+
+def _as_array(v: Any) -> Any:
+    if type(v).__module__.split(".")[0] == "torch":
+        return v.detach().cpu().numpy()
+    if isinstance(v, list):
+        return np.asarray(v)
+    return v
+
+
+def _same_length(cols: dict) -> None:
+    lengths = {k: len(v) for k, v in cols.items()}
+    if len(set(lengths.values())) > 1:
+        raise PredictError(f"the batch returned has columns of different lengths: {lengths}")
+
+
+def block_rows(block: Block) -> int:
+    if isinstance(block, dict):
+        return len(next(iter(block.values()))) if block else 0
+    return block.num_rows
+
+
+def slice_block(block: Block, start: int, stop: int) -> Block:
+    if isinstance(block, dict):
+        return {k: v[start:stop] for k, v in block.items()}
+    return block.slice(start, stop - start)
+
+
+def take_rows(block: Block, rows: list[int]) -> pa.Table:
+    """Rows of a block, as an Arrow table (for the quarantine)."""
+    idx = np.asarray(rows, dtype=np.int64)
+    if isinstance(block, dict):
+        return block_table({k: v[idx] for k, v in block.items()})
+    return block.take(pa.array(idx))
+
+
+def concat_blocks(blocks: list[Block]) -> Block:
+    if not blocks:
+        return pa.table({})
+    if len(blocks) == 1:
+        return blocks[0]
+    if all(isinstance(b, dict) for b in blocks) and len({tuple(b) for b in blocks}) == 1:
+        return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+    tables = [block_table(b) for b in blocks]
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def tensor_column(arr: np.ndarray) -> pa.Array:
+    """An N-d array (N rows of shape ...) as an Arrow fixed-shape tensor column."""
+    return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(arr))
+
+
+def block_table(block: Block) -> pa.Table:
+    """A block as an Arrow table (what a sink writes): N-d columns become fixed-shape tensors."""
+    if not isinstance(block, dict):
+        return block
+    cols = {}
+    for k, v in block.items():
+        if isinstance(v, np.ndarray) and v.ndim > 1:
+            cols[k] = tensor_column(v)
+        else:
+            cols[k] = v
+    return pa.table(cols)
+
+
+def block_format(block: Block, fmt: str) -> Any:
+    """A block in a stage's batch format (pandas, pyarrow, numpy, torch)."""
+    if isinstance(block, dict):
+        if fmt == "numpy":
+            return block
+        if fmt == "torch":
+            import torch
+
+            # torch warns on read-only memory (the store's) and may write through views: copy.
+            return {k: torch.from_numpy(v if v.flags.writeable else v.copy()) for k, v in block.items()}
+        table = block_table(block)
+        return to_format(table, fmt)
+    if fmt == "numpy":
+        return {name: _tensor_or_numpy(block.column(i), name) for i, name in enumerate(block.schema.names)}
+    if fmt == "torch":
+        import torch
+
+        arrays = block_format(block, "numpy")
+        return {k: torch.from_numpy(v if v.flags.writeable else v.copy()) for k, v in arrays.items()}
+    return to_format(block, fmt)
+
+
+def _tensor_or_numpy(col: Any, name: str) -> np.ndarray:
+    if isinstance(col.type, pa.FixedShapeTensorType):
+        chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+        arrays = [c.to_numpy_ndarray() for c in chunks]
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    return _to_numpy(col, name)

@@ -78,7 +78,10 @@ def _validate(pipe, args) -> int:
     if args.json:
         print(json.dumps({"valid": True, "name": s.name, "pipeline": args.pipeline}))
     else:
-        model = s.model.factory or s.model.path or s.model.setup
+        if s.stages:
+            model = " -> ".join(st.name for st in s.stages)
+        else:
+            model = s.model.factory or s.model.path or s.model.setup
         print(f"{args.pipeline}: ok ({s.name}: {_src(s)} -> {model} -> "
               f"{_redact(s.sink.uri) if s.sink else 'no sink'})", file=sys.stderr)
     return EXIT_OK

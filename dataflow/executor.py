@@ -110,7 +110,7 @@ def task_deadline(timeout: float | None, num_rows: int, batch_size: int, quarant
 
 @dataclass
 class Executor:
-    """Runs `fn(make_args(shard), model_ref)` for every shard on `backend`, yielding events."""
+    """Runs `fn(make_args(shard), model_ref, *shared)` for every shard on `backend`, yielding events."""
 
     backend: Any
     fn: Callable
@@ -121,6 +121,8 @@ class Executor:
     fail_fast: bool
     deadline_for: Callable[[Any], float | None] = lambda shard: None
     poll: float = 0.5
+    shared: tuple = ()              # more arguments after model_ref (each stage's payload ref)
+    options: dict | None = None     # the task's resources (num_cpus, num_gpus, resources)
 
     def run(self, shards: list) -> Iterator[Event]:
         state = RunState(queue=deque(shards), max_in_flight=self.max_in_flight, max_retries=self.max_retries)
@@ -149,7 +151,8 @@ class Executor:
 
     def _submit(self, state: RunState, shard: Any) -> None:
         state.attempts[shard.index] = state.attempts.get(shard.index, 0) + 1
-        handle = self.backend.submit(self.fn, self.make_args(shard), self.model_ref)
+        args = (self.fn, self.make_args(shard), self.model_ref, *self.shared)
+        handle = self.backend.submit(*args, options=self.options) if self.options else self.backend.submit(*args)
         limit = self.deadline_for(shard)
         state.in_flight[handle] = _InFlight(shard, state.attempts[shard.index],
                                             time.monotonic() + limit if limit else None)

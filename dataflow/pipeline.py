@@ -39,9 +39,10 @@ class Pipeline:
 
     def __init__(self, source: Any = None, model: Any = None, predict: Any = None, sink: Any = None,
                  runtime: Any = None, *, name: str | None = None, report: str | None = None,
-                 spec: spec_mod.PipelineSpec | None = None):
+                 stages: list | None = None, spec: spec_mod.PipelineSpec | None = None):
         self.spec = spec if spec is not None else spec_mod.from_python(
-            source=source, model=model, predict=predict, sink=sink, runtime=runtime, name=name, report=report)
+            source=source, model=model, predict=predict, sink=sink, runtime=runtime, name=name, report=report,
+            stages=stages)
         self.last_summary: Summary | None = None
 
     @classmethod
@@ -63,7 +64,20 @@ class Pipeline:
         src, pred = self.spec.source, self.spec.predict
         if src.columns is None:
             return None
-        return list(dict.fromkeys(list(src.columns) + list(pred.keep_columns)))
+        keep = pred.keep_columns if not self.spec.stages else []
+        return list(dict.fromkeys(list(src.columns) + list(keep)))
+
+    def stages(self) -> list:
+        """The plan: one `plan.Stage` per step (the shorthand is one stage)."""
+        from .plan import compile_stages
+
+        return compile_stages(self.spec)
+
+    def segments(self) -> list:
+        """The plan's stages grouped as they run: fused task stages, and actor pools."""
+        from .plan import segments
+
+        return segments(self.stages(), fuse=self.spec.runtime.fuse)
 
     def prepare_source(self, progress: Progress | None = None) -> None:
         """Run `source.generate` when the (local) source path does not exist yet."""
@@ -149,6 +163,8 @@ class Pipeline:
                             with contextlib.closing(self._execute(todo, model_ref, backend, token, stager)) as events:
                                 for event in events:
                                     self._record(event, summary, progress, sink)
+                            summary.stages = self._stage_report()
+                            progress.stages(summary.stages)
                     finally:
                         sink.close()
                 except KeyboardInterrupt:
@@ -219,8 +235,9 @@ class Pipeline:
         from .backends import make_backend
 
         rt = self.spec.runtime
-        backend = make_backend(rt.backend, num_cpus=rt.num_cpus, object_store_memory=rt.object_store_memory,
-                               spill=rt.spill, address=rt.address)
+        backend = make_backend(rt.backend, num_cpus=rt.num_cpus, num_gpus=rt.num_gpus,
+                               resources=dict(rt.resources) or None,
+                               object_store_memory=rt.object_store_memory, spill=rt.spill, address=rt.address)
         backend.start(self._worker_modules())
         try:
             yield backend
@@ -230,19 +247,29 @@ class Pipeline:
     def _worker_modules(self) -> list[str]:
         from .backends import TASK_MODULES
 
+        from .plan import model_specs
+
         s = self.spec
         mods = list(TASK_MODULES)
-        for ref in (s.model.factory, s.model.setup, s.predict.fn):
-            if isinstance(ref, str):
-                mods.append(ref.partition(":")[0])
-        if s.model.instance is not None:
-            mods.append(type(s.model.instance).__module__)
-        if s.predict.batch_format == "pandas":
-            mods.append("pandas")
+        stages = self.stages()
+        for m in model_specs(s):
+            if m is None:
+                continue
+            for ref in (m.factory, m.setup):
+                if isinstance(ref, str):
+                    mods.append(ref.partition(":")[0])
+            if m.instance is not None:
+                mods.append(type(m.instance).__module__)
+        for st in stages:
+            if isinstance(st.fn, str):
+                mods.append(st.fn.partition(":")[0])
+            if st.batch_format == "pandas":
+                mods.append("pandas")
         if s.sink is not None and not _is_local(s.sink.uri):  # workers write their parts there
             mods += ["fsspec", "s3fs"] if s.sink.uri.startswith(("s3://", "s3a://")) else ["fsspec"]
-        if s.predict.batch_format == "torch" or s.model.format in ("torch", "torchscript") or (
-                s.model.path or "").endswith((".pt", ".pth")):
+        if any(st.batch_format == "torch" for st in stages) or any(
+                m is not None and (m.format in ("torch", "torchscript") or (m.path or "").endswith((".pt", ".pth")))
+                for m in model_specs(s)):
             mods.append("torch")
         return list(dict.fromkeys(mods))
 
@@ -257,10 +284,12 @@ class Pipeline:
             return planned.result(), model_ref
 
     def _put_model(self, backend: Any) -> Any:
-        """Build or read the model, and put it once."""
+        """Build or read the model, and put it once (with stages: each stage's Payload, a list)."""
         from .models import PerWorker, check_picklable, load_model
 
         s = self.spec
+        if s.stages:
+            return self._put_payloads(backend)
         source = load_model(s.model)
         payload = source if isinstance(source, PerWorker) else source.value
         del source
@@ -276,8 +305,143 @@ class Pipeline:
             check_picklable(payload, "model")  # raises, naming the captured object
             raise
 
+    def _put_payloads(self, backend: Any) -> list:
+        """Each stage's model (built once, here) and arguments, put once: every task and actor
+        of the stage maps the same bytes (one copy of the weights however many actors)."""
+        from .models import PerWorker, check_picklable, load_model
+        from .plan import Payload, model_specs, payload_args
+
+        refs = []
+        for st, mspec, args in zip(self.spec.stages, model_specs(self.spec), payload_args(self.spec)):
+            model = None
+            if mspec is not None:
+                source = load_model(mspec)
+                model = source if isinstance(source, PerWorker) else source.value
+                del source
+            payload = Payload(model=model, **args)
+            del model
+            if not isinstance(st.fn, str):
+                check_picklable(st.fn, f"stage {st.name} fn")
+            if backend.name == "inline":
+                check_picklable(payload, f"stage {st.name} model and arguments")
+            try:
+                refs.append(backend.put(payload))
+            except Exception:
+                check_picklable(payload, f"stage {st.name} model and arguments")
+                raise
+            del payload
+        return refs
+
+    def _stage_report(self) -> list[dict]:
+        ex = getattr(self, "_stream", None)
+        if ex is not None:
+            return ex.stage_report()
+        return list(getattr(self, "_single_report", []))
+
     def _execute(self, shards: list, model_ref: Any, backend: Any, token: str,
                  stager: Any = None) -> Iterator[Any]:
+        if self.spec.stages:
+            yield from self._execute_stages(shards, model_ref, backend, token, stager)
+            return
+        yield from self._execute_shorthand(shards, model_ref, backend, token, stager)
+
+    def _execute_stages(self, shards: list, payload_refs: list, backend: Any, token: str,
+                        stager: Any = None) -> Iterator[Any]:
+        """Stages: one task per shard when every stage fuses, else the streaming executor."""
+        from ._task import SegmentTask, run_segment
+        from .executor import Executor, default_max_in_flight
+        from .plan import actor_cpus, pool_bounds
+        from .streaming import StreamExecutor
+
+        s = self.spec
+        rt, src = s.runtime, s.source
+        segs = self.segments()
+        self._stream = None
+        self._check_session(backend)
+        read = dict(batch_size=segs[0].head.batch_size or s.predict.batch_size, columns=self.read_columns,
+                    filters=_filters(src.filters), storage_options=dict(src.storage_options))
+        by_stage = {st.name: ref for st, ref in zip(s.stages, payload_refs)}
+        seg_payloads = [[by_stage[st.name] for st in seg.stages] for seg in segs]
+
+        def make_task(shard, seg):
+            last = seg.index == len(segs) - 1
+            return SegmentTask(run_token=token, shard=shard, stages=seg.stages, on_error=rt.on_error,
+                               read=read if seg.index == 0 else None, last=last,
+                               stager=stager if last else None)
+
+        workers = backend.workers()
+        max_in_flight = rt.max_in_flight or default_max_in_flight(workers)
+        if len(segs) == 1 and segs[0].kind == "tasks":
+            seg = segs[0]
+            if isinstance(seg.head.concurrency, int):
+                max_in_flight = seg.head.concurrency
+            from .streaming import _task_options
+
+            executor = Executor(backend=backend, fn=run_segment, options=_task_options(seg), make_args=lambda sh: make_task(sh, seg),
+                                model_ref=None, shared=tuple(seg_payloads[0]), max_in_flight=max_in_flight,
+                                max_retries=rt.max_retries, fail_fast=rt.on_error == "fail")
+            stats = {st.name: [0, 0, 0.0] for st in seg.stages}
+            pids: set = set()
+            with contextlib.closing(executor.run(shards)) as events:
+                for event in events:
+                    r = getattr(event, "result", None)
+                    if r is not None:
+                        pids.add(r.pid)
+                        for name, v in r.stage_stats.items():
+                            stats[name] = [a + b for a, b in zip(stats[name], v)]
+                    yield event
+            self._single_report = [
+                {"name": st.name, "kind": "tasks", "segment": 0, "fused_with": [x.name for x in seg.stages if x is not st],
+                 "rows_in": stats[st.name][0], "rows_out": stats[st.name][1], "blocks": len(shards),
+                 "busy_seconds": round(stats[st.name][2], 3), "actors": 0, "workers": len(pids),
+                 "backpressure": False} for st in seg.stages]
+            return
+        total = backend.resources()
+        has_tasks = any(seg.kind == "tasks" for seg in segs)
+        pools = [seg for seg in segs if seg.kind == "pool"]
+        reserved = {}
+        used = 0.0
+        for seg in pools:
+            hi = pool_bounds(seg.head, workers)[1]
+            reserved[seg.index] = actor_cpus(seg.head, hi, total.get("CPU", 1.0), used, has_tasks)
+            used += reserved[seg.index] * hi
+
+        def pool_options(seg):
+            st = seg.head
+            opts: dict = {"num_cpus": reserved.get(seg.index, 0.0)}
+            if st.num_gpus:
+                opts["num_gpus"] = st.num_gpus
+            if st.resources:
+                opts["resources"] = dict(st.resources)
+            return opts
+
+        self._stream = StreamExecutor(
+            backend=backend, segments=segs, payloads=seg_payloads, make_task=make_task,
+            max_in_flight=max_in_flight, max_retries=rt.max_retries, fail_fast=rt.on_error == "fail",
+            run_token=token, pool_options=pool_options, total_gpus=int(total.get("GPU", 0)), workers=workers)
+        with contextlib.closing(self._stream.run(shards)) as events:
+            yield from events
+
+    def _check_session(self, backend: Any) -> None:
+        """Stages asking for what the running session can never have (a session started
+        elsewhere, or a cluster): the same one-line errors as the spec's."""
+        from .exceptions import SpecIssue
+
+        if backend.name == "inline":
+            return
+        have = backend.resources()
+        issues = []
+        for i, st in enumerate(self.spec.stages):
+            for key, res, amount in (("num_cpus", "CPU", st.num_cpus), ("num_gpus", "GPU", st.num_gpus),
+                                     *(("resources." + k, k, v) for k, v in st.resources.items())):
+                if amount and amount > have.get(res, 0):
+                    issues.append(SpecIssue(f"asks for {amount:g} {res} per task or actor; the session has "
+                                            f"{have.get(res, 0):g}", f"stages[{i}].{key}"))
+        if issues:
+            raise SpecError(issues)
+
+    def _execute_shorthand(self, shards: list, model_ref: Any, backend: Any, token: str,
+                           stager: Any = None) -> Iterator[Any]:
         from ._task import ShardTask, run_shard
         from .executor import Executor, default_max_in_flight, task_deadline
 

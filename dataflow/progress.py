@@ -64,6 +64,16 @@ class Progress:
     def shard_failed(self, index: int, attempts: int, error: str) -> None:
         self.line(f"shard {index} FAILED after {attempts} attempts: {error}")
 
+    def stages(self, stages: list[dict]) -> None:
+        """Per-stage lines at the end of a run (--verbose)."""
+        if not self.verbose or not stages:
+            return
+        from .summary import Summary, stage_line
+
+        bottleneck = Summary("", "done", stages=stages).bottleneck
+        for st in stages:
+            self.line(f"stage {st['name']}: {stage_line(st, bottleneck)}")
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()

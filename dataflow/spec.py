@@ -22,7 +22,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Callable, Iterator, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
@@ -206,6 +206,81 @@ class _AnyKey(dict):
         return 0
 
 
+def _stage_fn(value: Any) -> Any:
+    """A stage's `fn`: a function (runs as tasks) or a class (an actor pool), by `module:name`
+    or, from Python, the object itself."""
+    target = value
+    if isinstance(value, str):
+        if not _REF.match(value):
+            raise _fail("ref", 'must be "package.module:function" or "package.module:Class"', value)
+        try:
+            target = resolve_ref(value)
+        except ValueError as exc:
+            raise PydanticCustomError("ref_import", "{why}", {"why": str(exc)}) from None
+    if isinstance(target, type):
+        if not callable(getattr(target, "__call__", None)) or target.__call__ is type.__call__:
+            raise PydanticCustomError("stage_class", "class {ref} has no __call__(self, batch): an actor "
+                                      "pool calls each actor with a batch", {"ref": show(value)})
+        return value
+    if not callable(target):
+        raise PydanticCustomError("stage_fn", "must be a function (runs as tasks) or a class (runs as "
+                                  "an actor pool); {ref} is a {kind}",
+                                  {"ref": show(value), "kind": type(target).__name__})
+    return value
+
+
+def _concurrency(value: Any) -> int | tuple[int, int] | None:
+    """An int (actors in the pool, or tasks in flight) or [min, max] (a pool that grows and shrinks)."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        lo, hi = value
+        if lo > hi:
+            raise PydanticCustomError("concurrency_range", "[min, max] with min ({lo}) > max ({hi}); "
+                                      "write [{hi}, {lo}]", {"lo": lo, "hi": hi})
+        return (lo, hi)
+    raise _fail("concurrency", "must be a positive integer or [min, max] of positive integers", value)
+
+
+def _amount(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise _fail("amount", "must be a number >= 0", value)
+    return value
+
+
+def _resources(value: Any) -> dict:
+    value = _mapping(value)
+    for k, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise PydanticCustomError("resources", "resource {name} must be a number >= 0, got {got}",
+                                      {"name": k, "got": show(v)})
+        if k in ("CPU", "GPU"):
+            raise PydanticCustomError("resources", "use num_cpus / num_gpus for {name}, not resources",
+                                      {"name": k})
+    return value
+
+
+def _arg_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, tuple):
+        return list(value)
+    if not isinstance(value, list):
+        raise _fail("args", "must be a list of positional arguments", value)
+    return value
+
+
+Amount = Annotated[float | None, BeforeValidator(_amount)]
+Resources = Annotated[dict[str, float], BeforeValidator(_resources)]
+ArgList = Annotated[list, BeforeValidator(_arg_list)]
+STAGE_BATCH_FORMATS = ("numpy", "pandas", "pyarrow", "torch")
+
+
 PositiveInt = Annotated[int, BeforeValidator(_positive_int)]
 NonNegativeInt = Annotated[int, BeforeValidator(_non_negative_int)]
 Str = Annotated[str, BeforeValidator(_string)]
@@ -315,21 +390,50 @@ class SinkSpec(_Spec):
 
 class RuntimeSpec(_Spec):
     num_cpus: PositiveInt | None = None
+    num_gpus: Amount = None              # declared to the session (core.init(num_gpus=...))
+    resources: Resources = {}            # custom resources declared to the session
     object_store_memory: Size | None = None
     spill: Str | None = None
     address: Str | None = None
     max_in_flight: PositiveInt | None = None
     max_retries: NonNegativeInt = 3
     on_error: Annotated[str, BeforeValidator(_choice(*ON_ERROR))] = "fail"
+    # Consecutive stateless stages with the same resources run as one task per shard (false: one
+    # task per stage, blocks through the object store between them; for comparing).
+    fuse: bool = True
     # "inline" runs every shard in the driver, one at a time: for debugging (pdb, prints).
     backend: Annotated[str, BeforeValidator(_choice("core", "inline"))] = "core"
+
+
+class StageSpec(_Spec):
+    """One step of a multi-stage pipeline (Ray Data's `map_batches`): `fn` is a function, run as
+    tasks (`fn(batch, *fn_args, **fn_kwargs)`, or `fn(model, batch, ...)` with a `model`), or a
+    class, run as an actor pool (built once per actor as `cls([model,] *fn_constructor_args,
+    **fn_constructor_kwargs)`, then called `obj(batch, *fn_args, **fn_kwargs)`)."""
+
+    name: Str
+    fn: Annotated[Any, BeforeValidator(_stage_fn)]
+    model: ModelSpec | None = None
+    fn_args: ArgList = []
+    fn_kwargs: Mapping = {}
+    fn_constructor_args: ArgList = []
+    fn_constructor_kwargs: Mapping = {}
+    batch_size: PositiveInt | None = None
+    batch_format: Annotated[str, BeforeValidator(_choice(*STAGE_BATCH_FORMATS))] = "numpy"
+    concurrency: Annotated[Any, BeforeValidator(_concurrency)] = None
+    num_cpus: Amount = None
+    num_gpus: Amount = None
+    resources: Resources = {}
+    timeout: Duration | None = None
 
 
 class PipelineSpec(_Spec):
     name: Str = "pipeline"
     source: SourceSpec
-    model: ModelSpec
+    # `model` + `predict` is the one-stage shorthand of `stages` (exactly one of the two is given).
+    model: ModelSpec | None = None
     predict: PredictSpec = PredictSpec()
+    stages: list[StageSpec] | None = None
     sink: SinkSpec | None = None
     runtime: RuntimeSpec = RuntimeSpec()
     # One line per shard in the --verbose listing, formatted with {shard}, {rows} and {sum[column]}.
@@ -586,17 +690,75 @@ def validate(data: Any, positions: Positions | None = None) -> PipelineSpec:
         raise SpecError([SpecIssue(f"a pipeline must be a mapping with source, model, predict, sink "
                                    f"and runtime, got {show(data)}", "", mark.origin if mark else None,
                                    1 if mark and mark.origin and positions.marks is not None else None)])
+    found: list[tuple[Path, str]] = []
+    spec = None
     try:
-        return PipelineSpec.model_validate(data)
+        spec = PipelineSpec.model_validate(data)
     except ValidationError as exc:
-        issues = []
-        for err in exc.errors(include_url=False):
-            loc, message = _translate(err)
-            mark = positions.locate(loc)
-            issues.append(SpecIssue(message, dotted(loc), mark.origin if mark else None,
-                                    mark.line if mark else None, mark.column if mark else None))
-        issues.sort(key=lambda i: (i.line or 0, i.column or 0))
-        raise SpecError(issues) from None
+        found += [_translate(err) for err in exc.errors(include_url=False)]
+    found += _shape_problems(data)
+    if spec is not None and not found:
+        found += list(_infeasible(spec))
+    if not found:
+        return spec
+    issues = []
+    for loc, message in found:
+        mark = positions.locate(loc)
+        issues.append(SpecIssue(message, dotted(loc), mark.origin if mark else None,
+                                mark.line if mark else None, mark.column if mark else None))
+    issues.sort(key=lambda i: (i.line or 0, i.column or 0))
+    raise SpecError(issues) from None
+
+
+def _shape_problems(data: dict) -> Iterator[tuple[Path, str]]:
+    """What no single field can see: model/predict vs stages, and duplicate stage names."""
+    stages = data.get("stages")
+    if "model" not in data and stages is None:
+        yield ("model",), "is required (or list the steps under stages:)"
+    if stages is not None and "model" in data:
+        yield ("stages",), ("give either model + predict (the one-stage shorthand) or stages, not both; "
+                            "a stage takes its own model: key")
+    if stages is not None and "predict" in data:
+        yield ("predict",), ("belongs to the model: shorthand; with stages, each stage has its own "
+                             "batch_size, batch_format and timeout")
+    if isinstance(stages, list):
+        if not stages:
+            yield ("stages",), "must list at least one stage"
+        seen: dict[str, int] = {}
+        for i, st in enumerate(stages):
+            name = st.get("name") if isinstance(st, dict) else None
+            if isinstance(name, str) and name in seen:
+                yield ("stages", i, "name"), f"duplicate stage name {show(name)} (also stages[{seen[name]}]); names must be unique"
+            elif isinstance(name, str):
+                seen[name] = i
+
+
+def _infeasible(spec: PipelineSpec) -> Iterator[tuple[Path, str]]:
+    """Stages asking for more than the session can ever have (a local session: runtime.num_cpus
+    or this machine's CPUs, runtime.num_gpus, runtime.resources). A cluster (runtime.address)
+    is checked when the run starts."""
+    rt = spec.runtime
+    if rt.address is not None or not spec.stages:
+        return
+    have = session_resources(rt)
+    for i, st in enumerate(spec.stages):
+        asks = {"num_cpus": ("CPU", st.num_cpus), "num_gpus": ("GPU", st.num_gpus)}
+        for key, (res, amount) in asks.items():
+            if amount and amount > have.get(res, 0):
+                yield ("stages", i, key), (f"asks for {amount:g} {res} per task or actor; the session can "
+                                           f"never have it (it has {have.get(res, 0):g}; declare more "
+                                           f"in runtime.{key})")
+        for res, amount in st.resources.items():
+            if amount and amount > have.get(res, 0):
+                yield ("stages", i, "resources", res), (
+                    f"asks for {amount:g} {res}; the session has {have.get(res, 0):g} (declare it in "
+                    f"runtime.resources)")
+
+
+def session_resources(rt: RuntimeSpec) -> dict[str, float]:
+    """What a local session started from this runtime section has."""
+    return {"CPU": float(rt.num_cpus or os.cpu_count() or 1), "GPU": float(rt.num_gpus or 0),
+            **{k: float(v) for k, v in rt.resources.items()}}
 
 
 def load(path: str | os.PathLike, overrides: list[str] | None = None,
@@ -624,7 +786,8 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None,
 
 
 def from_python(source: Any = None, model: Any = None, predict: Any = None, sink: Any = None,
-                runtime: Any = None, name: str | None = None, report: str | None = None) -> PipelineSpec:
+                runtime: Any = None, name: str | None = None, report: str | None = None,
+                stages: list | None = None) -> PipelineSpec:
     """The spec for `Pipeline(source=..., model=..., ...)`: strings and objects are accepted where
     YAML would need a mapping (a URI for source/sink, a model object, a predict function)."""
     data: dict[str, Any] = {}
@@ -639,6 +802,8 @@ def from_python(source: Any = None, model: Any = None, predict: Any = None, sink
         data["model"] = model
     elif model is not None:
         data["model"] = {"instance": model}
+    if stages is not None:
+        data["stages"] = [st.model_dump(exclude_unset=True) if isinstance(st, BaseModel) else st for st in stages]
     if predict is not None:
         data["predict"] = predict if isinstance(predict, (dict, PredictSpec)) else {"fn": predict}
     if sink is not None:

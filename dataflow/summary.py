@@ -37,6 +37,8 @@ class Summary:
     wall_time: float = 0.0
     peak_memory: int = 0                # bytes, sum of PSS over driver + workers
     output: str | None = None
+    # One entry per stage (rows_in, rows_out, blocks, busy_seconds, actors, backpressure, ...).
+    stages: list[dict] = field(default_factory=list)
 
     @property
     def rows_per_second(self) -> float:
@@ -70,6 +72,8 @@ class Summary:
         ]
         if self.output:
             rows.append(("output", self.output))
+        if len(self.stages) > 1 or any(st["kind"] == "pool" for st in self.stages):
+            rows += [(f"stage {st['name']}", stage_line(st, self.bottleneck)) for st in self.stages]
         for f in self.failed:
             rows.append((f"failed shard {f.index}", f"{f.path}: {f.error} (after {f.attempts} attempts)"))
         if self.quarantined_shards:
@@ -77,6 +81,23 @@ class Summary:
                                        f"{(self.output or '').rstrip('/')}/_quarantine/"))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+    @property
+    def bottleneck(self) -> str | None:
+        """The stage with the most busy time per worker: the one the others wait for."""
+        if not self.stages:
+            return None
+        return max(self.stages, key=lambda st: st["busy_seconds"] / max(1, st["workers"]))["name"]
+
+
+def stage_line(st: dict, bottleneck: str | None = None) -> str:
+    """`rows in/out, blocks, busy time, actors` for one stage, and its flags."""
+    who = f"{st['actors']} actors" if st["kind"] == "pool" else f"{st['workers']} workers"
+    fused = f", fused with {', '.join(st['fused_with'])}" if st.get("fused_with") else ""
+    flags = (" [backpressure]" if st.get("backpressure") else "") + (" [bottleneck]" if st["name"] == bottleneck else "")
+    return (f"{st['kind']}: {st['rows_in']:,} rows in, {st['rows_out']:,} out, {st['blocks']} blocks, "
+            f"busy {st['busy_seconds']:.2f} s, {who}{fused}{flags}")
 
 
 def format_bytes(n: float) -> str:

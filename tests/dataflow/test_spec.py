@@ -47,7 +47,7 @@ def load(tmp_path, text: str, overrides=None, env=None):
 def test_every_pipeline_file_validates(path):
     spec = S.load(path, env={})
     assert spec.source.parquet and spec.sink is not None
-    assert spec.model.factory or spec.model.path
+    assert spec.stages or spec.model.factory or spec.model.path
 
 
 def test_pipelines_folder_has_the_three_examples():

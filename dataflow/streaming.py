@@ -1,0 +1,335 @@
+"""The streaming executor: shards through segments of stages, blocks through the object store.
+
+    shards ─► seg 0 (tasks: read + fused stages) ─► block ref ─► seg 1 (actor pool) ─► block ref ─► seg 2 (tasks) ─► ShardDone
+                 ▲ at most max_in_flight each          │ queue (bounded)     ▲ 2 calls per actor      │
+                 └── held back while seg 1's buffer is full (backpressure) ◄─┘                         └─► the part, staged
+
+Each segment returns two objects for every shard but the last: a small `BlockMeta` that the
+driver reads, and the block itself, whose ref the driver hands to the next segment untouched (a
+top-level argument: the worker or actor maps it zero-copy). A shard is done when its last
+segment's result is in; its part (and quarantine) are written by the caller, so resume stays
+exactly-once at shard level and no intermediate block is ever written.
+
+Bounded memory: a segment submits only while it has a free slot (`max_in_flight`) and the next
+segment's buffer (its queue plus what is in flight towards it) is below `buffer`; downstream
+segments are served first, so blocks drain before new ones are made. A fast segment with free
+slots and room downstream never waits for a slow one.
+
+Decisions (`can_submit`, `pick_actor`, `on_failure`, `plan.pool_target`) are pure functions over
+`StreamState`; the loop does the I/O. A failed block is retried in the segment that failed, from
+its input block, up to `max_retries`; a dead actor is restarted by core and its blocks retried.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Literal
+
+from .backends import TaskFailure, describe
+from .exceptions import RunError
+from .executor import ShardDone, ShardFailed, ShardRetry
+from .plan import Segment, gpu_devices, pool_bounds, pool_target
+
+
+@dataclass
+class Item:
+    """One shard on its way through the segments."""
+
+    shard: Any
+    seg: int = 0
+    block: Any = None                 # the input block's ref (None for the first segment)
+    attempts: dict = field(default_factory=dict)  # segment -> attempts started
+    rows_in: int = 0
+    quarantine: list = field(default_factory=list)
+    first_error: str = ""
+
+
+@dataclass
+class Pool:
+    actors: list = field(default_factory=list)      # handles
+    load: dict = field(default_factory=dict)        # id(handle) -> calls in flight
+    ready: dict = field(default_factory=dict)       # ready ref -> handle
+    lo: int = 1
+    hi: int = 1
+    started: int = 0                                # actors started (for device assignment)
+
+
+@dataclass
+class SegState:
+    seg: Segment
+    max_in_flight: int
+    buffer: int                                     # blocks allowed between the previous segment and this one
+    queue: deque = field(default_factory=deque)
+    in_flight: dict = field(default_factory=dict)   # meta handle -> (Item, actor or None)
+    pool: Pool | None = None
+    held_back: int = 0                              # loop turns with work and a slot, but no room downstream
+    blocks: int = 0
+    stats: dict = field(default_factory=dict)       # stage -> [rows_in, rows_out, seconds]
+    pids: set = field(default_factory=set)
+
+    @property
+    def slots(self) -> int:
+        if self.pool is not None:
+            return 2 * len(self.pool.actors)         # one running and one queued per actor
+        return self.max_in_flight
+
+
+@dataclass
+class StreamState:
+    segs: list[SegState]
+    max_retries: int
+    stopped: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.stopped or all(not s.queue and not s.in_flight for s in self.segs)
+
+
+def room_downstream(state: StreamState, k: int) -> bool:
+    """May segment k start one more block? Only if the next segment's buffer has room."""
+    if k + 1 >= len(state.segs):
+        return True
+    nxt = state.segs[k + 1]
+    return len(nxt.queue) + len(nxt.in_flight) + len(state.segs[k].in_flight) < nxt.buffer + nxt.slots
+
+
+def can_submit(state: StreamState, k: int) -> bool:
+    s = state.segs[k]
+    return (not state.stopped and bool(s.queue) and len(s.in_flight) < s.slots
+            and room_downstream(state, k))
+
+
+def pick_actor(pool: Pool) -> Any:
+    """The least loaded live actor (ties: the first started)."""
+    return min(pool.actors, key=lambda a: pool.load.get(id(a), 0))
+
+
+def on_failure(state: StreamState, item: Item) -> Literal["retry", "give_up"]:
+    if not state.stopped and item.attempts.get(item.seg, 0) <= state.max_retries:
+        state.segs[item.seg].queue.appendleft(item)
+        return "retry"
+    return "give_up"
+
+
+@dataclass
+class StreamExecutor:
+    """Runs shards through `segments` on `backend`; yields the executor's events."""
+
+    backend: Any
+    segments: list[Segment]
+    payloads: list                  # per segment: the payload refs of its stages
+    make_task: Any                  # (shard, segment) -> _task.SegmentTask
+    max_in_flight: int
+    max_retries: int
+    fail_fast: bool
+    run_token: str
+    pool_options: Any               # segment -> dict of actor options (num_cpus, num_gpus, resources)
+    total_gpus: int = 0
+    workers: int = 1
+    poll: float = 0.5
+    state: StreamState | None = None
+
+    def run(self, shards: list) -> Iterator[Any]:
+        segs = []
+        for seg in self.segments:
+            cap = self.max_in_flight
+            if seg.kind == "tasks" and isinstance(seg.head.concurrency, int):
+                cap = seg.head.concurrency  # on a function, concurrency bounds its tasks in flight
+            s = SegState(seg, cap, buffer=max(2, cap),
+                         stats={st.name: [0, 0, 0.0] for st in seg.stages})
+            segs.append(s)
+        state = self.state = StreamState(segs, self.max_retries)
+        state.segs[0].queue.extend(Item(sh) for sh in shards)
+        try:
+            for s in state.segs:
+                if s.seg.kind == "pool":
+                    self._start_pool(s)
+            while not state.finished:
+                self._scale_pools(state)
+                for k in reversed(range(len(state.segs))):
+                    self._fill(state, k)
+                handles = [h for s in state.segs for h in s.in_flight]
+                handles += [r for s in state.segs if s.pool for r in s.pool.ready]
+                if not handles:
+                    continue
+                for handle in self.backend.wait(handles, timeout=self.poll):
+                    yield from self._landed(state, handle)
+        finally:
+            for s in state.segs:
+                for handle in list(s.in_flight):
+                    self.backend.cancel(handle)
+                s.in_flight.clear()
+                if s.pool is not None:
+                    for a in s.pool.actors:
+                        self.backend.kill(a)
+                    s.pool.actors.clear()
+
+    # -- pools ------------------------------------------------------------------------------
+    def _start_pool(self, s: SegState) -> None:
+        lo, hi = pool_bounds(s.seg.head, self.workers)
+        s.pool = Pool(lo=lo, hi=hi)
+        for _ in range(lo):
+            self._add_actor(s)
+
+    def _add_actor(self, s: SegState) -> None:
+        from ._task import StageActor
+
+        pool = s.pool
+        stage = s.seg.head
+        devices = gpu_devices(pool.started, stage.num_gpus, self.total_gpus) if stage.num_gpus else None
+        opts = dict(self.pool_options(s.seg))
+        opts.setdefault("max_restarts", -1)  # a dead actor comes back; its blocks are retried
+        actor = self.backend.start_actor(StageActor, (stage, self.payloads[s.seg.index][0], self.run_token,
+                                                      devices), opts)
+        pool.started += 1
+        pool.actors.append(actor)
+        pool.load[id(actor)] = 0
+        pool.ready[self.backend.call(actor, "ready")] = actor
+
+    def _scale_pools(self, state: StreamState) -> None:
+        upstream_done = True
+        for s in state.segs:
+            pool = s.pool
+            if pool is not None:
+                busy = sum(1 for a in pool.actors if pool.load.get(id(a), 0))
+                want = pool_target(len(pool.actors), pool.lo, pool.hi, len(s.queue), busy, upstream_done)
+                while len(pool.actors) < want:
+                    self._add_actor(s)
+                if len(pool.actors) > want:
+                    for a in [a for a in pool.actors if not pool.load.get(id(a), 0)][:len(pool.actors) - want]:
+                        pool.actors.remove(a)
+                        self.backend.kill(a)
+            upstream_done = upstream_done and not s.queue and not s.in_flight
+
+    # -- submitting -------------------------------------------------------------------------
+    def _fill(self, state: StreamState, k: int) -> None:
+        s = state.segs[k]
+        while can_submit(state, k):
+            item = s.queue.popleft()
+            item.attempts[k] = item.attempts.get(k, 0) + 1
+            task = self.make_task(item.shard, s.seg)
+            n = 1 if task.last else 2
+            actor = None
+            if s.pool is not None:
+                actor = pick_actor(s.pool)
+                s.pool.load[id(actor)] += 1
+                out = self.backend.call(actor, "run", task, self.backend.as_arg(item.block), num_returns=n)
+            else:
+                from ._task import run_segment
+
+                opts = _task_options(s.seg)
+                if n == 2:
+                    opts["num_returns"] = 2
+                out = self.backend.submit(run_segment, task, self.backend.as_arg(item.block), *self.payloads[k],
+                                          options=opts)
+            meta, block = (out, None) if n == 1 else (out[0], out[1])
+            s.in_flight[meta] = (item, actor, block)
+        if s.queue and len(s.in_flight) < s.slots and not room_downstream(state, k):
+            s.held_back += 1
+
+    # -- results ----------------------------------------------------------------------------
+    def _landed(self, state: StreamState, handle: Any) -> Iterator[Any]:
+        for s in state.segs:
+            if s.pool is not None and handle in s.pool.ready:
+                s.pool.ready.pop(handle)
+                try:
+                    info = self.backend.result(handle)
+                    s.pids.add(info["pid"])
+                except TaskFailure as exc:
+                    raise RunError(f"stage {s.seg.head.name}: its actor pool cannot start: {exc}") from exc
+                return
+            if handle in s.in_flight:
+                break
+        else:
+            return
+        item, actor, block = s.in_flight.pop(handle)
+        if actor is not None and id(actor) in s.pool.load:
+            s.pool.load[id(actor)] -= 1
+        try:
+            result = self.backend.result(handle)
+        except TaskFailure as exc:
+            if s.pool is not None and _constructor_failed(exc):
+                raise RunError(f"stage {s.seg.head.name}: its actor pool cannot start: {exc}") from exc
+            yield from self._failed(state, item, str(exc), exc.cause)
+            return
+        last = item.seg == len(state.segs) - 1
+        meta = result if last else result[0] if isinstance(result, tuple) else result
+        s.blocks += 1
+        s.pids.add(meta.pid)
+        for name, (a, b, c) in meta.stage_stats.items():
+            st = s.stats[name]
+            st[0] += a
+            st[1] += b
+            st[2] += c
+        if item.seg == 0:
+            item.rows_in = meta.rows_in
+        if meta.quarantine is not None and meta.quarantine.num_rows:
+            item.quarantine.append(meta.quarantine)
+        item.first_error = item.first_error or meta.first_error
+        if last:
+            yield ShardDone(item.shard, _merge(result, item), item.attempts.get(item.seg, 1))
+            return
+        item.block = block
+        item.seg += 1
+        state.segs[item.seg].queue.append(item)
+
+    def _failed(self, state: StreamState, item: Item, error: str, cause: Any) -> Iterator[Any]:
+        attempt = item.attempts.get(item.seg, 1)
+        if on_failure(state, item) == "retry":
+            yield ShardRetry(item.shard, error, attempt)
+            return
+        yield ShardFailed(item.shard, error, attempt, cause)
+        if self.fail_fast:
+            state.stopped = True
+
+    # -- reporting --------------------------------------------------------------------------
+    def stage_report(self) -> list[dict]:
+        """One entry per stage: rows in/out, blocks, busy seconds, actors, and which stage holds
+        the others back."""
+        if self.state is None:
+            return []
+        out = []
+        for s in self.state.segs:
+            for st in s.seg.stages:
+                rows_in, rows_out, busy = s.stats[st.name]
+                out.append({"name": st.name, "kind": s.seg.kind, "segment": s.seg.index,
+                            "fused_with": [x.name for x in s.seg.stages if x is not st],
+                            "rows_in": rows_in, "rows_out": rows_out, "blocks": s.blocks,
+                            "busy_seconds": round(busy, 3),
+                            "actors": len(s.pids) if s.seg.kind == "pool" else 0,
+                            "workers": len(s.pids), "backpressure": s.held_back > 0})
+        return out
+
+
+def _task_options(seg: Segment) -> dict:
+    st = seg.head
+    opts: dict = {"num_cpus": 1 if st.num_cpus is None else st.num_cpus}
+    if st.num_gpus:
+        opts["num_gpus"] = st.num_gpus
+    if st.resources:
+        opts["resources"] = dict(st.resources)
+    return opts
+
+
+def _constructor_failed(exc: TaskFailure) -> bool:
+    """A call failed because the pool's constructor raised (not a crash: that one is retried)."""
+    from ._task import StageInitError
+
+    cause = exc.cause
+    return isinstance(cause, StageInitError) or "StageInitError" in str(exc) or "constructor raised" in str(exc)
+
+
+def _merge(result: Any, item: Item) -> Any:
+    """The last segment's ShardResult with what the earlier segments reported."""
+    import pyarrow as pa
+
+    if result.quarantine is not None and result.quarantine.num_rows:
+        item.quarantine.append(result.quarantine)
+    if item.quarantine:
+        q = pa.concat_tables(item.quarantine, promote_options="permissive")
+        result.quarantine, result.rows_quarantined = q, q.num_rows
+    result.rows_in = item.rows_in or result.rows_in
+    result.first_error = result.first_error or item.first_error
+    return result
