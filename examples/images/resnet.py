@@ -120,7 +120,9 @@ def save_weights(state_dict: Mapping[str, torch.Tensor], path: str, seed: int | 
         else:
             from safetensors.torch import save_file
 
-            meta = {"architecture": "resnet18"} | ({"seed": str(seed)} if seed is not None else {})
+            # One metadata key: safetensors writes the metadata map in hash order, so two keys
+            # could come out in either order and the same weights give different bytes.
+            meta = {"resnet18_seed": str(seed)} if seed is not None else None
             save_file(dict(state_dict), tmp, metadata=meta)
         os.replace(tmp, path)
     finally:
