@@ -271,18 +271,20 @@ class RunRecorder:
 
 class _MemoryProbe:
     """Process-tree PSS, measured only when the RSS sum moved (see the module docstring).
-    Keeps its psutil.Process handles between ticks: making them is most of the cost of RSS."""
+    Listing the tree reads every process in /proc (~2 ms), so the list is refreshed every
+    `relist` seconds only (workers live for the run); RSS of known processes is microseconds."""
 
-    def __init__(self, rise: float, every: float):
-        self.rise, self.every = rise, every
-        self._root = None
-        self._kids: dict[int, object] = {}
+    def __init__(self, rise: float, every: float, relist: float = 1.0):
+        self.rise, self.every, self.relist = rise, every, relist
+        self._root: psutil.Process | None = None
+        self._kids: dict[int, psutil.Process] = {}
+        self._listed_at = float("-inf")
         self._rss_at = -1.0     # the RSS sum when PSS was last measured
         self._t_at = float("-inf")
         self._pss = 0
 
     def measure(self, t: float) -> int:
-        procs = self._tree()
+        procs = self._tree(t)
         rss = 0
         for p in procs:
             try:
@@ -294,13 +296,16 @@ class _MemoryProbe:
             self._pss = sum(_pss(p) for p in procs)
         return self._pss
 
-    def _tree(self) -> list:
-        try:
-            self._root = self._root or psutil.Process()
-            kids = self._root.children(recursive=True)
-        except psutil.Error:
-            return []
-        self._kids = {k.pid: self._kids.get(k.pid, k) for k in kids}
+    def _tree(self, t: float) -> list[psutil.Process]:
+        if self._root is None:
+            self._root = psutil.Process()
+        if t - self._listed_at >= self.relist:
+            self._listed_at = t
+            try:
+                kids = self._root.children(recursive=True)
+            except psutil.Error:
+                kids = []
+            self._kids = {k.pid: self._kids.get(k.pid, k) for k in kids}
         return [self._root, *self._kids.values()]
 
 
