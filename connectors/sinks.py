@@ -25,7 +25,8 @@ commits, as each part must be recorded once):
     stager = sink.stager(token)           picklable; sent to the workers
     staged = stager.write(7, table)       (worker) out/_tmp-part-00007.parquet.<token>-<id>
     sink.commit_staged(staged)            (driver) steps 2 and 3 above; with defer_manifest=True,
-                                          quick commits share one manifest write (flush/close)
+                                          quick commits share one manifest write, made by a
+                                          flusher thread within MANIFEST_DELAY_S (or flush/close)
     sink.discard_staged(token)            (driver, its workers gone) remove the token's leftovers
 
 Modes, checked when the sink is opened:
@@ -207,9 +208,14 @@ class FileSink(Sink):
         self._suffix = f"-{self.run_id}" if mode == "append" else ""
         self._lock = _manifest_lock(self.uri)
         self._closed = False
+        # Deferred manifest records (commit_staged(defer_manifest=True), _flush_when_due).
+        # Lock order: the destination's manifest lock (self._lock), then this one.
         self._pending: list[tuple[str, int, int]] = []  # committed, not yet in the manifest
         self._pending_lock = threading.Lock()
-        self._flushed_at = 0.0
+        self._wake = threading.Condition(self._pending_lock)
+        self._flushed_at: float | None = None  # time.monotonic() of our last write; None: never
+        self._due_at: float | None = None  # when the oldest pending record must be written
+        self._flusher: threading.Thread | None = None  # started by the first deferred record
         if not _opened:
             self._guard("open the sink at", self._open)
 
@@ -219,10 +225,13 @@ class FileSink(Sink):
     # -- public API
 
     def committed(self) -> dict[int, int]:
-        manifest = self._guard("read the manifest of", self._read_manifest)
+        # Under the manifest lock: a flush (maybe the flusher's) moves records from the pending
+        # list to the manifest under it, so each record is seen in one of the two.
+        with self._lock:
+            manifest = self._guard("read the manifest of", self._read_manifest)
+            with self._pending_lock:
+                pending = {name: {"shard": i, "rows": rows} for name, i, rows in self._pending}
         present = set(self._guard("list", self._list_names))
-        with self._pending_lock:
-            pending = {name: {"shard": i, "rows": rows} for name, i, rows in self._pending}
         return {entry["shard"]: entry["rows"]
                 for name, entry in {**manifest["parts"], **pending}.items()
                 if name == self._part_name(entry["shard"]) and name in present}
@@ -240,7 +249,12 @@ class FileSink(Sink):
     def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()  # the flusher stops
+            flusher = self._flusher
+        if flusher is not None:
+            flusher.join()
         try:
             self.flush()
         finally:
@@ -271,10 +285,11 @@ class FileSink(Sink):
     def commit_staged(self, staged: StagedPart, *, defer_manifest: bool = False) -> str:
         """Move a part a stager wrote into place and record it; returns its final URI.
 
-        With `defer_manifest`, parts committed within `MANIFEST_DELAY_S` of the last manifest
-        write are recorded together with a later one (or by `flush` / `close`): one manifest
-        write for many quick parts. A crash before that write loses only the records, and a
-        rerun redoes those shards, rewriting the same parts."""
+        With `defer_manifest`, quick commits share manifest writes: a part committed within
+        `MANIFEST_DELAY_S` of the last manifest write is recorded by a flusher thread (or
+        `flush` / `close`) at most `MANIFEST_DELAY_S` after its commit, together with the parts
+        committed meanwhile, whatever follows. A crash before that write loses only the
+        records, and a rerun redoes those shards, rewriting the same parts."""
         self._check_open()
         final = self._path(staged.name)
         uri = self._location.uri(final)
@@ -284,18 +299,64 @@ class FileSink(Sink):
         self._guard("commit", move, uri)
         with self._pending_lock:
             self._pending.append((staged.name, staged.shard_index, staged.rows))
-            due = not defer_manifest or time.monotonic() - self._flushed_at >= MANIFEST_DELAY_S
+            now = time.monotonic()
+            quiet = self._flushed_at is None or now - self._flushed_at >= MANIFEST_DELAY_S
+            due = not defer_manifest or quiet or self._closed
+            if not due and self._due_at is None:
+                self._due_at = now + MANIFEST_DELAY_S
+                self._start_flusher()
         if due:
             self.flush()
         return uri
 
     def flush(self) -> None:
         """Record in the manifest every part committed with `defer_manifest` so far."""
-        with self._pending_lock:
-            parts, self._pending = self._pending, []
-            self._flushed_at = time.monotonic()
-        if parts:
-            self._guard("record in the manifest", lambda: self._record_all("parts", parts))
+        self._write_pending(keep_on_error=False)
+
+    def _write_pending(self, *, keep_on_error: bool) -> None:
+        # Under the manifest lock from taking the records to writing them: committed() sees
+        # each record either pending or in the manifest.
+        with self._lock:
+            with self._pending_lock:
+                parts, self._pending, self._due_at = self._pending, [], None
+                if parts:
+                    self._flushed_at = time.monotonic()
+            if not parts:
+                return
+            try:
+                self._guard("record in the manifest",
+                            lambda: self._record_all_locked("parts", parts))
+            except Exception:
+                if keep_on_error:  # try again later; close() raises the error if it lasts
+                    with self._pending_lock:
+                        self._pending[:0] = parts
+                        self._due_at = time.monotonic() + MANIFEST_DELAY_S
+                raise
+
+    def _start_flusher(self) -> None:
+        """Start the flusher thread once (called under the pending lock: at most one)."""
+        if self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_when_due, daemon=True,
+                                             name=f"FileSink flusher {redact(self.uri)}")
+            self._flusher.start()
+        self._wake.notify()
+
+    def _flush_when_due(self) -> None:
+        """The flusher thread: writes the pending records when the oldest is due, until close
+        (which writes what is left in its own thread). Uses only differences of
+        time.monotonic(): its absolute value is arbitrary (on Linux, seconds since boot)."""
+        while True:
+            with self._wake:
+                while not self._closed and (self._due_at is None
+                                            or self._due_at > time.monotonic()):
+                    left = None if self._due_at is None else self._due_at - time.monotonic()
+                    self._wake.wait(left)
+                if self._closed:
+                    return
+            try:
+                self._write_pending(keep_on_error=True)
+            except Exception:
+                pass  # kept pending, retried when due again: nobody to tell in this thread
 
     def discard_staged(self, token: str | None = None) -> list[str]:
         """Remove temporary files under the destination: those of `token`'s stager, or, with no
@@ -395,31 +456,35 @@ class FileSink(Sink):
 
     def _record_all(self, section: str, parts: list[tuple[str, int, int]]) -> None:
         """Add committed parts to the manifest: read, update, write to a temp name, move."""
+        with self._lock:
+            self._record_all_locked(section, parts)
+
+    def _record_all_locked(self, section: str, parts: list[tuple[str, int, int]]) -> None:
+        """`_record_all`, the destination's manifest lock held by the caller."""
         local = self._location.protocol == "file"
         path = self._path(MANIFEST)
-        with self._lock:
-            cached = _manifest_cache.get(self.uri) if local else None
-            if cached is not None and cached[0] == _stat_key(path):
-                manifest = cached[1]
-            else:
-                manifest = self._read_manifest()
-            _manifest_cache.pop(self.uri, None)   # back only once the new manifest is in place
-            manifest["format"] = self.format
-            entries = manifest[section]
-            in_order = True
-            for name, shard_index, rows in parts:
-                in_order = in_order and (not entries or name > next(reversed(entries)))
-                entries[name] = {"shard": shard_index, "rows": rows}
-            if not in_order:
-                manifest[section] = dict(sorted(entries.items()))
-            # No indent: json's C encoder only runs without one, and a 10,000-part manifest
-            # rewritten at every commit is then 1 ms instead of 80 ms.
-            data = json.dumps(manifest).encode()
-            temp = self._path(f"{MANIFEST}.{TEMP_PREFIX}{uuid.uuid4().hex[:12]}")
-            self._fs.pipe_file(temp, data)
-            self._fs.mv(temp, path)
-            if local:
-                _manifest_cache[self.uri] = (_stat_key(path), manifest)
+        cached = _manifest_cache.get(self.uri) if local else None
+        if cached is not None and cached[0] == _stat_key(path):
+            manifest = cached[1]
+        else:
+            manifest = self._read_manifest()
+        _manifest_cache.pop(self.uri, None)   # back only once the new manifest is in place
+        manifest["format"] = self.format
+        entries = manifest[section]
+        in_order = True
+        for name, shard_index, rows in parts:
+            in_order = in_order and (not entries or name > next(reversed(entries)))
+            entries[name] = {"shard": shard_index, "rows": rows}
+        if not in_order:
+            manifest[section] = dict(sorted(entries.items()))
+        # No indent: json's C encoder only runs without one, and a 10,000-part manifest
+        # rewritten at every commit is then 1 ms instead of 80 ms.
+        data = json.dumps(manifest).encode()
+        temp = self._path(f"{MANIFEST}.{TEMP_PREFIX}{uuid.uuid4().hex[:12]}")
+        self._fs.pipe_file(temp, data)
+        self._fs.mv(temp, path)
+        if local:
+            _manifest_cache[self.uri] = (_stat_key(path), manifest)
 
 
 def _is_temp(name: str) -> bool:

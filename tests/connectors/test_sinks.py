@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -454,11 +456,16 @@ def test_stager_token_must_be_alphanumeric(tmp_path: Path):
         open_sink(str(tmp_path / "out")).stager("a-b")
 
 
+# A delay longer than any machine's uptime: the sink must not compare it with the absolute value
+# of time.monotonic() (seconds since boot on Linux; minutes on a fresh machine).
+FOREVER_S = 1e9
+
+
 def test_deferred_records_share_a_manifest_write_and_reach_it_on_close(dest: Destination,
                                                                        monkeypatch):
     from connectors import sinks
 
-    monkeypatch.setattr(sinks, "MANIFEST_DELAY_S", 3600.0)
+    monkeypatch.setattr(sinks, "MANIFEST_DELAY_S", FOREVER_S)
     sink = open_sink(dest.uri)
     stager = sink.stager("t")
     sink.commit_staged(stager.write(0, small_table(0, 2)), defer_manifest=True)  # first: written
@@ -472,3 +479,96 @@ def test_deferred_records_share_a_manifest_write_and_reach_it_on_close(dest: Des
     sink.close()
 
     assert open_sink(dest.uri).committed() == {0: 2, 1: 2, 2: 2}
+    assert not flushers(), "close() leaves no flusher thread behind"
+
+
+def flushers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("FileSink flusher")]
+
+
+def wait_for_manifest(dest: Destination, want: dict[int, int]) -> None:
+    """Poll what a new reader of the destination sees until it is `want` (a liveness bound,
+    not a timing assertion: the flusher has MANIFEST_DELAY_S, the bound is minutes)."""
+    deadline = time.monotonic() + 120
+    while (seen := open_sink(dest.uri).committed()) != want and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert seen == want
+
+
+def test_a_deferred_record_reaches_the_manifest_with_no_later_commit_or_close(
+        dest: Destination, monkeypatch):
+    from connectors import sinks
+
+    # Long enough that the second commit surely comes within it of the first manifest write
+    monkeypatch.setattr(sinks, "MANIFEST_DELAY_S", 1.0)
+    sink = open_sink(dest.uri)
+    stager = sink.stager("t")
+    first, second = stager.write(0, small_table(0, 2)), stager.write(1, small_table(0, 3))
+    sink.commit_staged(first, defer_manifest=True)   # written at once (nothing written lately)
+    sink.commit_staged(second, defer_manifest=True)  # deferred: only the flusher writes it now
+
+    wait_for_manifest(dest, {0: 2, 1: 3})
+    sink.close()
+    assert not flushers()
+
+
+def test_commits_from_several_threads_all_reach_the_manifest_and_never_vanish(
+        tmp_path: Path, monkeypatch):
+    from connectors import sinks
+
+    monkeypatch.setattr(sinks, "MANIFEST_DELAY_S", 0.002)  # the flusher writes all the time
+    sink = open_sink(str(tmp_path / "out"))
+    stager = sink.stager("t")
+    staged = [stager.write(i, small_table(0, i % 5)) for i in range(120)]
+    seen: list[dict[int, int]] = []
+    stop = threading.Event()
+
+    def watch() -> None:  # each committed() answer must hold every shard an earlier one held
+        while not stop.is_set():
+            seen.append(sink.committed())
+
+    def commit(part_of_them: list) -> None:
+        for s in part_of_them:
+            sink.commit_staged(s, defer_manifest=True)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    committers = [threading.Thread(target=commit, args=(staged[k::4],)) for k in range(4)]
+    for t in committers:
+        t.start()
+    for t in committers:
+        t.join()
+    stop.set()
+    watcher.join()
+    sink.close()
+
+    assert open_sink(str(tmp_path / "out")).committed() == {i: i % 5 for i in range(120)}
+    for earlier, later in zip(seen, seen[1:]):
+        assert earlier.items() <= later.items()
+    assert not flushers()
+
+
+def test_a_failed_flusher_write_keeps_the_records_and_tries_again(tmp_path: Path,
+                                                                   monkeypatch):
+    from connectors import sinks
+
+    monkeypatch.setattr(sinks, "MANIFEST_DELAY_S", 0.5)
+    dest = Destination(str(tmp_path / "out"), list, lambda name: b"")
+    sink = open_sink(dest.uri)
+    stager = sink.stager("t")
+    sink.commit_staged(stager.write(0, small_table(0, 2)), defer_manifest=True)  # written
+    real, failures = sink._fs.pipe_file, []
+
+    def disk_full_once(path, data, **kwargs):  # the flusher's first manifest write fails
+        if not failures:
+            failures.append(path)
+            raise OSError(28, "No space left on device")
+        return real(path, data, **kwargs)
+
+    monkeypatch.setattr(sink._fs, "pipe_file", disk_full_once)
+    sink.commit_staged(stager.write(1, small_table(0, 2)), defer_manifest=True)  # deferred
+
+    wait_for_manifest(dest, {0: 2, 1: 2})
+    assert failures  # the record outlived a failed write
+    sink.close()
+    assert not flushers()
