@@ -69,6 +69,8 @@ WEIGHTS = os.environ.get("BENCH_WEIGHTS", "")  # a weights file each plain worke
 WEIGHT_FORMATS = {"torch": "w.pt", "safetensors": "w.safetensors", "none": "w0.pt"}
 WEIGHTS_CONTENDERS = ["dataflow-torch", "plain-torch", "dataflow-safetensors", "plain-safetensors",
                       "dataflow-none", "plain-none"]
+RAY_TMP = os.path.join("/tmp", f"ddsf-bench-ray-{os.getuid()}")  # outside the data folders (Ray
+# Data's file listing trips over Ray's own log files when they sit beside the data)
 BATCH_SIZE = 262144  # pipelines/nyc_taxi.yaml's predict.batch_size: a whole shard per call
 
 
@@ -117,7 +119,7 @@ def contender_ray(files: list[str], out: str) -> None:
         result = model(df)
         return result
 
-    ray.init(num_cpus=2, _temp_dir=os.path.join(RESULTS, "ray_tmp"), include_dashboard=False)
+    ray.init(num_cpus=2, _temp_dir=RAY_TMP, include_dashboard=False)
     # ray.put() the model just once to local object store, and then pass the
     # reference to the remote tasks.
     model = load_model()
@@ -136,9 +138,9 @@ def contender_raydata(files: list[str], out: str) -> None:
     from examples.nyc_taxi.model import TipModel
 
     filesystem = _pyarrow_fs()
-    ray.init(num_cpus=2, _temp_dir=os.path.join(RESULTS, "ray_tmp"), include_dashboard=False)
+    ray.init(num_cpus=2, _temp_dir=RAY_TMP, include_dashboard=False)
     ds = ray.data.read_parquet([_strip(f) for f in files] if filesystem else files,
-                               columns=["passenger_count"], filesystem=filesystem)
+                               filesystem=filesystem).select_columns(["passenger_count"])
     # num_cpus=0.5: with 1 CPU per actor, Ray Data 2.60 hangs on 2 CPUs (see the docstring).
     ds = ds.map_batches(TipModel, fn_constructor_kwargs={"payload_mb": PAYLOAD_MB, "fill": FILL},
                         concurrency=2, num_cpus=0.5, batch_size=BATCH_SIZE, batch_format="pandas")
@@ -356,7 +358,7 @@ def run_config(label: str, data_uri: str, files: list[str], rows: int, extra_env
             cmd, more_env = command(name, data_uri, files_json, out, fill, weights_dir)
             log = os.path.join(RESULTS, f"{label}-{name}.log")
             runs[name].append(measure(cmd, {**env, **more_env}, log))
-            shutil.rmtree(os.path.join(RESULTS, "ray_tmp"), ignore_errors=True)
+            shutil.rmtree(RAY_TMP, ignore_errors=True)
     results = {}
     for name in contenders:
         wall = statistics.median(r["wall"] for r in runs[name])
