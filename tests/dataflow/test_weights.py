@@ -33,6 +33,7 @@ def mapped_files() -> set[str]:
 
 
 def save_safetensors(path, tensors: dict) -> None:
+    pytest.importorskip("safetensors", reason="the safetensors extra: pip install 'ddsf[safetensors]'")
     from safetensors.numpy import save_file
 
     save_file(tensors, str(path))
