@@ -78,9 +78,11 @@ class MappedWeights:
         path = self.path
         if not _same_size(path, self.size):
             if not _is_remote(self.source):
-                raise ModelError(f"model.path {self.source}: no such file on this machine "
-                                 f"({os.uname().nodename}); give a path every worker can reach "
-                                 f"(a shared file system, or s3://...)")
+                found = "a file of another size" if os.path.exists(path) else "no such file"
+                raise ModelError(f"model.path {self.source}: {found} on this machine "
+                                 f"({os.uname().nodename}), {self.size} bytes when the run started; "
+                                 f"give a path every worker can reach (a shared file system, or "
+                                 f"s3://...), and leave the file alone while the pipeline runs")
             path = local_copy(self.source, self.storage_options)
         return map_weights(path, self.format, self.source)
 
