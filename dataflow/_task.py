@@ -457,10 +457,20 @@ class StageActor:
             # Set for the actor's whole life: the model may touch the device at any call.
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
         self.stage = stage
-        self.fn = _StageFn(stage, payload)
+        # The constructor's error is kept and raised by each call (first `ready`), with our
+        # one-line message: raised here, it would reach the driver as the actor's death.
+        self.error: StageInitError | None = None
+        try:
+            self.fn = _StageFn(stage, payload)
+        except StageInitError as exc:
+            self.error = exc
 
     def ready(self) -> dict:
+        if self.error is not None:
+            raise self.error
         return {"pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
     def run(self, task: SegmentTask, block: Any) -> Any:
+        if self.error is not None:
+            raise self.error
         return process(task, [self.fn], block, time.perf_counter())

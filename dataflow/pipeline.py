@@ -350,7 +350,7 @@ class Pipeline:
         """Stages: one task per shard when every stage fuses, else the streaming executor."""
         from ._task import SegmentTask, run_segment
         from .executor import Executor, default_max_in_flight
-        from .plan import actor_cpus, pool_bounds
+        from .plan import actor_cpus, pool_bounds, starved_stages
         from .streaming import StreamExecutor
 
         s = self.spec
@@ -397,6 +397,9 @@ class Pipeline:
                  "backpressure": False} for st in seg.stages]
             return
         total = backend.resources()
+        starved = starved_stages(segs, total, workers)
+        if starved:
+            raise RunError(starved[0])
         has_tasks = any(seg.kind == "tasks" for seg in segs)
         pools = [seg for seg in segs if seg.kind == "pool"]
         reserved = {}

@@ -177,3 +177,25 @@ def gpu_devices(index: int, num_gpus: float | None, total_gpus: int) -> list[int
         return [(index // per_device) % total_gpus]
     n = int(math.ceil(num_gpus))
     return [(index * n + k) % total_gpus for k in range(n)]
+
+
+def starved_stages(segs: list[Segment], total: dict, workers: int) -> list[str]:
+    """Task stages that could never run because the pools hold all of a GPU or custom resource
+    they need (CPU is shared out by `actor_cpus` instead). One message per stage."""
+    held: dict[str, float] = {}
+    for seg in segs:
+        if seg.kind == "pool":
+            n = pool_bounds(seg.head, workers)[1]
+            for res, amount in (("GPU", seg.head.num_gpus or 0), *seg.head.resources):
+                held[res] = held.get(res, 0) + amount * n
+    out = []
+    for seg in segs:
+        if seg.kind != "tasks":
+            continue
+        for res, amount in (("GPU", seg.head.num_gpus or 0), *seg.head.resources):
+            left = total.get(res, 0) - held.get(res, 0)
+            if amount and amount > left:
+                out.append(f"stage {seg.head.name} needs {amount:g} {res} per task, but the actor pools hold "
+                           f"{held.get(res, 0):g} of the session's {total.get(res, 0):g}: it could never run; "
+                           f"give the session more {res} or the pools less")
+    return out

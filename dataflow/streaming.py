@@ -238,7 +238,9 @@ class StreamExecutor:
                     info = self.backend.result(handle)
                     s.pids.add(info["pid"])
                 except TaskFailure as exc:
-                    raise RunError(f"stage {s.seg.head.name}: its actor pool cannot start: {exc}") from exc
+                    if _constructor_failed(exc):
+                        raise RunError(f"stage {s.seg.head.name}: its actor pool cannot start: {exc}") from exc
+                    # it died (core restarts it): its calls in flight fail and are retried
                 return
             if handle in s.in_flight:
                 break
@@ -317,17 +319,14 @@ def _constructor_failed(exc: TaskFailure) -> bool:
     """A call failed because the pool's constructor raised (not a crash: that one is retried)."""
     from ._task import StageInitError
 
-    cause = exc.cause
-    return isinstance(cause, StageInitError) or "StageInitError" in str(exc) or "constructor raised" in str(exc)
+    return isinstance(exc.cause, StageInitError)
 
 
 def _merge(result: Any, item: Item) -> Any:
     """The last segment's ShardResult with what the earlier segments reported."""
     import pyarrow as pa
 
-    if result.quarantine is not None and result.quarantine.num_rows:
-        item.quarantine.append(result.quarantine)
-    if item.quarantine:
+    if item.quarantine:  # every segment's, the last one's included (added as it landed)
         q = pa.concat_tables(item.quarantine, promote_options="permissive")
         result.quarantine, result.rows_quarantined = q, q.num_rows
     result.rows_in = item.rows_in or result.rows_in
