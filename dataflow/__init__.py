@@ -3,6 +3,11 @@
     from dataflow import Pipeline
     summary = Pipeline.from_yaml("pipelines/nyc_taxi.yaml").run()
 
+The same, shaped like Ray Data (a lazy Dataset of stages; see dataflow/dataset.py):
+
+    ds = dataflow.read_parquet("data/").map_batches(parse).map_batches(Model, concurrency=2)
+    ds.write_parquet("out/")
+
 A pipeline names a Parquet source, a model (built once, put once in shared memory), how to
 predict, and a sink; `run()` writes one part file per shard and returns a `Summary`; `stream()`
 yields each shard's predictions as they finish. The CLI is `python -m dataflow run|validate|plan`.
@@ -26,10 +31,13 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:
+    from .dataset import Dataset, read_parquet
     from .pipeline import Pipeline
     from .summary import Summary
 
 __all__ = [
+    "Dataset",
+    "read_parquet",
     "Pipeline",
     "Summary",
     "DataflowError",
@@ -42,7 +50,7 @@ __all__ = [
     "RunError",
 ]
 
-_LAZY = {"Pipeline": ".pipeline", "Summary": ".summary"}
+_LAZY = {"Pipeline": ".pipeline", "Summary": ".summary", "Dataset": ".dataset", "read_parquet": ".dataset"}
 
 
 def __getattr__(name: str) -> Any:

@@ -44,6 +44,8 @@ class Pipeline:
             source=source, model=model, predict=predict, sink=sink, runtime=runtime, name=name, report=report,
             stages=stages)
         self.last_summary: Summary | None = None
+        self.last_plan: list | None = None      # the shards of the last run or stream
+        self.last_stages: list[dict] = []       # per-stage figures of the last stream
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> "Pipeline":
@@ -182,23 +184,31 @@ class Pipeline:
             raise RunError(f"shard {f.index} ({f.path}) failed after {f.attempts} attempts: {f.error}", summary)
         return summary
 
-    def stream(self, *, format: str = "pandas") -> Iterator[Any]:
+    def stream(self, *, format: str = "pandas", with_index: bool = False) -> Iterator[Any]:
         """Each shard's predictions (a pandas DataFrame, or a pyarrow Table with
-        `format="pyarrow"`) as soon as it is ready, in completion order. Nothing is written to the
-        sink. Breaking out of the loop cancels the remaining work."""
+        `format="pyarrow"`) as soon as it is ready, in completion order; `(shard index, table)`
+        pairs with `with_index=True`. Nothing is written to the sink. Breaking out of the loop
+        cancels the remaining work."""
+        from .executor import ShardDone, ShardFailed
+
         if format not in ("pandas", "pyarrow"):
             raise ValueError(f'stream(format=...) must be "pandas" or "pyarrow", got {format!r}')
-        with self._session() as backend, contextlib.closing(
-                self._execute(*self._plan_and_put(backend), backend, uuid.uuid4().hex)) as events:
-            for event in events:
-                from .executor import ShardDone, ShardFailed
-
-                if isinstance(event, ShardDone):
-                    table = event.result.table
-                    yield table.to_pandas() if format == "pandas" else table
-                elif isinstance(event, ShardFailed) and self.spec.runtime.on_error == "fail":
-                    raise RunError(f"shard {event.shard.index} ({event.shard.path}) failed after "
-                                   f"{event.attempts} attempts: {event.error}")
+        self.last_stages = []
+        with self._session() as backend:
+            shards, refs = self._plan_and_put(backend)
+            self.last_plan = shards
+            try:
+                with contextlib.closing(self._execute(shards, refs, backend, uuid.uuid4().hex)) as events:
+                    for event in events:
+                        if isinstance(event, ShardDone):
+                            table = event.result.table
+                            out = table.to_pandas() if format == "pandas" else table
+                            yield (event.shard.index, out) if with_index else out
+                        elif isinstance(event, ShardFailed) and self.spec.runtime.on_error == "fail":
+                            raise RunError(f"shard {event.shard.index} ({event.shard.path}) failed after "
+                                           f"{event.attempts} attempts: {event.error}")
+            finally:
+                self.last_stages = self._stage_report() if self.spec.stages else []
 
     # -- internals --------------------------------------------------------------------------
     def _record(self, event: Any, summary: Summary, progress: Progress, sink: Any) -> None:

@@ -84,6 +84,22 @@ def _fn_is_class(fn: Any) -> bool:
     return isinstance(fn, type)
 
 
+def by_name(fn: Any) -> Any:
+    """`module:qualname` for a function or class importable under that name (it then travels to
+    the workers by reference, and a Dataset's plan equals its YAML's); else the object itself."""
+    if isinstance(fn, str):
+        return fn
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qualname:
+        return fn
+    from .refs import resolve_ref
+
+    try:
+        return f"{module}:{qualname}" if resolve_ref(f"{module}:{qualname}") is fn else fn
+    except (ValueError, ImportError):
+        return fn
+
+
 def compile_stages(spec: Any) -> list[Stage]:
     """The spec's steps as Stages (`spec` is a validated PipelineSpec)."""
     if not spec.stages:
@@ -94,7 +110,7 @@ def compile_stages(spec: Any) -> list[Stage]:
     out = []
     for st in spec.stages:
         out.append(Stage(
-            name=st.name, fn=st.fn, kind="pool" if _fn_is_class(st.fn) else "tasks",
+            name=st.name, fn=by_name(st.fn), kind="pool" if _fn_is_class(st.fn) else "tasks",
             batch_size=st.batch_size, batch_format=st.batch_format, timeout=st.timeout,
             concurrency=st.concurrency, num_cpus=st.num_cpus, num_gpus=st.num_gpus,
             resources=tuple(sorted(st.resources.items())), has_model=st.model is not None))

@@ -1,0 +1,283 @@
+"""`Dataset`: the Python API shaped like Ray Data's, over the same plan as a YAML pipeline.
+
+    dataflow.read_parquet(uri, columns=, filters=, ...)        a lazy Dataset: a source, no stages
+        .map_batches(fn_or_class, batch_size=, concurrency=, num_cpus=, ...)   one more stage (still lazy)
+        │
+        ├─ .write_parquet / .write_csv / .write_json(uri)      Pipeline(spec).run(): resumable, returns the Summary
+        └─ .iter_batches / .take / .take_batch / .count / .to_pandas / .schema
+                                                               Pipeline(spec).stream(): nothing written
+
+A Dataset is only a description: each method returns a new one, and nothing runs until a
+`write_*` or a consuming method. It compiles to the same `PipelineSpec` (hence the same plan) as
+the YAML file `to_yaml()` writes.
+
+Runtime options (num_cpus, object_store_memory, spill, on_error, max_retries, ...) come from
+`read_parquet(..., runtime={...})` or `Dataset.options(...)`; when a `core` session is already
+running (`core.init(...)` before), its workers and resources are used and the runtime's
+session keys (num_cpus, num_gpus, resources, object_store_memory, spill) are ignored.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator
+
+_RAY_FORMATS = {"default": "numpy", None: "numpy"}
+
+
+def _identity(batch: Any) -> Any:
+    """The stage of a Dataset without map_batches: the rows as read."""
+    return batch
+
+
+def read_parquet(uri: str | list[str] | os.PathLike, *, columns: list[str] | None = None,
+                 filters: list | None = None, storage_options: dict | None = None,
+                 shard_by: str = "file", runtime: dict | None = None) -> "Dataset":
+    """A lazy Dataset over Parquet files (a file, a folder, a glob or a list; any fsspec URI)."""
+    source: dict[str, Any] = {"parquet": os.fspath(uri) if isinstance(uri, os.PathLike) else uri,
+                              "shard_by": shard_by}
+    if columns is not None:
+        source["columns"] = list(columns)
+    if filters is not None:
+        source["filters"] = filters
+    if storage_options:
+        source["storage_options"] = dict(storage_options)
+    return Dataset(source=source, runtime=dict(runtime or {}))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    source: dict
+    stages: tuple = ()
+    runtime: dict = field(default_factory=dict)
+    name: str = "dataset"
+    # The last run's stage figures, for stats(); not part of the description.
+    _last: dict = field(default_factory=dict, compare=False, repr=False)
+
+    # -- building ---------------------------------------------------------------------------
+    def map_batches(self, fn: Any, *, batch_size: int | None | str = None, batch_format: str | None = "default",
+                    fn_args: Any = None, fn_kwargs: dict | None = None, fn_constructor_args: Any = None,
+                    fn_constructor_kwargs: dict | None = None, concurrency: int | tuple | None = None,
+                    num_cpus: float | None = None, num_gpus: float | None = None,
+                    resources: dict | None = None, model: Any = None, timeout: float | None = None,
+                    name: str | None = None) -> "Dataset":
+        """One more stage: `fn(batch)` as tasks, or a class as an actor pool (Ray Data's meanings).
+        `model` (a ModelSpec mapping, e.g. {"factory": "pkg.mod:load"}) is built once in the driver
+        and passed as the first constructor argument."""
+        stage: dict[str, Any] = {"name": name or self._stage_name(fn), "fn": fn,
+                                 "batch_format": _RAY_FORMATS.get(batch_format, batch_format)}
+        if batch_size not in (None, "default"):
+            stage["batch_size"] = batch_size
+        for key, value in (("fn_args", fn_args), ("fn_kwargs", fn_kwargs), ("fn_constructor_args", fn_constructor_args),
+                           ("fn_constructor_kwargs", fn_constructor_kwargs), ("num_cpus", num_cpus),
+                           ("num_gpus", num_gpus), ("resources", resources), ("model", model),
+                           ("timeout", timeout)):
+            if value is not None:
+                stage[key] = list(value) if key.endswith("_args") else value
+        if concurrency is not None:
+            stage["concurrency"] = list(concurrency) if isinstance(concurrency, tuple) else concurrency
+        return replace(self, stages=self.stages + (stage,), _last={})
+
+    def options(self, **runtime: Any) -> "Dataset":
+        """The same Dataset with runtime options (num_cpus, on_error, max_retries, spill, ...)."""
+        return replace(self, runtime={**self.runtime, **runtime}, _last={})
+
+    def _stage_name(self, fn: Any) -> str:
+        base = fn.rsplit(":", 1)[-1] if isinstance(fn, str) else getattr(fn, "__name__", "stage")
+        taken = {s["name"] for s in self.stages}
+        name, i = base, 1
+        while name in taken:
+            i += 1
+            name = f"{base}_{i}"
+        return name
+
+    def pipeline(self, sink: dict | None = None):
+        """The Pipeline this Dataset compiles to (validated now)."""
+        from .pipeline import Pipeline
+
+        stages = list(self.stages) or [{"name": "read", "fn": _identity, "batch_format": "pyarrow"}]
+        return Pipeline(source=self.source, stages=stages, sink=sink, runtime=self._runtime(),
+                        name=self.name)
+
+    def _runtime(self) -> dict:
+        import core
+
+        rt = dict(self.runtime)
+        if core.is_initialized():
+            # The running session decides: validate the stages against what it has.
+            have = core.cluster_resources()
+            rt["num_cpus"] = max(1, int(have.get("CPU", 1)))
+            rt["num_gpus"] = have.get("GPU", 0) or None
+            rt["resources"] = {k: v for k, v in have.items()
+                               if k not in ("CPU", "GPU", "memory", "object_store_memory") and not k.startswith("node:")}
+        return rt
+
+    # -- running to a sink ------------------------------------------------------------------
+    def write_parquet(self, uri: str, *, mode: str = "resume", storage_options: dict | None = None):
+        return self._write("parquet", uri, mode, storage_options)
+
+    def write_csv(self, uri: str, *, mode: str = "resume", storage_options: dict | None = None):
+        return self._write("csv", uri, mode, storage_options)
+
+    def write_json(self, uri: str, *, mode: str = "resume", storage_options: dict | None = None):
+        """JSON Lines, one file per shard."""
+        return self._write("jsonl", uri, mode, storage_options)
+
+    def _write(self, fmt: str, uri: str, mode: str, storage_options: dict | None):
+        sink = {fmt: os.fspath(uri), "mode": mode}
+        if storage_options:
+            sink["storage_options"] = dict(storage_options)
+        pipe = self.pipeline(sink)
+        try:
+            return pipe.run()
+        finally:
+            self._last["stages"] = pipe.last_summary.stages if pipe.last_summary else []
+
+    # -- consuming --------------------------------------------------------------------------
+    def iter_batches(self, *, batch_size: int | None = 256, batch_format: str | None = "default",
+                     preserve_order: bool = False) -> Iterator[Any]:
+        """Batches of `batch_size` rows as results are ready (completion order; input order with
+        `preserve_order=True`, holding back the shards that finish before an earlier one)."""
+        from .batches import block_format, block_rows, concat_blocks, slice_block
+
+        fmt = _RAY_FORMATS.get(batch_format, batch_format)
+        pending: list = []
+        for table in self._tables(preserve_order):
+            if batch_size is None:
+                yield block_format(table, fmt)
+                continue
+            pending.append(table)
+            rows = sum(t.num_rows for t in pending)
+            if rows < batch_size:
+                continue
+            block = concat_blocks(pending)
+            n = block_rows(block)
+            full = n - n % batch_size
+            for lo in range(0, full, batch_size):
+                yield block_format(slice_block(block, lo, lo + batch_size), fmt)
+            pending = [slice_block(block, full, n)] if full < n else []
+        if pending and sum(t.num_rows for t in pending):
+            yield block_format(concat_blocks(pending), fmt)
+
+    def _tables(self, preserve_order: bool) -> Iterator[Any]:
+        pipe = self.pipeline()
+        try:
+            yield from self._ordered(pipe, preserve_order)
+        finally:
+            self._last["stages"] = pipe.last_stages
+
+    def _ordered(self, pipe: Any, preserve_order: bool) -> Iterator[Any]:
+        if not preserve_order:
+            yield from pipe.stream(format="pyarrow")
+            return
+        heap: list = []
+        expected = None
+        for index, table in pipe.stream(format="pyarrow", with_index=True):
+            if expected is None:
+                expected = pipe.last_plan[0].index if pipe.last_plan else 0
+            heapq.heappush(heap, (index, id(table), table))
+            while heap and heap[0][0] == expected:
+                yield heapq.heappop(heap)[2]
+                expected = _next_index(pipe.last_plan, expected)
+        while heap:
+            yield heapq.heappop(heap)[2]
+
+    def take_batch(self, batch_size: int = 20, *, batch_format: str | None = "default") -> Any:
+        for batch in self.iter_batches(batch_size=batch_size, batch_format=batch_format, preserve_order=True):
+            return batch
+        return self.iter_batches  # pragma: no cover - unreachable on a non-empty dataset
+
+    def take(self, limit: int = 20) -> list[dict]:
+        """The first `limit` rows, as dicts."""
+        rows: list[dict] = []
+        for table in self._tables(preserve_order=True):
+            rows += _table_rows(table.slice(0, limit - len(rows)))
+            if len(rows) >= limit:
+                break
+        return rows
+
+    def take_all(self) -> list[dict]:
+        return [r for t in self._tables(preserve_order=True) for r in _table_rows(t)]
+
+    def count(self) -> int:
+        """Rows out of the last stage (with no stage: the source's rows, from the footers)."""
+        if not self.stages:
+            return sum(sh.num_rows for sh in self.pipeline().plan())
+        return sum(t.num_rows for t in self._tables(preserve_order=False))
+
+    def to_pandas(self):
+        import pandas as pd
+        import pyarrow as pa
+
+        tables = list(self._tables(preserve_order=True))
+        return pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame()
+
+    def schema(self):
+        """The output's Arrow schema (runs the plan over the first shard's first rows)."""
+        for table in self._tables(preserve_order=True):
+            return table.schema
+        return None
+
+    def stats(self) -> str:
+        """Per-stage figures of the last run of this Dataset (as `--verbose` prints them)."""
+        from .summary import Summary, stage_line
+
+        s = self._last.get("stages")
+        if not s:
+            return "no run yet: stats() describes the last write_*/iter_batches of this Dataset"
+        bottleneck = Summary("", "done", stages=s).bottleneck
+        return "\n".join(f"stage {st['name']}: {stage_line(st, bottleneck)}" for st in s)
+
+    # -- YAML -------------------------------------------------------------------------------
+    def to_yaml(self, sink: str | None = None) -> str:
+        """The YAML pipeline of this Dataset; every fn must be importable by name."""
+        import yaml
+
+        stages = []
+        for st in self.stages:
+            out = dict(st)
+            out["fn"] = _ref_of(st["fn"], st["name"])
+            stages.append(out)
+        doc: dict[str, Any] = {"name": self.name, "source": dict(self.source), "stages": stages}
+        if sink:
+            doc["sink"] = {"parquet": sink}
+        if self.runtime:
+            doc["runtime"] = dict(self.runtime)
+        try:
+            return yaml.safe_dump(doc, sort_keys=False)
+        except yaml.representer.RepresenterError as exc:
+            raise ValueError(f"to_yaml: a value has no YAML form (a {type(exc.args[-1]).__name__}); pass "
+                             f"arguments YAML can hold, or the model as {{'factory': 'pkg.module:function'}}") from None
+
+
+def _next_index(plan: list | None, index: int) -> int:
+    if not plan:
+        return index + 1
+    indices = [sh.index for sh in plan]
+    i = indices.index(index)
+    return indices[i + 1] if i + 1 < len(indices) else index + 1
+
+
+def _table_rows(table: Any) -> list[dict]:
+    import pyarrow as pa
+
+    cols = {}
+    for name, col in zip(table.column_names, table.columns):
+        if isinstance(col.type, pa.FixedShapeTensorType):
+            arr = col.combine_chunks().to_numpy_ndarray()
+            cols[name] = list(arr)
+        else:
+            cols[name] = col.to_pylist()
+    return [dict(zip(cols, values)) for values in zip(*cols.values())] if cols else []
+
+
+def _ref_of(fn: Any, stage: str) -> str:
+    from .plan import by_name
+
+    if isinstance(by_name(fn), str):
+        return by_name(fn)
+    ref = f"{getattr(fn, '__module__', '')}:{getattr(fn, '__qualname__', '')}"
+    raise ValueError(f"to_yaml: stage {stage}: {ref} cannot be imported by name (a lambda, a local "
+                     f"function or one defined in __main__); move it to a module")
