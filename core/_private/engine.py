@@ -37,6 +37,7 @@ from core._private import protocol as P
 from core._private import refs as refs_mod
 from core._private import scheduler as S
 from core._private.refs import IdSource, ObjectRef, return_id
+from core._private.resources import ResourceLedger
 from core._private.worker_pool import WorkerPool, WorkerProc
 from core.exceptions import (
     ActorDiedError,
@@ -118,6 +119,7 @@ class Actor:
         self.restarts_left = max_restarts
         self.need = need
         self.worker: WorkerProc | None = None
+        self.holding = False          # `need` is taken from the ledger (from start to death)
         self.queue: deque[Task] = deque()   # calls not yet sent, in submission order
         self.dead = False
         self.death_cause = ""
@@ -164,7 +166,9 @@ class LocalEngine:
         cpus = float(os.cpu_count() or 1) if num_cpus is None else float(num_cpus)
         gpus = float(num_gpus or 0)
         self.total = {"CPU": cpus, "GPU": gpus, **{k: float(v) for k, v in (resources or {}).items()}}
-        self.available = dict(self.total)
+        self.resources = ResourceLedger(self.total)
+        self._owing: set[WorkerProc] = set()   # back from a nested get, its share not yet free
+        self._pending_actors: deque[Actor] = deque()   # waiting for their resources, in order
         self.free_gpus = list(range(int(gpus)))
         self.pool_size = max(1, int(cpus))
         self.max_workers = max(4, int(cpus) * 4)
@@ -523,11 +527,15 @@ class LocalEngine:
 
     def _schedule(self) -> None:
         """Hand queued tasks to idle workers while resources allow (lock held)."""
+        if self._owing:
+            self._retake_shares()
+        if self._pending_actors:
+            self._start_pending_actors()
         for actor in self.actors.values():
             if actor.queue and actor.worker is not None and not actor.dead:
                 self._dispatch_actor(actor)
-        if not self.queue:
-            return
+        if not self.queue or self._owing:
+            return   # a worker back from a nested get takes its share before new tasks start
         idle = [w for w in self.workers.values()
                 if w.alive and w.actor_id is None and not w.inflight and not w.blocked]
         while self.queue:
@@ -535,7 +543,7 @@ class LocalEngine:
             if task.cancelled or task.state != "queued":
                 self.queue.popleft()
                 continue
-            if not S.fits(task.need, self.available):
+            if not self.resources.fits(task.need):
                 break
             if not idle:
                 live = sum(1 for w in self.workers.values() if w.alive and w.actor_id is None)
@@ -551,10 +559,49 @@ class LocalEngine:
             while len(batch) < n and self.queue and self.queue[0].fn_id == task.fn_id \
                     and self.queue[0].need == task.need and not self.queue[0].streaming:
                 batch.append(self.queue.popleft())
-            S.acquire(task.need, self.available)
-            worker.held_need = task.need
+            self._hold(worker, task.need, f"task {task.name}")
             self._dispatch(worker, batch)
         self._pipeline()
+
+    # ── resources: every take and give-back of a worker's or an actor's share ───────────────
+    def _hold(self, worker: WorkerProc, need: dict, what: str) -> None:
+        self.resources.acquire(need, what)
+        worker.held_need = need
+        worker.holding = True
+
+    def _unhold(self, worker: WorkerProc, keep_need: bool = False) -> None:
+        """Give back the worker's share if it holds it (once: a blocked worker already did)."""
+        self._owing.discard(worker)
+        if worker.holding:
+            self.resources.release(worker.held_need, f"worker {worker.wid}")
+            worker.holding = False
+        if not keep_need:
+            worker.held_need = {}
+
+    def _retake_shares(self) -> None:
+        """Workers back from a nested get/wait run again: they take their share back before any
+        new task starts, each as soon as it fits (the CPU may have gone to a nested task)."""
+        for worker in list(self._owing):
+            if not worker.alive or worker.blocked or not worker.inflight or worker.holding:
+                self._owing.discard(worker)
+            elif self.resources.fits(worker.held_need):
+                self._owing.discard(worker)
+                self._hold(worker, worker.held_need, f"worker {worker.wid}")
+
+    def _start_pending_actors(self) -> None:
+        """Actors waiting for their resources start in creation order as their share frees up."""
+        while self._pending_actors:
+            actor = self._pending_actors[0]
+            if not actor.dead and not self.resources.fits(actor.need):
+                return
+            self._pending_actors.popleft()     # first: _start_actor schedules again
+            if not actor.dead:
+                self._hold_actor(actor)
+                self._start_actor(actor)
+
+    def _hold_actor(self, actor: Actor) -> None:
+        self.resources.acquire(actor.need, f"actor {actor.name}")
+        actor.holding = True
 
     def _pipeline(self) -> None:
         """Queued short tasks go to busy workers as their next task (scheduler.pipelined). The
@@ -565,7 +612,7 @@ class LocalEngine:
             if not self.queue:
                 return
             task = self.queue[0]
-            if (worker.alive and worker.actor_id is None and not worker.blocked
+            if (worker.alive and worker.actor_id is None and not worker.blocked and worker.holding
                     and len(worker.inflight) == 1 and not worker.inflight[0].streaming
                     and not task.streaming and worker.held_need == task.need
                     and "GPU" not in task.need  # its devices are picked when it is sent
@@ -614,8 +661,7 @@ class LocalEngine:
         if msgs:
             worker.chan.send((P.TASKS, msgs))
         elif worker.actor_id is None and not worker.inflight:
-            S.release(worker.held_need, self.available)
-            worker.held_need = {}
+            self._unhold(worker)
 
     def _arg_lost(self, task: Task, exc: ObjectLostError) -> None:
         oid = getattr(exc, "oid", None)
@@ -679,8 +725,7 @@ class LocalEngine:
             self.free_gpus.extend(task.gpu_ids)
             task.gpu_ids = []
         if worker.actor_id is None and not worker.inflight:
-            S.release(worker.held_need, self.available)
-            worker.held_need = {}
+            self._unhold(worker)
         if error is not None:
             if isinstance(error, TaskError) and self._retry_app_error(task, error):
                 return
@@ -852,7 +897,10 @@ class LocalEngine:
             raise CoreError(f"actor {create.name} can never start here: it asks for {asked}")
         actor = Actor(create.task_id, create.name, create, max_restarts, need)
         self.actors[create.task_id] = actor
-        S.acquire(need, self.available)
+        if self._pending_actors or not self.resources.fits(need):
+            self._pending_actors.append(actor)   # started by _schedule once its share is free
+            return
+        self._hold_actor(actor)
         self._start_actor(actor)
 
     def _start_actor(self, actor: Actor) -> None:
@@ -902,8 +950,9 @@ class LocalEngine:
             for t in list(actor.worker.inflight):
                 self._finish_failed(t, err)
             actor.worker.inflight.clear()
-        S.release(actor.need, self.available)
-        actor.need = {}
+        if actor.holding:
+            self.resources.release(actor.need, f"actor {actor.name}")
+            actor.holding = False
 
     # ── workers ─────────────────────────────────────────────────────────────────────────────
     def _on_worker_death(self, worker: WorkerProc) -> None:
@@ -917,8 +966,7 @@ class LocalEngine:
         worker.borrowed.clear()
         self.requests = [r for r in self.requests if r[0] is not worker]
         if worker.actor_id is None:
-            S.release(worker.held_need, self.available) if worker.inflight else None
-            worker.held_need = {}
+            self._unhold(worker)
             for i, task in enumerate(worker.inflight):
                 if task.gpu_ids:
                     self.free_gpus.extend(task.gpu_ids)
@@ -990,7 +1038,7 @@ class LocalEngine:
             elif op == "create_actor":
                 self._reply(worker, req_id, True, self._create_actor_from_worker(worker, *args))
             elif op == "resources":
-                self._reply(worker, req_id, True, (dict(self.total), dict(self.available)))
+                self._reply(worker, req_id, True, (dict(self.total), self.resources.snapshot()))
             else:
                 raise CoreError(f"unknown request {op!r} from worker {worker.wid}")
         except BaseException as exc:  # noqa: BLE001 - sent back to the worker
@@ -1021,7 +1069,7 @@ class LocalEngine:
             self._reclaim(worker)
             worker.blocked += 1
             if worker.actor_id is None and worker.blocked == 1:
-                S.release(worker.held_need, self.available)
+                self._unhold(worker, keep_need=True)   # its CPU is free while it waits
             self.requests.append(req)
             self._schedule()
 
@@ -1067,7 +1115,7 @@ class LocalEngine:
                 worker = req[0]
                 worker.blocked -= 1
                 if worker.actor_id is None and worker.blocked == 0 and worker.inflight:
-                    S.acquire(worker.held_need, self.available)
+                    self._owing.add(worker)            # its share back as soon as it fits
             else:
                 keep.append(req)
         self.requests = keep
@@ -1153,7 +1201,7 @@ class LocalEngine:
 
     def available_resources(self) -> dict:
         with self.locked:
-            out = {k: max(0.0, v) for k, v in self.available.items()}
+            out = self.resources.snapshot()
         usage = self.store.usage()
         out["object_store_memory"] = float(max(0, usage["capacity"] - usage["used"]))
         return out

@@ -43,16 +43,6 @@ def fits(need: dict[str, float], available: dict[str, float]) -> bool:
     return all(available.get(k, 0.0) + EPS >= v for k, v in need.items())
 
 
-def acquire(need: dict[str, float], available: dict[str, float]) -> None:
-    for k, v in need.items():
-        available[k] = available.get(k, 0.0) - v
-
-
-def release(need: dict[str, float], available: dict[str, float]) -> None:
-    for k, v in need.items():
-        available[k] = available.get(k, 0.0) + v
-
-
 def batch_size(avg_seconds: float | None, queued: int, idle_workers: int) -> int:
     """How many queued tasks of one function to hand one idle worker at once."""
     if avg_seconds is None or avg_seconds > FAST_TASK or queued <= 1:

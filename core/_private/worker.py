@@ -100,6 +100,7 @@ class WorkerClient:
         self._req_ids = itertools.count(1)
         self._ids = IdSource()
         self.current_task: bytes | None = None
+        self.load_seconds = 0.0                 # spent unpickling functions (imports), not running
 
     # ── ids ──
     def new_id(self, index: int = 0) -> bytes:
@@ -310,7 +311,9 @@ class _Cancelled(BaseException):
 def _load_function(client: WorkerClient, fn_id: bytes) -> Any:
     fn = client.functions.get(fn_id)
     if isinstance(fn, (bytes, bytearray, memoryview)):
-        fn = pickle.loads(fn)
+        t0 = time.perf_counter()
+        fn = pickle.loads(fn)   # by name: imports its module (once), which is not the task's time
+        client.load_seconds += time.perf_counter() - t0
         client.functions[fn_id] = fn
     if fn is None:
         raise RuntimeError(f"function {fn_id.hex()} was never shipped to worker {client.worker_id}")
@@ -364,7 +367,7 @@ class TaskRunner:
         env = task.get("env")
         saved_env = _apply_env(env) if env else None
         client.current_task = task_id
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() - client.load_seconds   # the time loading functions is left out
         try:
             value = self._call(task)
             if task.get("streaming"):
@@ -382,7 +385,7 @@ class TaskRunner:
             client.current_task = None
             if saved_env is not None:
                 _restore_env(saved_env)
-        client.queue((P.DONE, task_id, results, error, time.perf_counter() - t0))
+        client.queue((P.DONE, task_id, results, error, time.perf_counter() - t0 - client.load_seconds))
 
     def _call(self, task: dict) -> Any:
         client = self.client

@@ -45,6 +45,7 @@ class WorkerProc:
         self.alive = True
         self.inflight: deque = deque()  # tasks sent to it, in the order it runs them
         self.held_need: dict = {}     # resources held while it runs a batch
+        self.holding = False          # held_need is taken from the ledger now (not while blocked)
         self.blocked = 0              # nested get/wait requests outstanding
         self.known_fns: set[bytes] = set()
         self.borrowed: set[bytes] = set()
