@@ -6,6 +6,7 @@ once per actor), `to_label` (stateless); and `load_weights`, the model the drive
 
 from __future__ import annotations
 
+import time
 import zlib
 
 import numpy as np
@@ -45,7 +46,8 @@ def load_weights(dim: int = 16, mb: float = 0, seed: int = 0) -> dict:
 class Sentiment:
     """Built once per actor with the weights the driver put once (mapped, not copied)."""
 
-    def __init__(self, weights: dict, scale: float = 1.0):
+    def __init__(self, weights: dict, scale: float = 1.0, delay: float = 0.0):
+        self.delay = delay  # seconds per batch: a slower model, for demonstrations and tests
         self.embedding = weights["embedding"]
         self.extra = weights["extra"]
         self.scale = scale
@@ -53,6 +55,8 @@ class Sentiment:
         self.checksum = float(self.extra[::1024].sum()) if self.extra.size else 0.0
 
     def __call__(self, batch: dict) -> dict:
+        if self.delay:
+            time.sleep(self.delay)
         tokens = batch["tokens"]
         vectors = self.embedding[tokens]                      # N x L x dim
         count = np.maximum((tokens > 0).sum(axis=1, keepdims=True), 1)
