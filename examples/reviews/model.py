@@ -69,3 +69,18 @@ def to_label(batch: dict, threshold: float = 0.0) -> dict:
     label = np.where(score > threshold, "positive", np.where(score < -threshold, "negative", "neutral"))
     return {"review_id": batch["review_id"], "score": score, "label": label,
             "embedding": batch["embedding"]}
+
+
+_BUILT: dict[int, Sentiment] = {}
+
+
+def sentiment(weights: dict, batch: dict) -> dict:
+    """The model as a function of (model, batch), for a stateless stage (it then fuses with its
+    neighbours): a Sentiment built once per process for these weights."""
+    emb, extra = weights["embedding"], weights["extra"]
+    key = hash((emb.shape, extra.size, emb.tobytes()[:4096]))  # the same weights, however delivered
+    model = _BUILT.get(key)
+    if model is None:
+        _BUILT.clear()
+        model = _BUILT[key] = Sentiment(weights)
+    return model(batch)
