@@ -36,6 +36,7 @@ from typing import Any, Callable
 from core._private import protocol as P
 from core._private import refs as refs_mod
 from core._private import scheduler as S
+from core._private.object_store import NoRoomNow
 from core._private.refs import IdSource, ObjectRef, return_id
 from core._private.resources import ResourceLedger
 from core._private.worker_pool import WorkerPool, WorkerProc
@@ -169,6 +170,7 @@ class LocalEngine:
         self.resources = ResourceLedger(self.total)
         self._owing: set[WorkerProc] = set()   # back from a nested get, its share not yet free
         self._pending_actors: deque[Actor] = deque()   # waiting for their resources, in order
+        self._room_wait = False                # a task waits for room to restore its arguments
         self.free_gpus = list(range(int(gpus)))
         self.pool_size = max(1, int(cpus))
         self.max_workers = max(4, int(cpus) * 4)
@@ -526,7 +528,8 @@ class LocalEngine:
                 self.queue.append(task)
 
     def _schedule(self) -> None:
-        """Hand queued tasks to idle workers while resources allow (lock held)."""
+        """Hand queued tasks to idle workers while resources and memory allow (lock held)."""
+        self._room_wait = False
         if self._owing:
             self._retake_shares()
         if self._pending_actors:
@@ -544,6 +547,9 @@ class LocalEngine:
                 self.queue.popleft()
                 continue
             if not self.resources.fits(task.need):
+                break
+            if self._admission(task) == "wait":
+                self._room_wait = True
                 break
             if not idle:
                 live = sum(1 for w in self.workers.values() if w.alive and w.actor_id is None)
@@ -617,6 +623,9 @@ class LocalEngine:
                     and not task.streaming and worker.held_need == task.need
                     and "GPU" not in task.need  # its devices are picked when it is sent
                     and S.pipelined(self.fn_time.get(task.fn_id))):
+                if self._admission(task) == "wait":
+                    self._room_wait = True
+                    return
                 self.queue.popleft()
                 task.pipelined = True
                 self._dispatch(worker, [task])
@@ -646,9 +655,17 @@ class LocalEngine:
 
     def _dispatch(self, worker: WorkerProc, batch: list[Task]) -> None:
         msgs = []
+        deferred: list[Task] = []
         for task in batch:
+            decision = "wait" if deferred else self._admission(task)
+            if decision == "wait":
+                deferred.append(task)
+                continue
             try:
-                msgs.append(self._task_message(worker, task))
+                msgs.append(self._task_message(worker, task, wait_for_room=decision == "try"))
+            except NoRoomNow:            # the room went to someone else meanwhile: wait
+                deferred.append(task)
+                continue
             except ObjectLostError as exc:
                 self._arg_lost(task, exc)
                 continue
@@ -658,10 +675,35 @@ class LocalEngine:
             task.state = "running"
             task.worker = worker
             worker.inflight.append(task)
+        if deferred:
+            self._requeue_front(worker, deferred)
         if msgs:
             worker.chan.send((P.TASKS, msgs))
         elif worker.actor_id is None and not worker.inflight:
             self._unhold(worker)
+
+    def _requeue_front(self, worker: WorkerProc, tasks: list[Task]) -> None:
+        """Tasks whose arguments cannot be restored yet go back to the head of their queue."""
+        self._room_wait = True
+        for task in tasks:
+            task.pipelined = False
+        if worker.actor_id is not None:
+            actor = self.actors.get(worker.actor_id)
+            if actor is not None:
+                actor.queue.extendleft(reversed(tasks))
+        else:
+            self.queue.extendleft(reversed(tasks))
+
+    def _admission(self, task: Task) -> str:
+        """scheduler.admit for `task`'s top-level arguments (cheap when none is spilled)."""
+        oids = [r.binary for r in task.arg_refs]
+        if task.args[0] == "stored":
+            oids.append(task.args[1].binary)
+        sizes = self.store.restore_sizes(oids) if oids else None
+        if not sizes:
+            return "now"
+        pins_will_free = any(w.alive and w.inflight and not w.blocked for w in self.workers.values())
+        return S.admit(sizes, self.store.room(), pins_will_free)
 
     def _arg_lost(self, task: Task, exc: ObjectLostError) -> None:
         oid = getattr(exc, "oid", None)
@@ -675,18 +717,30 @@ class LocalEngine:
         task.state = "waiting"
         self._enqueue(task)
 
-    def _task_message(self, worker: WorkerProc, task: Task) -> dict:
+    def _task_message(self, worker: WorkerProc, task: Task, wait_for_room: bool = True) -> dict:
         if task.fn_id is not None and task.fn_id not in worker.known_fns:
             blob = self.functions[task.fn_id]
             worker.chan.send((P.FUNCTION, task.fn_id, blob))
             worker.known_fns.add(task.fn_id)
             worker.function_bytes += len(blob)
-        arg_locs = [(r.binary, self._locate_for(worker, r.binary)) for r in task.arg_refs]
-        if task.args[0] == "inline":
-            args = ("inline", task.args[1], arg_locs)
-        else:
-            oid = task.args[1].binary
-            args = ("stored", (oid, self._locate_for(worker, oid)), arg_locs)
+        located: list[bytes] = []       # pinned for the worker: unpinned if the task is not sent
+
+        def locate(oid: bytes) -> tuple:
+            loc = self._locate_for(worker, oid, wait_for_room)
+            located.append(oid)
+            return loc
+
+        try:
+            arg_locs = [(r.binary, locate(r.binary)) for r in task.arg_refs]
+            if task.args[0] == "inline":
+                args = ("inline", task.args[1], arg_locs)
+            else:
+                oid = task.args[1].binary
+                args = ("stored", (oid, locate(oid)), arg_locs)
+        except BaseException:
+            for oid in located:
+                self.store.unpin(oid, worker.wid)
+            raise
         env = None
         if task.need.get("GPU"):
             task.gpu_ids = S.pick_gpus(task.need["GPU"], self.free_gpus)
@@ -696,14 +750,14 @@ class LocalEngine:
                 "method": task.method, "args": args, "return_ids": task.return_ids,
                 "num_returns": task.num_returns, "streaming": task.streaming, "env": env}
 
-    def _locate_for(self, worker: WorkerProc, oid: bytes) -> tuple:
+    def _locate_for(self, worker: WorkerProc, oid: bytes, wait_for_room: bool = True) -> tuple:
         obj = self.objects.get(oid)
         if obj is None:
             raise self._missing(oid)
         if obj.status == FAILED:
             raise obj.error
         try:
-            return self.store.locate(oid, worker.wid)
+            return self.store.locate(oid, worker.wid, wait_for_room=wait_for_room)
         except ObjectLostError as exc:
             exc.oid = oid  # type: ignore[attr-defined]
             raise
@@ -1133,7 +1187,7 @@ class LocalEngine:
             for worker in dead:
                 self._on_worker_death(worker)
             self._answer_requests(time.monotonic())
-            if msgs:
+            if msgs or self._room_wait:   # a task waiting for room: pins may be gone by now
                 self._schedule()
                 self._cond.notify_all()
 

@@ -42,12 +42,16 @@ from core._private.serialization import SerializedObject
 from core._private.spill import SpillFile, SpillLocation, SpillTarget, open_spill_target, parse_spill_config
 from core.exceptions import CoreError, ObjectLostError, ObjectStoreFullError
 
-__all__ = ["ObjectStore", "EntryInfo", "default_capacity", "size_class"]
+__all__ = ["ObjectStore", "EntryInfo", "NoRoomNow", "default_capacity", "size_class"]
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 DEFAULT_INLINE_THRESHOLD = 100 * 1024
 DEFAULT_FULL_WAIT = 3.0                   # seconds a put waits for unpins before giving up
 MAX_POOLED_SEGMENTS = 128                 # bounds open mappings kept for reuse
+
+
+class NoRoomNow(ObjectStoreFullError):
+    """A restore asked not to wait does not fit until pinned objects are released."""
 
 
 def default_capacity() -> int:
@@ -304,15 +308,37 @@ class ObjectStore:
 
         return shm.pinned_view(view, 0, view.nbytes, on_release, readonly=not writable)
 
-    def locate(self, oid: bytes, holder: int) -> tuple:
+    def locate(self, oid: bytes, holder: int, *, wait_for_room: bool = True) -> tuple:
         """Where a worker finds the object, pinned for `holder`: ("inline", bytes) or
-        ("shared", segment name, size)."""
+        ("shared", segment name, size). A spilled object is restored first; with
+        `wait_for_room=False`, a restore that does not fit now raises `NoRoomNow` at once
+        instead of waiting for unpins (the engine then keeps the task queued)."""
         with self._cond:
-            entry = self._ready(oid)
+            entry = self._ready(oid, wait_for_room)
             self._pin(entry, holder)
             if entry.state == "inline":
                 return ("inline", entry.data)
             return ("shared", entry.seg.name, entry.size)
+
+    def restore_sizes(self, oids: list[bytes]) -> list[int]:
+        """Bytes of shared memory that reading `oids` would take now: a segment for each that is
+        spilled (nothing for those in memory, or being restored by someone else)."""
+        entries = self._objects
+        out = []
+        for oid in oids:
+            entry = entries.get(oid)
+            if entry is not None and entry.state == "spilled" and not entry.lost:
+                out.append(self._class_for(entry.size))
+        return out
+
+    def room(self) -> int:
+        """Bytes that can be made available now without waiting for anyone: free capacity,
+        pooled segments, and unpinned objects that can be spilled."""
+        with self._cond:
+            self._drain()
+            spillable = sum(e.seg.touched for e in self._lru.values()
+                            if not e.pins and not e.busy and e.seg is not None)
+            return self.capacity - self._used + self._pooled + spillable
 
     def _view_of(self, entry: _Entry, writable: bool) -> memoryview:
         if entry.state == "inline":
@@ -321,7 +347,7 @@ class ObjectStore:
             return memoryview(shm.map_segment(entry.seg.name, "copy", size=entry.size))
         return memoryview(entry.seg.readonly_map())[:entry.size]
 
-    def _ready(self, oid: bytes) -> _Entry:
+    def _ready(self, oid: bytes, wait_for_room: bool = True) -> _Entry:
         """The entry, sealed and in shared memory (restored if needed). Lock held."""
         self._drain()
         while True:
@@ -335,7 +361,7 @@ class ObjectStore:
                 self._cond.wait(0.05)
                 continue
             if entry.state == "spilled":
-                self._restore(entry)
+                self._restore(entry, wait_for_room)
                 continue
             if entry.state == "shared":
                 if not shm.segment_exists(entry.seg.name, entry.seg.ino):
@@ -492,7 +518,7 @@ class ObjectStore:
             self._pooled -= best.touched
         return best
 
-    def _allocate(self, size: int, oid: bytes, sparse: bool = False) -> _Segment:
+    def _allocate(self, size: int, oid: bytes, sparse: bool = False, wait: bool = True) -> _Segment:
         """A segment for `size` bytes, making room if needed. Lock held; may drop it while
         spilling or waiting."""
         if size > self.capacity:
@@ -527,6 +553,9 @@ class ObjectStore:
                 continue
             if self._spill_lru(short):
                 continue
+            if not wait:
+                raise NoRoomNow(f"object {_hex(oid)} of {size} bytes does not fit in the object store "
+                                f"until pinned objects are released")
             deadline = deadline or time.monotonic() + self.full_wait
             remaining = deadline - time.monotonic()
             if remaining <= 0 and not self._spills_running:
@@ -640,11 +669,11 @@ class ObjectStore:
             self._recycle(seg)
             self.stats["spilled_objects"] += 1
 
-    def _restore(self, entry: _Entry) -> None:
+    def _restore(self, entry: _Entry, wait_for_room: bool = True) -> None:
         """Bring a spilled object back into a segment. Lock held; dropped during the read."""
         entry.state = "restoring"
         try:
-            seg = self._allocate(entry.size, entry.oid)
+            seg = self._allocate(entry.size, entry.oid, wait=wait_for_room)
         except BaseException:
             entry.state = "spilled"
             if entry.deleted:

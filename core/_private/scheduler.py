@@ -11,6 +11,9 @@ Policy:
   short that it is batched) gets its next task while it runs this one: it starts it at once
   instead of waiting for a round trip through the driver (~1 ms per task). The next task waits at
   most one short task behind it.
+- Admission: a task is sent only when its arguments are in memory or their restores fit in
+  room that exists now (`admit`); otherwise it waits at the head of the queue until running
+  tasks release their pins, as Ray's pull manager does.
 - A worker blocked in `get`/`wait` inside a task gives its CPU back while it waits, and the pool
   may start another worker to use it (up to `max_workers`), so nested tasks cannot deadlock. It
   also hands back the task queued behind the one that blocked, which may be what it waits for.
@@ -19,6 +22,7 @@ Policy:
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 FAST_TASK = 0.002        # seconds: below this a task is cheap enough to batch
 MAX_BATCH = 128          # tasks in one TASKS message
@@ -64,3 +68,23 @@ def pick_gpus(count: float, free_ids: list[int]) -> list[int]:
 def should_spawn(idle: int, starting: int, live: int, max_workers: int, runnable: int) -> bool:
     """Start another worker when runnable tasks wait with nobody idle or on the way."""
     return runnable > 0 and idle == 0 and starting == 0 and live < max_workers
+
+
+Admission = Literal["now", "wait", "try"]
+
+
+def admit(restore_sizes: list[int], room: int, pins_will_free: bool) -> Admission:
+    """May a task be sent (or pipelined, or batched) now? Its top-level arguments must be read
+    into shared memory first: `restore_sizes` are the segments its spilled ones need, `room` the
+    bytes that exist now (free, pooled, or held by unpinned objects that can be spilled).
+
+    - "now": everything is in memory, or the restores fit in that room.
+    - "wait": they do not fit, and running tasks hold pins they will release: the task stays
+      queued and is looked at again when they do (a task never fails because memory is busy).
+    - "try": they do not fit and nothing running will free room (only the caller's own views
+      pin it): send it; its restore waits for unpins like a put, and fails with
+      ObjectStoreFullError if the arguments can never fit.
+    """
+    if not restore_sizes or sum(restore_sizes) <= room:
+        return "now"
+    return "wait" if pins_will_free else "try"

@@ -520,8 +520,11 @@ def main(argv: list[str]) -> None:
         P.send_frame(sock, (P.HELLO, worker_id, os.getpid()))
     except OSError:  # the driver shut down while we started: nothing to do
         os._exit(0)
-    # numpy is what most task arguments need; import it while the worker waits for work.
-    threading.Thread(target=_preimport, daemon=True).start()
+    # numpy is what most task arguments need; import it while the worker waits for work. A task
+    # starts only once it is done: two threads importing numpy at once can see it half made
+    # ("partially initialized module"), and unpickling a task's function or arguments imports.
+    preimport = threading.Thread(target=_preimport, daemon=True)
+    preimport.start()
     runner = TaskRunner(client)
     tasks: deque[dict] = deque()
     last_flush = time.monotonic()
@@ -548,6 +551,9 @@ def main(argv: list[str]) -> None:
             if not tasks:
                 continue
             task = tasks.popleft()
+            if preimport is not None:
+                preimport.join()
+                preimport = None
             began = time.monotonic()
             if task["task_id"] in client.cancelled:  # type: ignore[attr-defined]
                 client.cancelled.discard(task["task_id"])  # type: ignore[attr-defined]
