@@ -97,7 +97,8 @@ def raydata(data: str, out: str) -> None:
 
     from examples.reviews import model as m
 
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=f"/tmp/ddsf-bench-ray-{os.getuid()}")
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             _temp_dir=f"/tmp/ddsf-bench-ray-{os.getuid()}")
     ray.data.DataContext.get_current().enable_progress_bars = False
     weights = m.load_weights(dim=16, mb=MB)
     (ray.data.read_parquet(data, columns=["review_id", "text"])

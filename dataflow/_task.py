@@ -175,6 +175,7 @@ def _quarantine_rows(task: ShardTask, rb: pa.RecordBatch, offset: int,
     t = pa.Table.from_batches([rows])
     n = len(failed)
     t = t.append_column("_error", pa.array([e for _, e in failed], pa.string()))
+    t = t.append_column("_stage", pa.array(["predict"] * n, pa.string()))  # the shorthand's one stage
     t = t.append_column("_shard", pa.array([task.shard.index] * n, pa.int64()))
     t = t.append_column("_path", pa.array([task.shard.path] * n, pa.string()))
     return t.append_column("_row", pa.array([offset + r for r, _ in failed], pa.int64()))
