@@ -70,7 +70,7 @@ _MODEL = None
 
 
 def _plain_shard(args) -> None:
-    import pyarrow as pa
+    import numpy as np
     import pyarrow.parquet as pq
 
     from dataflow.batches import block_table
@@ -84,12 +84,11 @@ def _plain_shard(args) -> None:
     batch = {"review_id": t["review_id"].to_numpy(), "text": t["text"].to_numpy(zero_copy_only=False)}
     tok = m.tokenize(batch, max_length=16)
     parts = [_MODEL({k: v[i:i + 1024] for k, v in tok.items()}) for i in range(0, len(tok["review_id"]), 1024)]
-    scored = {k: __import__("numpy").concatenate([p[k] for p in parts]) for k in parts[0]}
+    scored = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     res = m.to_label(scored, threshold=0.05)
     tmp = os.path.join(out, "." + os.path.basename(path))
     pq.write_table(block_table(res), tmp)
     os.replace(tmp, os.path.join(out, os.path.basename(path)))
-    del pa
 
 
 def raydata(data: str, out: str) -> None:

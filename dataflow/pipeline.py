@@ -317,30 +317,48 @@ class Pipeline:
 
     def _put_payloads(self, backend: Any) -> list:
         """Each stage's model (built once, here) and arguments, put once: every task and actor
-        of the stage maps the same bytes (one copy of the weights however many actors)."""
+        of the stage maps the same bytes (one copy of the weights however many actors).
+
+        Returns one Future per stage, filled in stage order by a helper thread: the stages
+        before a big model start on the first shards while it is built and put."""
+        import threading
+        from concurrent.futures import Future
+
+        futures: list[Future] = [Future() for _ in self.spec.stages]
+
+        def put_all() -> None:
+            for i, fut in enumerate(futures):
+                try:
+                    fut.set_result(self._put_stage(backend, i))
+                except BaseException as exc:  # noqa: BLE001 - raised where the stage needs it
+                    for rest in futures[i:]:
+                        rest.set_exception(exc)
+                    return
+
+        threading.Thread(target=put_all, daemon=True, name="dataflow-put").start()
+        return futures
+
+    def _put_stage(self, backend: Any, i: int) -> Any:
         from .models import PerWorker, check_picklable, load_model
         from .plan import Payload, model_specs, payload_args
 
-        refs = []
-        for st, mspec, args in zip(self.spec.stages, model_specs(self.spec), payload_args(self.spec)):
-            model = None
-            if mspec is not None:
-                source = load_model(mspec)
-                model = source if isinstance(source, PerWorker) else source.value
-                del source
-            payload = Payload(model=model, **args)
-            del model
-            if not isinstance(st.fn, str):
-                check_picklable(st.fn, f"stage {st.name} fn")
-            if backend.name == "inline":
-                check_picklable(payload, f"stage {st.name} model and arguments")
-            try:
-                refs.append(backend.put(payload))
-            except Exception:
-                check_picklable(payload, f"stage {st.name} model and arguments")
-                raise
-            del payload
-        return refs
+        st, mspec, args = self.spec.stages[i], model_specs(self.spec)[i], payload_args(self.spec)[i]
+        model = None
+        if mspec is not None:
+            source = load_model(mspec)
+            model = source if isinstance(source, PerWorker) else source.value
+            del source
+        payload = Payload(model=model, **args)
+        del model
+        if not isinstance(st.fn, str):
+            check_picklable(st.fn, f"stage {st.name} fn")
+        if backend.name == "inline":
+            check_picklable(payload, f"stage {st.name} model and arguments")
+        try:
+            return backend.put(payload)  # the driver's own copy goes with `payload`
+        except Exception:
+            check_picklable(payload, f"stage {st.name} model and arguments")
+            raise
 
     def _stage_report(self) -> list[dict]:
         ex = getattr(self, "_stream", None)
@@ -370,7 +388,7 @@ class Pipeline:
         self._check_session(backend)
         read = dict(batch_size=segs[0].head.batch_size or s.predict.batch_size, columns=self.read_columns,
                     filters=_filters(src.filters), storage_options=dict(src.storage_options))
-        by_stage = {st.name: ref for st, ref in zip(s.stages, payload_refs)}
+        by_stage = {st.name: fut for st, fut in zip(s.stages, payload_refs)}
         seg_payloads = [[by_stage[st.name] for st in seg.stages] for seg in segs]
 
         def make_task(shard, seg):
@@ -387,8 +405,10 @@ class Pipeline:
                 max_in_flight = seg.head.concurrency
             from .streaming import _task_options
 
-            executor = Executor(backend=backend, fn=run_segment, options=_task_options(seg), make_args=lambda sh: make_task(sh, seg),
-                                model_ref=None, shared=tuple(seg_payloads[0]), max_in_flight=max_in_flight,
+            shared = tuple(fut.result() for fut in seg_payloads[0])  # every stage runs in each task
+            executor = Executor(backend=backend, fn=run_segment, options=_task_options(seg),
+                                make_args=lambda sh: make_task(sh, seg),
+                                model_ref=None, shared=shared, max_in_flight=max_in_flight,
                                 max_retries=rt.max_retries, fail_fast=rt.on_error == "fail")
             stats = {st.name: [0, 0, 0.0] for st in seg.stages}
             pids: set = set()

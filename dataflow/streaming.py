@@ -22,12 +22,11 @@ its input block, up to `max_retries`; a dead actor is restarted by core and its 
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal
 
-from .backends import TaskFailure, describe
+from .backends import TaskFailure
 from .exceptions import RunError
 from .executor import ShardDone, ShardFailed, ShardRetry
 from .plan import Segment, gpu_devices, pool_bounds, pool_target
@@ -64,6 +63,7 @@ class SegState:
     queue: deque = field(default_factory=deque)
     in_flight: dict = field(default_factory=dict)   # meta handle -> (Item, actor or None)
     pool: Pool | None = None
+    ready: bool = False                             # its stages' payloads are in the store
     held_back: int = 0                              # loop turns with work and a slot, but no room downstream
     blocks: int = 0
     stats: dict = field(default_factory=dict)       # stage -> [rows_in, rows_out, seconds]
@@ -97,7 +97,7 @@ def room_downstream(state: StreamState, k: int) -> bool:
 
 def can_submit(state: StreamState, k: int) -> bool:
     s = state.segs[k]
-    return (not state.stopped and bool(s.queue) and len(s.in_flight) < s.slots
+    return (not state.stopped and s.ready and bool(s.queue) and len(s.in_flight) < s.slots
             and room_downstream(state, k))
 
 
@@ -119,7 +119,7 @@ class StreamExecutor:
 
     backend: Any
     segments: list[Segment]
-    payloads: list                  # per segment: the payload refs of its stages
+    payloads: list                  # per segment: Futures of its stages' payload refs (put by a helper thread)
     make_task: Any                  # (shard, segment) -> _task.SegmentTask
     max_in_flight: int
     max_retries: int
@@ -143,16 +143,15 @@ class StreamExecutor:
         state = self.state = StreamState(segs, self.max_retries)
         state.segs[0].queue.extend(Item(sh) for sh in shards)
         try:
-            for s in state.segs:
-                if s.seg.kind == "pool":
-                    self._start_pool(s)
             while not state.finished:
+                self._payloads_landed(state)
                 self._scale_pools(state)
                 for k in reversed(range(len(state.segs))):
                     self._fill(state, k)
                 handles = [h for s in state.segs for h in s.in_flight]
                 handles += [r for s in state.segs if s.pool for r in s.pool.ready]
                 if not handles:
+                    self._wait_payloads(state)
                     continue
                 for handle in self.backend.wait(handles, timeout=self.poll):
                     yield from self._landed(state, handle)
@@ -165,6 +164,26 @@ class StreamExecutor:
                     for a in s.pool.actors:
                         self.backend.kill(a)
                     s.pool.actors.clear()
+
+    # -- payloads ---------------------------------------------------------------------------
+    def _payloads_landed(self, state: StreamState) -> None:
+        """Segments whose payloads are now in the store can start (a pool: its actors)."""
+        for s in state.segs:
+            futures = self.payloads[s.seg.index]
+            if s.ready or not all(f.done() for f in futures):
+                continue
+            for f in futures:
+                f.result()  # the model could not be built or put: the run stops with its error
+            s.ready = True
+            if s.seg.kind == "pool":
+                self._start_pool(s)
+
+    def _wait_payloads(self, state: StreamState) -> None:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        pending = [f for s in state.segs if not s.ready for f in self.payloads[s.seg.index] if not f.done()]
+        if pending:
+            wait(pending, timeout=self.poll, return_when=FIRST_COMPLETED)
 
     # -- pools ------------------------------------------------------------------------------
     def _start_pool(self, s: SegState) -> None:
@@ -181,8 +200,8 @@ class StreamExecutor:
         devices = gpu_devices(pool.started, stage.num_gpus, self.total_gpus) if stage.num_gpus else None
         opts = dict(self.pool_options(s.seg))
         opts.setdefault("max_restarts", -1)  # a dead actor comes back; its blocks are retried
-        actor = self.backend.start_actor(StageActor, (stage, self.payloads[s.seg.index][0], self.run_token,
-                                                      devices), opts)
+        actor = self.backend.start_actor(StageActor, (stage, self.payloads[s.seg.index][0].result(),
+                                                      self.run_token, devices), opts)
         pool.started += 1
         pool.actors.append(actor)
         pool.load[id(actor)] = 0
@@ -222,7 +241,8 @@ class StreamExecutor:
                 opts = _task_options(s.seg)
                 if n == 2:
                     opts["num_returns"] = 2
-                out = self.backend.submit(run_segment, task, self.backend.as_arg(item.block), *self.payloads[k],
+                payloads = [f.result() for f in self.payloads[k]]
+                out = self.backend.submit(run_segment, task, self.backend.as_arg(item.block), *payloads,
                                           options=opts)
             meta, block = (out, None) if n == 1 else (out[0], out[1])
             s.in_flight[meta] = (item, actor, block)
@@ -257,7 +277,7 @@ class StreamExecutor:
             yield from self._failed(state, item, str(exc), exc.cause)
             return
         last = item.seg == len(state.segs) - 1
-        meta = result if last else result[0] if isinstance(result, tuple) else result
+        meta = result  # a BlockMeta, or the last segment's ShardResult (the same fields)
         s.blocks += 1
         s.pids.add(meta.pid)
         for name, (a, b, c) in meta.stage_stats.items():

@@ -76,3 +76,7 @@ def count_calls(batch: dict) -> dict:
 
 
 not_a_function = 42
+
+
+def broken_weights():
+    raise RuntimeError("disk on fire")

@@ -140,8 +140,9 @@ def test_fractional_gpus_share_a_device():
 
 def test_backpressure_holds_the_fast_segment_back():
     segs = P.segments([P.Stage("a", "m:f", "tasks"), P.Stage("b", "m:C", "pool")])
-    state = streaming.StreamState([streaming.SegState(segs[0], 4, buffer=2),
-                                   streaming.SegState(segs[1], 4, buffer=2, pool=streaming.Pool(actors=[object()]))], 0)
+    state = streaming.StreamState([streaming.SegState(segs[0], 4, buffer=2, ready=True),
+                                   streaming.SegState(segs[1], 4, buffer=2, ready=True,
+                                                      pool=streaming.Pool(actors=[object()]))], 0)
     state.segs[0].queue.extend(range(100))
     assert streaming.can_submit(state, 0)
     state.segs[1].queue.extend(range(4))  # the pool's buffer (2) plus its 2 slots are taken
@@ -277,3 +278,14 @@ def test_num_gpus_gives_each_task_and_actor_its_devices(tmp_path):
     t = output(tmp_path)
     assert set(t["cuda"].to_pylist()) <= {"0", "1", "2"} and "" not in t["cuda"].to_pylist()
     assert set(t["actor_cuda"].to_pylist()) == {"0", "1"}
+
+
+def test_a_stage_model_that_cannot_be_built_fails_the_run_naming_it(tmp_path):
+    from dataflow import ModelError
+
+    data = helpers.make_dataset(tmp_path / "data", shards=2, rows=100)
+    st = stages3(model={"factory": f"{H}:broken_weights"})
+    with pytest.raises(ModelError, match=r"model\.factory tests\.dataflow\.stage_helpers:broken_weights raised "
+                                         r"RuntimeError: disk on fire"):
+        pipeline(tmp_path, data, st).run()
+    assert not list((tmp_path / "out").glob("part-*"))
