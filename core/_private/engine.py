@@ -696,6 +696,8 @@ class LocalEngine:
 
     def _admission(self, task: Task) -> str:
         """scheduler.admit for `task`'s top-level arguments (cheap when none is spilled)."""
+        if not task.arg_refs and task.args[0] == "inline":
+            return "now"                 # the common case of small tasks: nothing to restore
         oids = [r.binary for r in task.arg_refs]
         if task.args[0] == "stored":
             oids.append(task.args[1].binary)
