@@ -108,3 +108,16 @@ def test_bad_map_batches_arguments_are_spec_errors(tmp_path):
     with pytest.raises(dataflow.SpecError, match=r"stages\[0\]\.concurrency: \[min, max\] with min \(3\) > max \(1\)"):
         ds.pipeline()
     assert isinstance(S.PipelineSpec, type)
+
+
+def test_write_csv_and_write_json(tmp_path):
+    import json
+
+    data = helpers.make_dataset(tmp_path / "data", shards=2, rows=10)
+    ds = dataflow.read_parquet(data, columns=["id", "x"], runtime={"num_cpus": 2}).map_batches(add_one)
+    assert ds.write_csv(str(tmp_path / "csv")).rows == 20
+    assert ds.write_json(str(tmp_path / "json")).rows == 20
+    csv = pd.concat(pd.read_csv(p) for p in sorted((tmp_path / "csv").glob("part-*.csv")))
+    assert csv["x"].tolist() == [(i % 7) + 1 for i in range(20)]
+    lines = [json.loads(line) for p in sorted((tmp_path / "json").glob("part-*")) for line in p.read_text().splitlines()]
+    assert [r["id"] for r in lines] == list(range(20))
