@@ -333,7 +333,7 @@ class ModelSpec(_Spec):
     path: Str | None = None
     setup: Ref | None = None
     instance: Any = None
-    format: Annotated[str, BeforeValidator(_choice("auto", "pickle", "torch", "torchscript"))] = "auto"
+    format: Annotated[str, BeforeValidator(_choice("auto", "pickle", "torch", "torchscript", "safetensors", "numpy"))] = "auto"
     args: Mapping = {}
     storage_options: Mapping = {}
 
