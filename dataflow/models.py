@@ -88,7 +88,22 @@ def load_model(spec: ModelSpec) -> Shared | PerWorker:
             return Shared(fn(**spec.args))
         except Exception as exc:
             raise ModelError(f"model.factory {_name(spec.factory)} raised {type(exc).__name__}: {exc}") from exc
+    if spec.generate is not None:
+        _generate_file(spec.path, spec.generate)
     return _load_file(spec.path, spec.format, spec.storage_options)
+
+
+def _generate_file(uri: str, gen: Any) -> None:
+    """`model.generate`: make a missing local weights file on first use (e.g. seeded weights)."""
+    path = uri.removeprefix("file://")
+    if "://" in path or os.path.exists(path):
+        return
+    fn = resolve_ref(gen.factory) if isinstance(gen.factory, str) else gen.factory
+    try:
+        fn(path, **gen.args)
+    except Exception as exc:
+        raise ModelError(f"model.generate {_name(gen.factory)} could not make {uri}: "
+                         f"{type(exc).__name__}: {exc}") from exc
 
 
 def _load_file(uri: str, fmt: str, storage_options: dict) -> Shared | PerWorker:

@@ -306,7 +306,7 @@ class _Spec(BaseModel):
 
 
 class GenerateSpec(_Spec):
-    """Make the source on first use: `factory(source_path, **args)` runs when the local source
+    """Make the source (or a model file) on first use: `factory(path, **args)` runs when the local
     path does not exist (e.g. `connectors:make_nyc_taxi_shards` for the sample data)."""
 
     factory: Ref
@@ -336,6 +336,7 @@ class ModelSpec(_Spec):
     format: Annotated[str, BeforeValidator(_choice("auto", "pickle", "torch", "torchscript", "safetensors", "numpy"))] = "auto"
     args: Mapping = {}
     storage_options: Mapping = {}
+    generate: GenerateSpec | None = None  # with a local `path`: make the file on first use
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSpec":
@@ -344,6 +345,9 @@ class ModelSpec(_Spec):
             found = " and ".join(given) if given else "none"
             raise PydanticCustomError(
                 "model_source", "give exactly one of factory, path or setup, got {found}", {"found": found})
+        if self.generate is not None and self.path is None:
+            raise PydanticCustomError("model_generate", "generate makes a missing model.path file; "
+                                      "this model has no path", {})
         if self.args and not (self.factory or self.setup):
             raise PydanticCustomError("model_args", "args are passed to a factory or setup function; "
                                       "this model has none", {})

@@ -141,3 +141,28 @@ def test_model_file_on_s3(s3_bucket):
         dst.write(src.read())
     model = load_model(ModelSpec(path=f"s3://{s3_bucket}/models/tip_mlp.pt")).build()
     assert model(torch.tensor([[1.0, 2.0, 8.0]])).shape == (1,)
+
+
+def _write_weights(path, scale=1.0):
+    np.save(path, np.full(1000, scale, dtype=np.float32))
+
+
+def test_model_generate_makes_a_missing_file_once(tmp_path):
+    path = tmp_path / "w.npy"
+    spec = ModelSpec(path=str(path), generate={"factory": _write_weights, "args": {"scale": 2.0}})
+    load_model(spec)
+    assert np.load(path)[0] == 2.0
+    _write_weights(path, 3.0)  # an existing file is left alone
+    load_model(spec)
+    assert np.load(path)[0] == 3.0
+
+
+def test_model_generate_needs_a_path_and_names_a_failing_factory(tmp_path):
+    with pytest.raises(Exception, match="generate makes a missing model.path file"):
+        ModelSpec(factory="tests.dataflow.helpers:fragile_model", generate={"factory": _write_weights})
+
+    def broken(path):
+        raise OSError("disk full")
+
+    with pytest.raises(ModelError, match=r"model.generate .* could not make .*w.npy: OSError: disk full"):
+        load_model(ModelSpec(path=str(tmp_path / "w.npy"), generate={"factory": broken}))
