@@ -132,16 +132,20 @@ def run_shard(task: ShardTask, model: Any) -> ShardResult:
         first_error=first_error)
 
 
+def _call_batch(fn: Any, batch: Any, batch_format: str, timeout: float | None) -> Any:
+    """One call of a stage (or the model) on a batch; torch batches run under inference_mode."""
+    if batch_format != "torch":
+        return call_with_timeout(fn, batch, timeout)
+    import torch
+
+    with torch.inference_mode():
+        return call_with_timeout(fn, batch, timeout)
+
+
 def _predict(task: ShardTask, predictor, rb: pa.RecordBatch) -> pa.Table:
     model_view = rb.select(task.model_columns) if task.model_columns else rb
     batch = to_format(model_view, task.batch_format)
-    if task.batch_format == "torch":
-        import torch
-
-        with torch.inference_mode():
-            output = call_with_timeout(predictor, batch, task.timeout)
-    else:
-        output = call_with_timeout(predictor, batch, task.timeout)
+    output = _call_batch(predictor, batch, task.batch_format, task.timeout)
     table = to_table(output, rb.num_rows, task.output_column)
     return add_columns(table, rb, task.keep_columns)
 
@@ -415,13 +419,7 @@ def _call_stage(fn: _StageFn, chunk: Any) -> Any:
         batch = to_format(table, st.batch_format)
     else:
         batch = block_format(chunk, st.batch_format)
-    if st.batch_format == "torch":
-        import torch
-
-        with torch.inference_mode():
-            output = call_with_timeout(fn, batch, st.timeout)
-    else:
-        output = call_with_timeout(fn, batch, st.timeout)
+    output = _call_batch(fn, batch, st.batch_format, st.timeout)
     if st.shorthand:
         rows = block_rows(chunk)
         out = to_table(output, rows, st.output_column)
