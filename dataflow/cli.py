@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--restart", action="store_true",
                            help="clear the output and start over instead of resuming")
             c.add_argument("--address", help="run on a cluster (e.g. ray://host:10001 or auto)")
+            c.add_argument("--html-report", nargs="?", const=True, default=None, metavar="PATH",
+                           help="write the run's HTML report (default: "
+                                ".dataflow/reports/<pipeline>-<run id>.html) and print its path")
     return p
 
 
@@ -124,8 +127,9 @@ def _run(pipe, args) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     progress = Progress(verbose=args.verbose, report=pipe.spec.report)
     try:
-        summary = pipe.run(restart=args.restart, progress=progress)
+        summary = pipe.run(restart=args.restart, progress=progress, html_report=args.html_report)
     except KeyboardInterrupt:
+        _print_report(pipe)
         s = pipe.last_summary
         done = (s.shards_done + s.shards_skipped) if s else 0
         total = s.shards if s else "?"
@@ -135,14 +139,23 @@ def _run(pipe, args) -> int:
             print(json.dumps(s.to_dict()))
         return EXIT_INTERRUPTED
     except RunError as exc:
+        _print_report(pipe)
         if exc.summary is not None:
             _print_summary(exc.summary, args)
         print(f"dataflow: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:
+        _print_report(pipe)
         return _error(exc, args)
     _print_summary(summary, args)
+    _print_report(pipe)
     return summary.exit_code
+
+
+def _print_report(pipe) -> None:
+    # On stderr with the summary: stdout stays the JSON result under --json.
+    if pipe.last_report is not None:
+        print(f"report: {pipe.last_report}", file=sys.stderr)
 
 
 def _print_summary(summary, args) -> None:

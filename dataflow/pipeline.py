@@ -26,6 +26,7 @@ import contextlib
 import os
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Iterator
 
 from . import spec as spec_mod
@@ -46,6 +47,7 @@ class Pipeline:
         self.last_summary: Summary | None = None
         self.last_plan: list | None = None      # the shards of the last run or stream
         self.last_stages: list[dict] = []       # per-stage figures of the last stream
+        self.last_report: Path | None = None    # the HTML report of the last run(html_report=...)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> "Pipeline":
@@ -127,10 +129,15 @@ class Pipeline:
             sink.close()
 
     # -- running ----------------------------------------------------------------------------
-    def run(self, *, restart: bool = False, progress: Progress | bool | None = None) -> Summary:
+    def run(self, *, restart: bool = False, progress: Progress | bool | None = None,
+            html_report: str | os.PathLike | bool | None = None) -> Summary:
         """Run to the sink; returns the Summary. Raises RunError when a shard keeps failing with
         `on_error: fail` (its `.summary` tells what was done). Ctrl-C stops the run, keeps the
-        committed shards, and re-raises KeyboardInterrupt: run again to resume."""
+        committed shards, and re-raises KeyboardInterrupt: run again to resume.
+
+        `html_report`: a path, or True for `.dataflow/reports/<pipeline>-<run id>.html` under the
+        current folder: the run's HTML report (docs/report.md) is written there, also when the
+        run fails or is interrupted, and its path kept in `last_report`."""
         from connectors import open_sink
 
         s = self.spec
@@ -145,7 +152,11 @@ class Pipeline:
         start = time.monotonic()
         mode = "overwrite" if restart else s.sink.mode
         token = uuid.uuid4().hex
+        self.last_report = None
+        # Made only when asked: a run without a report pays nothing for it.
+        recorder = self._recorder(token) if html_report else None
         sink = stager = None
+        finished = False
         try:
             with MemorySampler() as memory, self._session() as backend:
                 try:
@@ -164,7 +175,7 @@ class Pipeline:
                         if todo:
                             with contextlib.closing(self._execute(todo, model_ref, backend, token, stager)) as events:
                                 for event in events:
-                                    self._record(event, summary, progress, sink)
+                                    self._record(event, summary, progress, sink, recorder)
                             summary.stages = self._stage_report()
                             progress.stages(summary.stages)
                     finally:
@@ -175,9 +186,16 @@ class Pipeline:
                 finally:
                     progress.close()
                     summary.wall_time = time.monotonic() - start
+            finished = True
+        except BaseException as exc:
+            if recorder is not None and not isinstance(exc, KeyboardInterrupt):
+                recorder.error(f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             if stager is not None:  # the session is over, its workers gone: nothing writes these now
                 sink.discard_staged(token)
+            if recorder is not None:
+                self.last_report = _write_html_report(recorder, summary, html_report, finished)
         summary.peak_memory = memory.peak
         if summary.status == "failed":
             f = summary.failed[0]
@@ -211,9 +229,19 @@ class Pipeline:
                 self.last_stages = self._stage_report() if self.spec.stages else []
 
     # -- internals --------------------------------------------------------------------------
-    def _record(self, event: Any, summary: Summary, progress: Progress, sink: Any) -> None:
+    def _recorder(self, token: str) -> Any:
+        from .recorder import RunRecorder
+
+        stages = [st.name for st in self.spec.stages] if self.spec.stages else ["predict"]
+        run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{token[:6]}"  # a name, sorts by start
+        return RunRecorder(self.spec.name, run_id, stages=stages).start()
+
+    def _record(self, event: Any, summary: Summary, progress: Progress, sink: Any,
+                recorder: Any = None) -> None:
         from .executor import ShardDone, ShardFailed, ShardRetry
 
+        if recorder is not None:
+            _feed(recorder, event)
         if isinstance(event, ShardDone):
             r = event.result
             # The quarantine part first: the part's commit is what marks the shard done, so a
@@ -509,6 +537,44 @@ def _stager(sink: Any, backend: Any, token: str) -> Any:
     if not isinstance(sink, FileSink) or (sink.local and not backend.local):
         return None
     return sink.stager(token)
+
+
+def _feed(recorder: Any, event: Any) -> None:
+    """One shard event as a bar of the report: per shard, under the pipeline's last stage (the
+    events are per shard, after its last stage); a worker's own `seconds` places the bar."""
+    from .executor import ShardDone, ShardFailed, ShardRetry
+
+    stage = recorder.record.stages[-1]
+    sh = event.shard
+    if isinstance(event, ShardDone):
+        r = event.result
+        recorder.block(stage, sh.index, attempt=event.attempts,
+                       outcome="quarantined" if r.rows_quarantined else "ok",
+                       seconds=r.seconds or None, path=sh.path, worker=r.pid or None, pid=r.pid,
+                       rows_in=r.rows_in, rows_out=r.rows, error=r.first_error)
+    elif isinstance(event, ShardRetry):
+        recorder.block(stage, sh.index, attempt=event.attempt, outcome="retried", path=sh.path,
+                       error=event.error)
+    elif isinstance(event, ShardFailed):
+        recorder.block(stage, sh.index, attempt=event.attempts, outcome="failed", path=sh.path,
+                       error=event.error)
+
+
+def _write_html_report(recorder: Any, summary: Summary, where: Any, finished: bool) -> Path | None:
+    """Finish the record and write the page. When the run is stopping on an exception, a report
+    that cannot be written must not hide that exception: it is skipped."""
+    from .report import default_report_path, write_report
+
+    status = summary.status if finished or summary.status == "interrupted" else "failed"
+    record = recorder.finish(status)
+    path = (default_report_path(os.getcwd(), record.pipeline, record.run_id) if where is True
+            else Path(where))
+    try:
+        return write_report(record, {**summary.to_dict(), "status": status}, path)
+    except OSError:
+        if finished:
+            raise
+        return None
 
 
 def _progress(progress: Progress | bool | None, report: str | None) -> Progress:
