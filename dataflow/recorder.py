@@ -34,6 +34,8 @@ from typing import Callable, Literal
 
 import psutil
 
+from .summary import process_memory
+
 Outcome = Literal["ok", "retried", "failed", "quarantined", "cancelled"]
 OUTCOMES: tuple[Outcome, ...] = ("ok", "retried", "failed", "quarantined", "cancelled")
 RunStatus = Literal["running", "done", "partial", "failed", "interrupted"]
@@ -293,7 +295,7 @@ class _MemoryProbe:
                 pass
         if abs(rss - self._rss_at) > self.rise * max(self._rss_at, 1) or t - self._t_at >= self.every:
             self._rss_at, self._t_at = rss, t
-            self._pss = sum(_pss(p) for p in procs)
+            self._pss = sum(process_memory(p) for p in procs)
         return self._pss
 
     def _tree(self, t: float) -> list[psutil.Process]:
@@ -307,19 +309,6 @@ class _MemoryProbe:
                 kids = []
             self._kids = {k.pid: self._kids.get(k.pid, k) for k in kids}
         return [self._root, *self._kids.values()]
-
-
-def _pss(p: psutil.Process) -> int:
-    try:
-        info = p.memory_full_info()
-        return getattr(info, "pss", 0) or info.rss
-    except psutil.AccessDenied:
-        try:
-            return p.memory_info().rss
-        except psutil.Error:
-            return 0
-    except psutil.Error:
-        return 0
 
 
 # -- stats: pure functions over a record ----------------------------------------------------

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .recorder import BlockEvent, RunRecord, stage_stats, stats_text
+from .summary import format_bytes
 
 STAGE_COLORS = ("#4C78A8", "#54A24B", "#B279A2", "#72B7B2", "#9D755D", "#EECA3B", "#FF9DA6")
 OUTCOME_STYLE = {  # outcome -> (fill, legend text); "ok" takes its stage's colour
@@ -155,7 +156,7 @@ def _cards(f: _Facts) -> str:
          f"{f.rows_quarantined:,} quarantined" if f.rows_quarantined else "&nbsp;"),
         ("wall", "Wall time", _dur(f.wall), "&nbsp;"),
         ("rate", "Throughput", f"{_num(f.rows_per_second)}", "rows/s"),
-        ("memory", "Peak memory", _bytes(f.peak_memory), "PSS, driver + workers"),
+        ("memory", "Peak memory", format_bytes(f.peak_memory), "PSS, driver + workers"),
         ("shards", "Shards", f"{f.shards:,}", shards),
     ]
     items = "".join(f'<div class="card" id="card-{cid}"><div class="label">{label}</div>'
@@ -304,7 +305,7 @@ def _memory_chart(record: RunRecord) -> str:
               _Series("object store used", "#54A24B", [(x.t, x.store_used) for x in s])]
     if any(x.spilled for x in s):
         series.append(_Series("spilled", "#E45756", [(x.t, x.spilled) for x in s]))
-    return _line_chart("memory-chart", series, _bytes, "bytes", record.wall)
+    return _line_chart("memory-chart", series, format_bytes, "bytes", record.wall)
 
 
 # -- timeline ------------------------------------------------------------------------------
@@ -427,7 +428,7 @@ def _stages_table(record: RunRecord) -> str:
     if not stats:
         return '<p class="empty-text" id="stages-table">no stage ran</p>'
     rows = [[_e(s.stage), f"{s.tasks:,}", f"{s.blocks:,}", f"{s.rows_in:,}", f"{s.rows_out[3]:,}",
-             _bytes(s.bytes_out[3]), _dur(s.busy), f"{_dur(s.wall[0])} / {_dur(s.wall[1])} / {_dur(s.wall[2])}",
+             format_bytes(s.bytes_out[3]), _dur(s.busy), f"{_dur(s.wall[0])} / {_dur(s.wall[1])} / {_dur(s.wall[2])}",
              f"{s.retried:,} / {s.failed:,}", f"{s.waiting_blocks:,}" + (
                  f" ({_dur(s.waiting_seconds)})" if s.waiting_seconds else "")] for s in stats]
     return _table("stages-table", ["stage", "tasks", "blocks", "rows in", "rows out", "bytes out",
@@ -538,14 +539,6 @@ def _num(x: float) -> str:
         if abs(x) >= div:
             return f"{x / div:.3g}{unit}"
     return f"{x:.3g}" if x % 1 else f"{x:.0f}"
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def _dur(s: float) -> str:

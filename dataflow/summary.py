@@ -110,7 +110,7 @@ def format_bytes(n: float) -> str:
 
 def tree_memory(pid: int | None = None) -> int:
     """Sum of PSS (or RSS) over a process and all its descendants, in bytes."""
-    return sum(_pss(p) for p in _tree(pid))
+    return sum(process_memory(p) for p in _tree(pid))
 
 
 def tree_rss(pid: int | None = None) -> int:
@@ -137,7 +137,8 @@ def _tree(pid: int | None) -> list:
         return []
 
 
-def _pss(p) -> int:
+def process_memory(p) -> int:
+    """PSS of one psutil.Process (RSS where PSS is denied), 0 once it has exited."""
     import psutil
 
     try:
