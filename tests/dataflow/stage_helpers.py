@@ -57,6 +57,11 @@ def devices(batch: dict) -> dict:
 
 
 class DeviceModel:
+    def __init__(self, log: str | None = None):
+        if log:  # each actor notes its devices once, built: whichever actor gets the blocks
+            with open(log, "a") as f:
+                f.write(os.environ.get("CUDA_VISIBLE_DEVICES", "") + "\n")
+
     def __call__(self, batch: dict) -> dict:
         n = len(batch["id"])
         return {"id": batch["id"], "cuda": batch["cuda"],

@@ -270,14 +270,18 @@ def test_resume_recomputes_only_the_shard_not_committed(tmp_path, monkeypatch):
 def test_num_gpus_gives_each_task_and_actor_its_devices(tmp_path):
     data = helpers.make_dataset(tmp_path / "data", shards=4, rows=50)
     st = [{"name": "where", "fn": f"{H}:devices", "num_gpus": 1},
-          {"name": "model", "fn": f"{H}:DeviceModel", "concurrency": 2, "num_gpus": 1}]
+          {"name": "model", "fn": f"{H}:DeviceModel", "concurrency": 2, "num_gpus": 1,
+           "fn_constructor_kwargs": {"log": str(tmp_path / "actors.txt")}}]
     with pytest.raises(RunError, match=r"^stage where needs 1 GPU per task, but the actor pools hold 2 of "
                                         r"the session's 2: it could never run"):
         pipeline(tmp_path, data, st, num_gpus=2).run()
     pipeline(tmp_path, data, st, num_gpus=3).run()
     t = output(tmp_path)
     assert set(t["cuda"].to_pylist()) <= {"0", "1", "2"} and "" not in t["cuda"].to_pylist()
-    assert set(t["actor_cuda"].to_pylist()) == {"0", "1"}
+    assert set(t["actor_cuda"].to_pylist()) <= {"0", "1"}
+    # Which actor gets the blocks is the scheduler's choice; each actor's own devices are not.
+    built = (tmp_path / "actors.txt").read_text().split()
+    assert sorted(built[-2:]) == ["0", "1"]
 
 
 def test_a_stage_model_that_cannot_be_built_fails_the_run_naming_it(tmp_path):
