@@ -107,9 +107,9 @@ FAULTS = {
 
 # What the suite found when it was written, each fixed in the layer at fault.
 FIXED = [
-    ("core/_private/spill.py", "a short write on a filling disk was taken as complete: the spill file "
+    ("core/_private/objects/spill.py", "a short write on a filling disk was taken as complete: the spill file "
      "was truncated and the object lost on restore; writes now loop, so ENOSPC is raised"),
-    ("core/_private/engine.py", "a lost `put` object's ObjectLostError said \"gone\" even when the spill "
+    ("core/_private/local/engine.py", "a lost `put` object's ObjectLostError said \"gone\" even when the spill "
      "file was corrupt; it now carries the store's reason (crc32 mismatch, truncated, missing)"),
     ("connectors/storage.py", "S3 access with no credentials anywhere gave the store's raw error "
      "(moto: INTERNAL_FAILURE); it now says no AWS credentials were found and how to give them"),

@@ -51,7 +51,7 @@ def preload_workers(modules: Sequence[str]) -> None:
     fails to import is skipped (the task that needs it reports the error). With
     `init(address=...)` (Ray) the zygote is not used and is stopped."""
     global _zygote
-    from core._private.zygote import Zygote
+    from core._private.local.zygote import Zygote
 
     with _init_lock:
         if _zygote is not None:
@@ -101,7 +101,7 @@ def init(num_cpus: float | None = None, num_gpus: float | None = None, resources
 def _start_backend(address: str | None, zygote: Any, worker_preload: Sequence[str] | None,
                    ray_kwargs: dict, **options: Any) -> Any:
     if address is not None:
-        from core._private.ray_backend import RayBackend
+        from core._private.ray.backend import RayBackend
 
         if zygote is not None:  # Ray starts its own workers
             zygote.close()
@@ -109,8 +109,8 @@ def _start_backend(address: str | None, zygote: Any, worker_preload: Sequence[st
         return RayBackend(address=address, **options, **ray_kwargs)
     if ray_kwargs:
         raise CoreError(f"unknown argument(s) to core.init: {', '.join(sorted(ray_kwargs))}")
-    from core._private.engine import LocalEngine
-    from core._private.zygote import Zygote
+    from core._private.local.engine import LocalEngine
+    from core._private.local.zygote import Zygote
 
     if worker_preload:
         if zygote is None:

@@ -83,7 +83,7 @@ class ObjectRef:
         return f"ObjectRef({self._id.hex()})"
 
     def __reduce__(self):
-        from core._private.serialization import note_contained_ref
+        from core._private.objects.serialization import note_contained_ref
 
         note_contained_ref(self)
         return (_rebuild_ref, (self._id,))

@@ -26,7 +26,7 @@ from typing import Any
 import cloudpickle
 
 from core._private.refs import ObjectRef, ObjectRefGenerator, current_runtime, return_id
-from core._private.scheduler import demand
+from core._private.tasks.scheduler import demand
 from core.exceptions import CoreError
 
 TASK_OPTIONS = {"num_cpus": 1, "num_gpus": 0, "resources": None, "num_returns": 1,
@@ -182,8 +182,8 @@ def runtime() -> Any:
 
 def pack_args(rt: Any, args: tuple, kwargs: dict) -> tuple[tuple, list, list]:
     """(args spec, top-level refs, every ref to hold) for a task's arguments."""
-    from core._private.serialization import serialize
-    from core._private.worker import ArgPlaceholder
+    from core._private.objects.serialization import serialize
+    from core._private.local.worker import ArgPlaceholder
 
     arg_refs: list[ObjectRef] = []
 

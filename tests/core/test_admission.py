@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import core
-from core._private import scheduler as S
+from core._private.tasks import scheduler as S
 from core._private.refs import current_runtime
 from core.exceptions import ObjectStoreFullError
 

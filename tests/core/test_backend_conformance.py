@@ -472,7 +472,7 @@ def test_ray_address_without_ray_installed_says_how_to_install_it():
 def test_ray_spilling_config_passes_buffer_size_to_smart_open():
     import json
 
-    from core._private.ray_backend import ray_init_kwargs, spilling_config
+    from core._private.ray.backend import ray_init_kwargs, spilling_config
 
     assert spilling_config({"uri": "s3://bucket/spill", "buffer_size": "8MiB"}) == {
         "type": "smart_open", "params": {"uri": "s3://bucket/spill", "buffer_size": 8 * 2**20,
@@ -494,7 +494,7 @@ def test_ray_spilling_config_passes_buffer_size_to_smart_open():
 
 
 def test_bad_spill_and_address_are_config_errors():
-    from core._private.ray_backend import ray_init_kwargs
+    from core._private.ray.backend import ray_init_kwargs
 
     with pytest.raises(CoreError, match="spill"):
         ray_init_kwargs("local-ray", spill={"uri": "s3://bucket/p", "bogus": 1})

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core._private import shm
-from core._private.object_store import ObjectStore, size_class
-from core._private.serialization import deserialize, serialize
+from core._private.objects import shm
+from core._private.objects.store import ObjectStore, size_class
+from core._private.objects.serialization import deserialize, serialize
 from core.exceptions import ObjectLostError, ObjectStoreFullError
 
 MiB = 2**20
@@ -166,8 +166,8 @@ def test_create_seal_by_worker_process(make_store):
     code = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(REPO)!r})
         import numpy as np
-        from core._private import shm
-        from core._private.serialization import serialize
+        from core._private.objects import shm
+        from core._private.objects.serialization import serialize
         so = serialize(np.arange(200_000, dtype=np.int32))
         mm = shm.map_segment({name!r}, "write")
         so.write_to(memoryview(mm))
@@ -185,8 +185,8 @@ def test_value_read_zero_copy_in_another_process(make_store):
     code = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(REPO)!r})
         import numpy as np
-        from core._private import shm
-        from core._private.serialization import deserialize
+        from core._private.objects import shm
+        from core._private.objects.serialization import deserialize
         mm = shm.map_segment({name!r}, "read")
         arr = deserialize(memoryview(mm)[:{size}])
         base = np.frombuffer(mm, np.uint8).__array_interface__["data"][0]
@@ -418,8 +418,8 @@ def test_driver_views_come_from_a_read_only_mapping(tmp_path):
     code = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(REPO)!r})
         import torch
-        from core._private.object_store import ObjectStore
-        from core._private.serialization import deserialize, serialize
+        from core._private.objects.store import ObjectStore
+        from core._private.objects.serialization import deserialize, serialize
         st = ObjectStore.from_config(object_store_memory=64 << 20, spill={str(tmp_path)!r})
         st.put(b"x" * 20, serialize(torch.zeros(100_000)))
         t = deserialize(st.view(b"x" * 20))
@@ -567,8 +567,8 @@ def test_full_dev_shm_spills_or_raises_instead_of_sigbus(tmp_path):
     code = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(REPO)!r})
         import numpy as np
-        from core._private.object_store import ObjectStore
-        from core._private.serialization import serialize
+        from core._private.objects.store import ObjectStore
+        from core._private.objects.serialization import serialize
         from core.exceptions import ObjectStoreFullError
         st = ObjectStore.from_config(object_store_memory=64 << 20, inline_threshold=1024,
                                      spill={{"uri": {str(tmp_path)!r}, "min_spilling_size": 0}})

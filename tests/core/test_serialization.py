@@ -1,4 +1,4 @@
-"""Round trips, zero-copy and read-only guarantees of `core._private.serialization`."""
+"""Round trips, zero-copy and read-only guarantees of `core._private.objects.serialization`."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from core._private import serialization as ser
-from core._private.serialization import deserialize, note_contained_ref, serialize
+from core._private.objects import serialization as ser
+from core._private.objects.serialization import deserialize, note_contained_ref, serialize
 from core.exceptions import CoreError
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core._private import shm
-from core._private.serialization import deserialize, serialize
+from core._private.objects import shm
+from core._private.objects.serialization import deserialize, serialize
 from core.exceptions import CoreError, ObjectLostError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,8 +134,8 @@ def test_pinned_view_arrow_and_torch_keep_pin():
 CHILD_DRIVER = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {repo!r})
-    from core._private import shm
-    from core._private.spill import open_spill_target
+    from core._private.objects import shm
+    from core._private.objects.spill import open_spill_target
     s = shm.Session.start(cleanup_stale=False)
     target = open_spill_target({spill!r}, s)
     for _ in range(3):

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core._private import shm, spill
-from core._private.spill import open_spill_target, parse_spill_config
+from core._private.objects import shm, spill
+from core._private.objects.spill import open_spill_target, parse_spill_config
 from core.exceptions import ConfigError, ObjectLostError
 
 MiB = 2**20

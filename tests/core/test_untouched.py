@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core._private.untouched import untouched_blocks
+from core._private.objects.untouched import untouched_blocks
 
 MB = 2**20
 

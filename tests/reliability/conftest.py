@@ -160,7 +160,7 @@ def leftovers(folder) -> list[str]:
 
 # ─── sessions, segments, leaks ─────────────────────────────────────────────────────────────────
 def session_manifests() -> list[dict]:
-    from core._private.shm import manifest_dir
+    from core._private.objects.shm import manifest_dir
 
     found = []
     for path in manifest_dir().glob("*.json"):

@@ -39,7 +39,7 @@ from pathlib import Path
 import pytest
 
 import core
-from core._private.scheduler import pipelined
+from core._private.tasks.scheduler import pipelined
 from core.exceptions import ActorDiedError, WorkerCrashedError
 from tests.reliability.conftest import assert_identical, dataflow, leftovers, make_data, write_pipeline
 from tests.reliability.models import TipModel

@@ -127,7 +127,7 @@ def test_soak_repeated_runs_leave_memory_fds_and_shm_flat(tmp_path, record_prope
 
 def _owned_by_a_live_session(name: str) -> bool:
     from .conftest import session_manifests
-    from core._private.shm import _session_alive
+    from core._private.objects.shm import _session_alive
 
     return any(name.startswith(m.get("shm_prefix", "\0")) and _session_alive(m)
                for m in session_manifests())

@@ -214,7 +214,7 @@ def copy_skipping_zeros(dest: memoryview, src: memoryview) -> None:
     never written are not even read."""
     import numpy as np
 
-    from core._private.untouched import untouched_blocks
+    from core._private.objects.untouched import untouched_blocks
 
     n = src.nbytes
     d = np.frombuffer(dest, dtype=np.uint8, count=n)

@@ -37,9 +37,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from core._private import shm
-from core._private.serialization import SerializedObject
-from core._private.spill import SpillFile, SpillLocation, SpillTarget, open_spill_target, parse_spill_config
+from core._private.objects import shm
+from core._private.objects.serialization import SerializedObject
+from core._private.objects.spill import SpillFile, SpillLocation, SpillTarget, open_spill_target, parse_spill_config
 from core.exceptions import CoreError, ObjectLostError, ObjectStoreFullError
 
 __all__ = ["ObjectStore", "EntryInfo", "NoRoomNow", "default_capacity", "size_class"]

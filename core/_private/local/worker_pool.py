@@ -25,8 +25,8 @@ import time
 from collections import deque
 from typing import Callable
 
-from core._private import protocol as P
-from core._private.zygote import Zygote, ZygoteChild, worker_environment
+from core._private.local import protocol as P
+from core._private.local.zygote import Zygote, ZygoteChild, worker_environment
 
 IO_TICK = 0.05  # seconds between io-thread wake-ups when nothing happens (timeouts, ref events)
 
@@ -99,7 +99,7 @@ class WorkerPool:
             except OSError:  # the zygote died: fresh interpreters from now on
                 pass
         # -c, not -m: run as __main__ the module's classes would be a second copy of themselves.
-        cmd = [sys.executable, "-c", "import sys; from core._private.worker import main; main(sys.argv[1:])",
+        cmd = [sys.executable, "-c", "import sys; from core._private.local.worker import main; main(sys.argv[1:])",
                *map(str, fds), *args]
         return subprocess.Popen(cmd, pass_fds=fds, env=worker_environment(), stdin=subprocess.DEVNULL,
                                 close_fds=True)

@@ -344,7 +344,7 @@ class LocalSpillTarget(SpillTarget):
 
     def __init__(self, config: SpillConfig, session):
         super().__init__(config, session)
-        from core._private import shm
+        from core._private.objects import shm
 
         try:
             root = (Path(config.uri.removeprefix("file://")).expanduser() if config.uri

@@ -41,7 +41,7 @@ _MAX_MESSAGE = 1 << 16
 _DRAIN_S = 2.0  # how long the zygote, told to stop, waits for its workers to exit
 # What a worker imports lazily to get its first argument from the store: imported here once,
 # not in every worker on its first task.
-_STORE_MODULES = ("core._private.serialization", "core._private.shm")
+_STORE_MODULES = ("core._private.objects.serialization", "core._private.objects.shm")
 
 
 class ZygoteChild:
@@ -231,7 +231,7 @@ def _fork(ours: socket.socket, theirs: socket.socket, preload: tuple[str, ...]) 
 
 
 def _spawn(theirs: socket.socket, preload: tuple[str, ...]) -> subprocess.Popen:
-    cmd = [sys.executable, "-c", "import sys; from core._private.zygote import serve; "
+    cmd = [sys.executable, "-c", "import sys; from core._private.local.zygote import serve; "
            "serve(int(sys.argv[1]), sys.argv[2:])", str(theirs.fileno()), *preload]
     return subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), env=worker_environment(),
                             stdin=subprocess.DEVNULL, close_fds=True)
@@ -290,7 +290,7 @@ def worker_environment() -> dict[str, str]:
 # ── the zygote process ──────────────────────────────────────────────────────────────────────
 def serve(fd: int, preload: list[str]) -> None:
     """The zygote's main: import, then fork a worker per request until the driver goes away."""
-    from core._private import worker
+    from core._private.local import worker
 
     worker.die_with_parent("core-zygote")
     worker.extend_sys_path()
@@ -368,7 +368,7 @@ def _become_worker(sock: socket.socket, own_fds: tuple[int, int], args: list[str
         sock.close()
         for fd in own_fds:
             os.close(fd)
-        from core._private import worker
+        from core._private.local import worker
 
         worker.main(args)  # exits the process
     finally:

@@ -12,7 +12,7 @@ more tasks than it has CPUs, or none at all.
 
 from __future__ import annotations
 
-from core._private.scheduler import EPS, fits
+from core._private.tasks.scheduler import EPS, fits
 
 __all__ = ["ResourceLedger", "ResourceInvariantError"]
 

@@ -33,13 +33,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from core._private import protocol as P
+from core._private.local import protocol as P
 from core._private import refs as refs_mod
-from core._private import scheduler as S
-from core._private.object_store import NoRoomNow
+from core._private.tasks import scheduler as S
+from core._private.objects.store import NoRoomNow
 from core._private.refs import IdSource, ObjectRef, return_id
-from core._private.resources import ResourceLedger
-from core._private.worker_pool import WorkerPool, WorkerProc
+from core._private.tasks.resources import ResourceLedger
+from core._private.local.worker_pool import WorkerPool, WorkerProc
 from core.exceptions import (
     ActorDiedError,
     CoreError,
@@ -159,9 +159,9 @@ class LocalEngine:
     def __init__(self, *, num_cpus: float | None, num_gpus: float | None,
                  resources: dict | None, object_store_memory: int | None, spill: Any,
                  inline_threshold: int, zygote: Any = None) -> None:
-        from core._private.object_store import ObjectStore, default_capacity
-        from core._private.shm import Session
-        from core._private.spill import open_spill_target
+        from core._private.objects.store import ObjectStore, default_capacity
+        from core._private.objects.shm import Session
+        from core._private.objects.spill import open_spill_target
 
         self.inline_threshold = inline_threshold
         cpus = float(os.cpu_count() or 1) if num_cpus is None else float(num_cpus)
@@ -285,7 +285,7 @@ class LocalEngine:
 
     # ── objects ─────────────────────────────────────────────────────────────────────────────
     def put(self, value: Any) -> ObjectRef:
-        from core._private.serialization import serialize
+        from core._private.objects.serialization import serialize
 
         return self.put_serialized(serialize(value))
 
@@ -334,7 +334,7 @@ class LocalEngine:
         return ("inline",) if obj.inline else ("shared",)
 
     def _materialize(self, oid: bytes, plan: tuple, writable: bool) -> Any:
-        from core._private.serialization import deserialize
+        from core._private.objects.serialization import deserialize
 
         kind = plan[0]
         if kind == "error":
@@ -1275,7 +1275,7 @@ class LocalEngine:
             return sum(w.function_bytes for w in self.workers.values())
 
     def memory_summary(self) -> str:
-        from core._private.memory_summary import render
+        from core._private.objects.memory_summary import render
 
         with self.locked:
             counts = {oid: (o.count, o.task.name if o.task else "put") for oid, o in self.objects.items()}

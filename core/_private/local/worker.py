@@ -4,7 +4,7 @@
                                   ──► run ──► serialize results ──► DONE (batched) ──► driver
     task code calls core.get/put/remote ──► WorkerClient ──REQUEST/PUT/SUBMIT──► driver
 
-A worker is started with `python -c "from core._private.worker import main; ..."`, inherits one end of a Unix socket
+A worker is started with `python -c "from core._private.local.worker import main; ..."`, inherits one end of a Unix socket
 pair and the read end of a control pipe, and exits when the driver goes away (EOF on the socket,
 or SIGKILL from the kernel via PR_SET_PDEATHSIG). It owns no objects: everything it makes is
 registered with the driver. Its refs are borrows, reported to the driver in REFS messages that
@@ -31,10 +31,10 @@ import traceback
 from collections import deque
 from typing import Any
 
-from core._private import protocol as P
+from core._private.local import protocol as P
 from core._private import refs as refs_mod
 from core._private.refs import IdSource, ObjectRef, return_id
-from core._private.scheduler import FAST_TASK
+from core._private.tasks.scheduler import FAST_TASK
 
 BATCH_FLUSH = 64          # results per DONE batch when more tasks are queued
 FLUSH_INTERVAL = 0.002    # seconds: never sit on finished results longer than this
@@ -60,7 +60,7 @@ class SegmentCache:
         self._maps: dict[str, mmap.mmap] = {}
 
     def view(self, name: str, size: int, *, writable: bool = False) -> memoryview:
-        from core._private import shm
+        from core._private.objects import shm
 
         if writable:
             return memoryview(shm.map_segment(name, "copy", size))
@@ -71,7 +71,7 @@ class SegmentCache:
         return memoryview(m)[:size]
 
     def writable(self, name: str, size: int) -> memoryview:
-        from core._private import shm
+        from core._private.objects import shm
 
         return memoryview(shm.map_segment(name, "write", size))
 
@@ -198,13 +198,13 @@ class WorkerClient:
     # ── objects ──
     def materialize(self, oid: bytes, loc: tuple, *, writable: bool = False) -> Any:
         """Turn a location from the driver into a value (zero-copy for shared objects)."""
-        from core._private.serialization import deserialize
+        from core._private.objects.serialization import deserialize
 
         kind = loc[0]
         if kind == "inline":
             return deserialize(loc[1])
         if kind == "shared":
-            from core._private.shm import pinned_view
+            from core._private.objects.shm import pinned_view
 
             _, name, size = loc
             raw = self.segments.view(name, size, writable=writable)
@@ -218,7 +218,7 @@ class WorkerClient:
     def store_value(self, oid: bytes, value: Any) -> tuple:
         """Serialize a value made here; small ones travel inline, large ones are written
         straight into a segment the driver allocates. Returns (location-ish, contained ids)."""
-        from core._private.serialization import serialize
+        from core._private.objects.serialization import serialize
 
         ser = serialize(value)
         return self._place(oid, ser), [r.binary for r in ser.contained_refs]
@@ -279,7 +279,7 @@ class WorkerClient:
 
     def create_actor_task(self, *, name: str, shipped: Any, args: tuple, kwargs: dict, options: dict) -> bytes:
         from core._private.remote_function import pack_args
-        from core._private.scheduler import demand
+        from core._private.tasks.scheduler import demand
 
         blob, fn_id = shipped.blob_and_id()
         args_spec, arg_refs, held = pack_args(self, args, kwargs)
@@ -321,7 +321,7 @@ def _load_function(client: WorkerClient, fn_id: bytes) -> Any:
 
 
 def _resolve_args(client: WorkerClient, args_spec: tuple) -> tuple[tuple, dict]:
-    from core._private.serialization import deserialize
+    from core._private.objects.serialization import deserialize
 
     kind, payload, arg_locs = args_spec
     if kind == "inline":

@@ -85,7 +85,7 @@ def _import_ray(address: str | None = None) -> Any:
 def spilling_config(spill: Any) -> dict | None:
     """Ray's `object_spilling_config` for our `spill=` value (a folder, a URI, or the dict form),
     or None for Ray's default. S3 goes through smart_open with our buffer_size."""
-    from core._private.spill import parse_spill_config
+    from core._private.objects.spill import parse_spill_config
 
     if spill is None:
         return None
@@ -126,7 +126,7 @@ def ray_init_kwargs(address: str, *, num_cpus=None, num_gpus=None, resources=Non
             system = dict(ray_kwargs.pop("_system_config", None) or {})
             system["object_spilling_config"] = json.dumps(spilling)
             if isinstance(spill, dict) and "min_spilling_size" in spill:
-                from core._private.spill import parse_spill_config
+                from core._private.objects.spill import parse_spill_config
 
                 system["min_spilling_size"] = parse_spill_config(spill).min_spilling_size
             kwargs["_system_config"] = system
@@ -533,7 +533,7 @@ class RayBackend:
     def memory_summary(self) -> str:
         """Our objects as Ray sees them: id, size, where (inline = Ray's in-process store,
         shared = its plasma store, spilled), our ref count, what made it; then Ray's totals."""
-        from core._private.memory_summary import _size
+        from core._private.objects.memory_summary import _size
 
         with self._lock:
             self._apply_events()
