@@ -13,33 +13,11 @@ from typing import Any, Iterable, Sequence
 from core._private import refs as refs_mod
 from core._private.refs import ObjectRef, ObjectRefGenerator
 from core.exceptions import CoreError
+from core.units import parse_size
 
 _backend: Any = None          # the driver's backend, while a session is up
 _zygote: Any = None           # started by preload_workers(), taken by the next init()
 _init_lock = threading.Lock()
-
-
-def _parse_size(value: Any, what: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise CoreError(f"{what} must be a number of bytes or a size such as \"2GB\", got {value!r}")
-    if isinstance(value, (int, float)):
-        if value <= 0:
-            raise CoreError(f"{what} must be positive, got {value!r}")
-        return int(value)
-    if isinstance(value, str):
-        units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-                 "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-        text = value.strip().upper().replace(" ", "")
-        num = text.rstrip("KMGTIB")
-        unit = text[len(num):]
-        try:
-            if unit in units:
-                return _parse_size(float(num) * units[unit], what)
-        except ValueError:
-            pass
-    raise CoreError(f"{what} must be a number of bytes or a size such as \"2GB\" or \"512MiB\", got {value!r}")
 
 
 def preload_workers(modules: Sequence[str]) -> None:
@@ -85,7 +63,8 @@ def init(num_cpus: float | None = None, num_gpus: float | None = None, resources
             raise CoreError(f"num_cpus must be a number > 0, got {num_cpus!r}")
         if not isinstance(inline_threshold, int) or inline_threshold < 0:
             raise CoreError(f"inline_threshold must be an integer >= 0, got {inline_threshold!r}")
-        memory = _parse_size(object_store_memory, "object_store_memory")
+        memory = (None if object_store_memory is None
+                  else parse_size(object_store_memory, "object_store_memory", minimum=1))
         zygote, _zygote = _zygote, None
         try:
             _backend = _start_backend(address, zygote, worker_preload, ray_kwargs, num_cpus=num_cpus,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from core.units import format_bytes
+
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 
 
@@ -17,12 +19,8 @@ def redact(url: str | None) -> str:
     return _CREDENTIALS.sub("", url) if url else ""
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
+# kept while core/_private/ray/backend.py still imports it under this name
+_size = format_bytes
 
 
 def render(entries: list[Any], counts: dict[bytes, tuple[int, str]], usage: dict) -> str:
@@ -33,14 +31,14 @@ def render(entries: list[Any], counts: dict[bytes, tuple[int, str]], usage: dict
         refs, made_by = by_hex.get(e.object_id, (0, "?"))
         where = e.where + (" (pinned)" if e.pinned else "")
         location = redact(e.spill_url) if e.where == "spilled" else (e.segment or "")
-        lines.append(f"{e.object_id:<40}  {_size(e.size):>10}  {where:<8}  {refs:>4}  {made_by[:24]:<24}  {location}")
+        lines.append(f"{e.object_id:<40}  {format_bytes(e.size):>10}  {where:<8}  {refs:>4}  {made_by[:24]:<24}  {location}")
     n = {w: sum(1 for e in entries if e.where == w) for w in ("inline", "shared", "spilled")}
     b = {w: sum(e.size for e in entries if e.where == w) for w in ("inline", "shared", "spilled")}
     lines.append("")
-    lines.append(f"objects: {len(entries)} ({n['inline']} inline {_size(b['inline'])}, "
-                 f"{n['shared']} shared {_size(b['shared'])}, {n['spilled']} spilled {_size(b['spilled'])})")
+    lines.append(f"objects: {len(entries)} ({n['inline']} inline {format_bytes(b['inline'])}, "
+                 f"{n['shared']} shared {format_bytes(b['shared'])}, {n['spilled']} spilled {format_bytes(b['spilled'])})")
     cap = usage.get("capacity", 0)
     used = usage.get("used", 0)
-    lines.append(f"shared memory: {_size(used)} used of {_size(cap)} capacity"
-                 + (f", {_size(usage['pooled'])} in reusable segments" if usage.get("pooled") else ""))
+    lines.append(f"shared memory: {format_bytes(used)} used of {format_bytes(cap)} capacity"
+                 + (f", {format_bytes(usage['pooled'])} in reusable segments" if usage.get("pooled") else ""))
     return "\n".join(lines)

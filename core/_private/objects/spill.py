@@ -39,11 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from core._private.objects import shm
 from core.exceptions import ConfigError, CoreError, ObjectLostError
+from core.units import parse_size
 
 __all__ = [
     "SpillConfig", "SpillTarget", "SpillFile", "SpillLocation", "LocalSpillTarget", "S3SpillTarget",
-    "parse_spill_config", "open_spill_target", "parse_size",
+    "parse_spill_config", "open_spill_target",
 ]
 
 MiB = 2**20
@@ -65,29 +67,6 @@ class SpillConfig:
     @property
     def scheme(self) -> str:
         return _scheme(self.uri)
-
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
-
-
-def parse_size(value: Any, key: str) -> int:
-    """An int of bytes, or a string such as "16MiB" / "2GB"; `key` names it in errors.
-    Hand-written (humanfriendly.parse_size does this) to avoid a dependency for ten lines."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a size in bytes (int or '16MiB'), got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ConfigError(f"{key}: expected a non-negative size, got {value}")
-        return value
-    if isinstance(value, str):
-        m = _SIZE_RE.match(value)
-        unit = (m.group(2) or "").lower() if m else None
-        if m and unit in _UNITS:
-            return int(float(m.group(1)) * _UNITS[unit])
-    raise ConfigError(f"{key}: expected a size in bytes (int or a string like '16MiB'), got {value!r}")
 
 
 def _scheme(uri: str | None) -> str:
@@ -344,8 +323,6 @@ class LocalSpillTarget(SpillTarget):
 
     def __init__(self, config: SpillConfig, session):
         super().__init__(config, session)
-        from core._private.objects import shm
-
         try:
             root = (Path(config.uri.removeprefix("file://")).expanduser() if config.uri
                     else shm.default_spill_root())
@@ -468,7 +445,7 @@ class S3SpillTarget(SpillTarget):
         super()._probe()
 
     def _open_write(self, url: str):
-        import smart_open
+        import smart_open  # heavy and optional (S3 only): loaded at the first S3 spill
 
         return smart_open.open(url, "wb", compression="disable", transport_params={
             "client": self.client, "min_part_size": self.buffer_size})
@@ -517,7 +494,7 @@ def _is_missing(exc: Exception) -> bool:
 def _make_s3_client():
     """One client for the session, from the standard AWS environment (credentials, profile,
     region, AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3)."""
-    try:
+    try:  # heavy and optional (S3 only): loaded when an S3 target is opened
         import boto3
         from botocore.config import Config
     except ImportError as exc:
