@@ -1,8 +1,10 @@
-"""Messages between the driver and its workers, over one Unix socket pair per worker.
+"""Framing of the messages between the driver and its workers, over one Unix socket pair per worker.
 
-A frame is an 8-byte little-endian length and a pickle (protocol 5) of a tuple whose first item
-is the message kind. Messages on one socket arrive in the order they were sent; the reference
-counting protocol relies on that (a worker's borrow report always precedes its "done").
+A frame is an 8-byte little-endian length and a pickle (protocol 5) of a message encoded as a
+plain tuple whose first item is the message kind (`messages.encode`); a reader hands out the
+messages decoded (`messages.decode`), so receivers read them by name. Messages on one socket
+arrive in the order they were sent; the reference counting protocol relies on that (a worker's
+borrow report always precedes its "done").
 
 The driver never blocks on a send: `Channel.send` writes what the socket takes at once and keeps
 the rest for the io thread, which flushes it when the socket is writable. A worker uses plain
@@ -17,31 +19,22 @@ import struct
 import threading
 from collections import deque
 
+# The kinds are re-exported for the senders that still build tuples by hand (engine.py, until
+# it builds messages.py's classes).
+from core._private.local.messages import (  # noqa: F401
+    DONE, EXIT, FUNCTION, HELLO, PUT, RECLAIM, REFS, RELEASE_SEGMENTS, REPLY, REQUEST, SUBMIT, TASKS, YIELD,
+    Message, decode, encode,
+)
+
 _LEN = struct.Struct("<Q")
 
-# driver -> worker
-TASKS = "tasks"            # (TASKS, [TaskMessage...])
-REPLY = "reply"            # (REPLY, request_id, ok, payload)
-FUNCTION = "function"      # (FUNCTION, fn_id, blob)
-RELEASE_SEGMENTS = "release"  # (RELEASE_SEGMENTS, [segment names]) drop cached mappings
-EXIT = "exit"              # (EXIT,)
-RECLAIM = "reclaim"        # (RECLAIM, [task_id...]) queued tasks not to run: the driver took them back
-# worker -> driver
-HELLO = "hello"            # (HELLO, worker_id, pid)
-DONE = "done"              # (DONE, task_id, results, error, stats)
-YIELD = "yield"            # (YIELD, task_id, index, result)
-REQUEST = "request"        # (REQUEST, request_id, op, args)
-PUT = "put"                # (PUT, oid, result, contained_ids)
-SUBMIT = "submit"          # (SUBMIT, TaskMessage-like dict)
-REFS = "refs"              # (REFS, added_ids, removed_ids, unpinned_ids)
 
-
-def dumps(msg: tuple) -> bytes:
-    body = pickle.dumps(msg, protocol=5)
+def dumps(msg: Message) -> bytes:
+    body = pickle.dumps(encode(msg), protocol=5)
     return _LEN.pack(len(body)) + body
 
 
-def send_frame(sock: socket.socket, msg: tuple) -> int:
+def send_frame(sock: socket.socket, msg: Message) -> int:
     """Blocking send of one message (worker side). Returns bytes sent."""
     data = dumps(msg)
     sock.sendall(data)
@@ -49,7 +42,7 @@ def send_frame(sock: socket.socket, msg: tuple) -> int:
 
 
 class FrameReader:
-    """Accumulates bytes from a socket and yields whole messages."""
+    """Accumulates bytes from a socket and yields whole messages, decoded."""
 
     __slots__ = ("_buf", "bytes_received")
 
@@ -57,7 +50,7 @@ class FrameReader:
         self._buf = bytearray()
         self.bytes_received = 0
 
-    def feed(self, data: bytes) -> list[tuple]:
+    def feed(self, data: bytes) -> list[Message]:
         self._buf += data
         self.bytes_received += len(data)
         out = []
@@ -67,14 +60,14 @@ class FrameReader:
             (n,) = _LEN.unpack_from(buf, pos)
             if len(buf) - pos - 8 < n:
                 break
-            out.append(pickle.loads(memoryview(buf)[pos + 8: pos + 8 + n]))
+            out.append(decode(pickle.loads(memoryview(buf)[pos + 8: pos + 8 + n])))
             pos += 8 + n
         if pos:
             del buf[:pos]
         return out
 
 
-def recv_blocking(sock: socket.socket, reader: FrameReader) -> list[tuple]:
+def recv_blocking(sock: socket.socket, reader: FrameReader) -> list[Message]:
     """Block until at least one whole message is in; return all that are (worker side)."""
     while True:
         data = sock.recv(1 << 20)
@@ -97,7 +90,7 @@ class Channel:
         self._on_backlog = on_backlog  # called (outside the lock) when the io thread must flush
         self.closed = False
 
-    def send(self, msg: tuple) -> None:
+    def send(self, msg: Message) -> None:
         data = dumps(msg)
         with self._lock:
             if self.closed:

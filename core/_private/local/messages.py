@@ -1,0 +1,307 @@
+"""Every message between the driver and a worker (and between the driver and the zygote), by name.
+
+    driver ─► worker   Tasks  Reply  Function  ReleaseSegments  Exit  Reclaim
+    worker ─► driver   Hello  Done   Yield     Request  Put  Submit  Refs
+    either way         Batch (several messages in one frame)
+    driver ◄► zygote   ZygoteImport  ZygoteSpawn  ZygotePid  ZygoteExit (own socket, own table)
+
+A message is a `NamedTuple` whose first field is its kind: it *is* its wire tuple, with names.
+`encode(msg)` gives the plain tuple that is pickled (no class travels, so the frames are as small
+as before), `decode(raw)` names it again on receipt (`protocol.FrameReader` does, so receivers
+read `msg.task_id`, not `msg[1]`). Senders build them as `Done(DONE, task_id, ...)`. A tuple
+built by hand in the same order still encodes and decodes the same.
+
+The payloads that are records themselves are named too: the tasks of a `Tasks` message
+(`TaskMessage`), a task submitted from inside a task (`WireTask`), and the arguments of each
+`Request` op (`GetArgs`, `WaitArgs`, ... keyed by the op's name in `REQUEST_ARGS`). An object's
+location, in replies and `Done` results, is the store's: ("inline", bytes) | ("shared", name,
+size) | ("error", exception).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NamedTuple, TypedDict, Union
+
+from core.exceptions import CoreError
+
+# ─── kinds ──────────────────────────────────────────────────────────────────────────────────────
+# driver -> worker
+TASKS = "tasks"
+REPLY = "reply"
+FUNCTION = "function"
+RELEASE_SEGMENTS = "release"
+EXIT = "exit"
+RECLAIM = "reclaim"
+# worker -> driver
+HELLO = "hello"
+DONE = "done"
+YIELD = "yield"
+REQUEST = "request"
+PUT = "put"
+SUBMIT = "submit"
+REFS = "refs"
+# either way
+BATCH = "batch"
+
+
+# ─── records carried inside messages ────────────────────────────────────────────────────────────
+class TaskMessage(TypedDict):
+    """One task as the driver sends it to a worker (items of `Tasks.tasks`)."""
+
+    task_id: bytes
+    kind: str                     # "task" | "actor_create" | "actor_method"
+    fn_id: bytes | None
+    name: str
+    method: str | None
+    # ("inline", pickled (args, kwargs), arg_locs) | ("stored", (oid, location), arg_locs);
+    # arg_locs: [(oid, location)] of the top-level ref arguments, in placeholder order
+    args: tuple
+    return_ids: list[bytes]
+    num_returns: int
+    streaming: bool
+    env: dict[str, str] | None    # environment for the task's run (CUDA_VISIBLE_DEVICES)
+
+
+class WireTask(TypedDict, total=False):
+    """A task submitted from inside a task (`Submit.spec`, `CreateActorArgs.spec`): refs
+    travel as ids; the driver counts them again on receipt."""
+
+    task_id: bytes
+    kind: str
+    name: str
+    fn_id: bytes | None
+    fn_blob: bytes                # the function, the first time this worker submits it
+    args: tuple                   # ("inline", bytes) | ("stored", oid)
+    arg_refs: list[bytes]
+    held: list[bytes]
+    return_ids: list[bytes]
+    num_returns: int
+    streaming: bool
+    need: dict[str, float]
+    max_retries: int
+    retry_exceptions: Any
+    actor_id: bytes | None
+    method: str | None
+
+
+# ─── requests: a worker's nested core call, answered by a Reply with the same request_id ───────
+GET = "get"                  # -> [location per oid]
+WAIT = "wait"                # -> [ready? per oid]
+CREATE = "create"            # -> (segment name, size): room in the store for a large value
+CANCEL = "cancel"            # -> None
+KILL = "kill"                # -> None
+CREATE_ACTOR = "create_actor"  # -> the actor's id
+RESOURCES = "resources"      # -> (total, available)
+
+
+class GetArgs(NamedTuple):
+    oids: list[bytes]
+    timeout: float | None
+
+
+class WaitArgs(NamedTuple):
+    oids: list[bytes]
+    num_returns: int
+    timeout: float | None
+
+
+class CreateArgs(NamedTuple):
+    oid: bytes
+    size: int
+
+
+class CancelArgs(NamedTuple):
+    oid: bytes
+    force: bool
+
+
+class KillArgs(NamedTuple):
+    actor_id: bytes
+
+
+class CreateActorArgs(NamedTuple):
+    spec: WireTask
+    fn_blob: bytes
+    max_restarts: int
+
+
+class ResourcesArgs(NamedTuple):
+    pass
+
+
+RequestArgs = Union[GetArgs, WaitArgs, CreateArgs, CancelArgs, KillArgs, CreateActorArgs, ResourcesArgs]
+REQUEST_ARGS: dict[str, type] = {GET: GetArgs, WAIT: WaitArgs, CREATE: CreateArgs, CANCEL: CancelArgs,
+                                 KILL: KillArgs, CREATE_ACTOR: CreateActorArgs, RESOURCES: ResourcesArgs}
+
+
+# ─── driver -> worker ───────────────────────────────────────────────────────────────────────────
+class Tasks(NamedTuple):
+    """Tasks to run, in order (a worker queues them; a batch of short tasks, or the next one)."""
+    kind: Literal["tasks"]
+    tasks: list[TaskMessage]
+
+
+class Reply(NamedTuple):
+    """The answer to a worker's Request: `payload` is the result, or the exception when not ok."""
+    kind: Literal["reply"]
+    request_id: int
+    ok: bool
+    payload: Any
+
+
+class Function(NamedTuple):
+    """A function or class the worker's next tasks use, sent once per worker."""
+    kind: Literal["function"]
+    fn_id: bytes
+    blob: bytes
+
+
+class ReleaseSegments(NamedTuple):
+    """Segments the store dropped: the worker closes its cached mappings of them."""
+    kind: Literal["release"]
+    names: list[str]
+
+
+class Exit(NamedTuple):
+    kind: Literal["exit"]
+
+
+class Reclaim(NamedTuple):
+    """Tasks queued behind the running one that the driver took back (the worker blocked)."""
+    kind: Literal["reclaim"]
+    task_ids: list[bytes]
+
+
+# ─── worker -> driver ───────────────────────────────────────────────────────────────────────────
+class Hello(NamedTuple):
+    kind: Literal["hello"]
+    worker_id: int
+    pid: int
+
+
+class Done(NamedTuple):
+    """A task finished: `results` is [(location, contained ids)] per return (the item count for
+    a streaming task) and `error` None, or `results` None and `error` the exception to raise."""
+    kind: Literal["done"]
+    task_id: bytes
+    results: Any
+    error: BaseException | None
+    seconds: float                # time it ran, loading its function left out
+
+
+class Yield(NamedTuple):
+    """Item `index` of a streaming task: `result` is (location, contained ids)."""
+    kind: Literal["yield"]
+    task_id: bytes
+    index: int
+    result: tuple
+
+
+class Request(NamedTuple):
+    """A nested core call from task code (see the ops above); the worker blocks for its Reply."""
+    kind: Literal["request"]
+    request_id: int
+    op: str
+    args: RequestArgs
+
+
+class Put(NamedTuple):
+    """core.put inside a task: the value's location and the ids of the refs it contains."""
+    kind: Literal["put"]
+    oid: bytes
+    result: tuple
+    contained: list[bytes]
+
+
+class Submit(NamedTuple):
+    kind: Literal["submit"]
+    spec: WireTask
+
+
+class Refs(NamedTuple):
+    """Borrows this worker took and dropped, and shared views it closed, since the last report;
+    always sent before the Done of the task that made them."""
+    kind: Literal["refs"]
+    added: list[bytes]
+    removed: list[bytes]
+    unpinned: list[bytes]
+
+
+class Batch(NamedTuple):
+    """Several messages in one frame, applied in order."""
+    kind: Literal["batch"]
+    messages: list
+
+
+Message = Union[Tasks, Reply, Function, ReleaseSegments, Exit, Reclaim, Hello, Done, Yield, Request,
+                Put, Submit, Refs, Batch]
+
+_CLASSES: dict[str, Any] = {
+    TASKS: Tasks, REPLY: Reply, FUNCTION: Function, RELEASE_SEGMENTS: ReleaseSegments, EXIT: Exit,
+    RECLAIM: Reclaim, HELLO: Hello, DONE: Done, YIELD: Yield, REQUEST: Request, PUT: Put,
+    SUBMIT: Submit, REFS: Refs, BATCH: Batch}
+
+
+# ─── encode / decode ────────────────────────────────────────────────────────────────────────────
+def encode(msg: Message | tuple) -> tuple:
+    """The plain tuple that goes on the wire."""
+    cls = type(msg)
+    if cls is Batch:
+        return (BATCH, [encode(m) for m in msg.messages])
+    if cls is Request:
+        return (REQUEST, msg.request_id, msg.op, tuple(msg.args))
+    return tuple(msg)   # the same object when it is a plain tuple already
+
+
+def decode(raw: tuple) -> Message:
+    """The named message for a tuple from the wire."""
+    cls = _CLASSES.get(raw[0])
+    if cls is None:
+        raise CoreError(f"unknown message kind {raw[0]!r} (expected one of {', '.join(sorted(_CLASSES))})")
+    if cls is Batch:
+        return Batch(BATCH, [decode(m) for m in raw[1]])
+    if cls is Request:
+        args_cls = REQUEST_ARGS.get(raw[2])
+        args = args_cls._make(raw[3]) if args_cls is not None else raw[3]  # unknown op: the driver says so
+        return Request(REQUEST, raw[1], raw[2], args)
+    return cls._make(raw)
+
+
+# ─── driver <-> zygote (its own SEQPACKET socket; see zygote.py) ────────────────────────────────
+class ZygoteImport(NamedTuple):
+    """driver -> zygote: import these modules too, before the next forks."""
+    kind: Literal["import"]
+    modules: list[str]
+
+
+class ZygoteSpawn(NamedTuple):
+    """driver -> zygote: fork a worker running worker.main(fds + args) (the fds ride along)."""
+    kind: Literal["spawn"]
+    wid: int
+    args: list[str]
+
+
+class ZygotePid(NamedTuple):
+    """zygote -> driver: the pid of the worker forked for `wid`."""
+    kind: Literal["pid"]
+    wid: int
+    pid: int
+
+
+class ZygoteExit(NamedTuple):
+    """zygote -> driver: a worker it forked exited (reaped), with Popen's returncode."""
+    kind: Literal["exit"]
+    pid: int
+    returncode: int
+
+
+ZygoteMessage = Union[ZygoteImport, ZygoteSpawn, ZygotePid, ZygoteExit]
+_ZYGOTE_CLASSES: dict[str, Any] = {"import": ZygoteImport, "spawn": ZygoteSpawn, "pid": ZygotePid,
+                                   "exit": ZygoteExit}
+
+
+def decode_zygote(raw: tuple) -> ZygoteMessage:
+    cls = _ZYGOTE_CLASSES.get(raw[0])
+    if cls is None:
+        raise CoreError(f"unknown zygote message kind {raw[0]!r}")
+    return cls._make(raw)

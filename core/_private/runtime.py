@@ -1,0 +1,99 @@
+"""The runtime of this process, and what every runtime offers.
+
+    core.put/get/wait/...  ─┐
+    f.remote(), C.remote() ─┼──► require() ──► the process's Runtime ──► LocalEngine   (driver, local)
+    ObjectRef (counts, get) ─┘       (one slot)                     ├──► WorkerClient  (inside a local worker)
+                                                                    ├──► RayBackend    (driver, on Ray)
+                                                                    └──► RayWorkerRuntime (inside a Ray worker)
+
+One slot holds the process's runtime: set by `core.init()` in the driver (the backend it
+started), by the worker's main loop in a local worker, or on first use in a Ray worker. Callers
+never tell runtimes apart: what only some of them do is a method every one of them has (a no-op,
+or an error that says where the call belongs, where it does not apply).
+
+A leaf module: it imports nothing of ours at run time, so anything may import it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import TYPE_CHECKING, Any, Iterable, Protocol, Union
+
+from core.exceptions import CoreError
+
+if TYPE_CHECKING:  # types only: refs and taskspec import this module
+    from core._private.refs import ObjectRef, ObjectRefGenerator
+    from core._private.taskspec import TaskSpec
+
+    SubmitResult = Union[ObjectRef, list[ObjectRef], ObjectRefGenerator, bytes]
+
+
+class Runtime(Protocol):
+    """What `core.*`, `ObjectRef`, `ObjectRefGenerator` and remote functions call."""
+
+    # ── reference counting: called from ObjectRef.__init__/__del__, must never block ──
+    def add_local_ref(self, oid: bytes) -> None: ...
+
+    def remove_local_ref(self, oid: bytes) -> None: ...
+
+    # ── objects ──
+    def put(self, value: Any) -> ObjectRef: ...
+
+    def get(self, refs: list[ObjectRef], timeout: float | None, writable: bool = False) -> list: ...
+
+    def wait(self, refs: list[ObjectRef], num_returns: int,
+             timeout: float | None) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        """(ready, not ready), in the order of `refs`."""
+        ...
+
+    def future(self, ref: ObjectRef) -> concurrent.futures.Future: ...
+
+    def free(self, refs: Iterable[ObjectRef]) -> None: ...
+
+    # ── tasks and actors ──
+    def submit(self, spec: TaskSpec) -> SubmitResult:
+        """Run `spec`: its ref (a list for num_returns > 1, a generator for "streaming"); for an
+        "actor_create" spec, the new actor's id."""
+        ...
+
+    def next_stream_item(self, task_id: bytes, index: int, timeout: float | None) -> ObjectRef | None:
+        """Item `index` of a streaming task once it is yielded; None after the last one."""
+        ...
+
+    def release_stream(self, task_id: bytes) -> None: ...
+
+    def cancel(self, ref: ObjectRef, force: bool = False) -> None: ...
+
+    def kill_actor(self, actor_id: bytes) -> None: ...
+
+    # ── the session ──
+    def cluster_resources(self) -> dict: ...
+
+    def available_resources(self) -> dict: ...
+
+    def memory_summary(self) -> str: ...
+
+    def shutdown(self) -> None: ...
+
+
+# The slot. Read directly (`runtime._current`) by ObjectRef.__init__, which runs for every ref.
+_current: Runtime | None = None
+
+
+def current() -> Runtime | None:
+    """The process's runtime, or None outside any session."""
+    return _current
+
+
+def set_current(rt: Runtime | None) -> None:
+    """Install the process's runtime (None when its session ends)."""
+    global _current
+    _current = rt
+
+
+def require() -> Runtime:
+    """The process's runtime; a CoreError when there is none."""
+    rt = _current
+    if rt is None:
+        raise CoreError("no core session is running in this process; call core.init() first")
+    return rt
