@@ -35,8 +35,7 @@ def make_store(tmp_path):
             spill = str(tmp_path / "spill")
         if isinstance(spill, str):
             spill = {"uri": spill, "min_spilling_size": min_spilling_size}
-        st = ObjectStore.from_config(object_store_memory=capacity, spill=spill, inline_threshold=inline)
-        st.full_wait = full_wait
+        st = ObjectStore(capacity=capacity, spill=spill, inline_threshold=inline, full_wait=full_wait)
         stores.append(st)
         return st
 
@@ -278,8 +277,8 @@ def test_spill_and_restore_s3(make_store, s3_bucket):
 def test_s3_spill_files_removed_at_shutdown(s3_bucket):
     import boto3
 
-    st = ObjectStore.from_config(object_store_memory=3 * MiB, inline_threshold=1024,
-                                 spill={"uri": f"s3://{s3_bucket}/p", "min_spilling_size": 0})
+    st = ObjectStore(capacity=3 * MiB, inline_threshold=1024,
+                     spill={"uri": f"s3://{s3_bucket}/p", "min_spilling_size": 0})
     try:
         for i in range(4):
             st.put(oid(i), serialize(np.ones(MiB // 8)))
@@ -398,8 +397,8 @@ def test_no_leak_over_many_cycles(make_store):
 
 
 def test_shutdown_removes_everything_even_with_live_views(tmp_path):
-    st = ObjectStore.from_config(object_store_memory=3 * MiB, inline_threshold=1024,
-                                 spill={"uri": str(tmp_path), "min_spilling_size": 0})
+    st = ObjectStore(capacity=3 * MiB, inline_threshold=1024,
+                     spill={"uri": str(tmp_path), "min_spilling_size": 0})
     for i in range(5):
         st.put(oid(i), serialize(np.full(MiB // 8, i)))
     alive = get(st, 4)
@@ -420,7 +419,7 @@ def test_driver_views_come_from_a_read_only_mapping(tmp_path):
         import torch
         from core._private.objects.store import ObjectStore
         from core._private.objects.serialization import deserialize, serialize
-        st = ObjectStore.from_config(object_store_memory=64 << 20, spill={str(tmp_path)!r})
+        st = ObjectStore(capacity=64 << 20, spill={str(tmp_path)!r})
         st.put(b"x" * 20, serialize(torch.zeros(100_000)))
         t = deserialize(st.view(b"x" * 20))
         print(st.session.prefix, flush=True)
@@ -570,9 +569,8 @@ def test_full_dev_shm_spills_or_raises_instead_of_sigbus(tmp_path):
         from core._private.objects.store import ObjectStore
         from core._private.objects.serialization import serialize
         from core.exceptions import ObjectStoreFullError
-        st = ObjectStore.from_config(object_store_memory=64 << 20, inline_threshold=1024,
-                                     spill={{"uri": {str(tmp_path)!r}, "min_spilling_size": 0}})
-        st.full_wait = 0.2
+        st = ObjectStore(capacity=64 << 20, inline_threshold=1024, full_wait=0.2,
+                         spill={{"uri": {str(tmp_path)!r}, "min_spilling_size": 0}})
         st.put(b"a" * 20, serialize(np.ones(3 << 17)))          # 3 MiB
         st.put(b"b" * 20, serialize(np.ones(3 << 17)))          # /dev/shm full: a is spilled
         print("spilled", st.usage()["num_spilled"], flush=True)

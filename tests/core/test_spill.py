@@ -1,5 +1,5 @@
-"""Spill configuration validation and the spill-target contract, run against every backend
-(local folder, S3 on a moto server)."""
+"""The victim choice (a pure function, no shared memory), spill configuration validation, and the
+spill-target contract, run against every backend (local folder, S3 on a moto server)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from core._private.objects import shm, spill
 from core._private.objects.spill import open_spill_target, parse_spill_config
+from core._private.objects.spiller import pick_victims
 from core.exceptions import ConfigError, ObjectLostError
 
 MiB = 2**20
@@ -23,6 +24,26 @@ def session():
     s = shm.Session.start(cleanup_stale=False)
     yield s
     s.close()
+
+
+# ─── which objects to spill ─────────────────────────────────────────────────────────────────────
+# candidates: (key, size, spillable) from least to most recently used
+LRU = [("a", 3, True), ("b", 5, False), ("c", 2, True), ("d", 4, True), ("e", 1, True)]
+
+
+@pytest.mark.parametrize("candidates, short, min_spilling_size, victims", [
+    (LRU, 1, 0, ["a"]),                         # the least recently used first
+    (LRU, 4, 0, ["a", "c"]),                    # pinned/busy ones skipped
+    (LRU, 5, 0, ["a", "c"]),                    # stops as soon as the total reaches `short`
+    (LRU, 6, 0, ["a", "c", "d"]),
+    (LRU, 1, 8, ["a", "c", "d"]),               # a batch is at least min_spilling_size
+    (LRU, 100, 0, ["a", "c", "d", "e"]),        # not enough: all there are
+    (LRU, 0, 0, ["a"]),                         # asked for nothing: still one, if any can go
+    ([("b", 5, False)], 1, 0, []),              # nothing spillable
+    ([], 1, 0, []),
+])
+def test_pick_victims(candidates, short, min_spilling_size, victims):
+    assert pick_victims(iter(candidates), short, min_spilling_size) == victims
 
 
 # ─── configuration ──────────────────────────────────────────────────────────────────────────────

@@ -159,9 +159,8 @@ class LocalEngine:
     def __init__(self, *, num_cpus: float | None, num_gpus: float | None,
                  resources: dict | None, object_store_memory: int | None, spill: Any,
                  inline_threshold: int, zygote: Any = None) -> None:
-        from core._private.objects.store import ObjectStore, default_capacity
+        from core._private.objects.store import ObjectStore
         from core._private.objects.shm import Session
-        from core._private.objects.spill import open_spill_target
 
         self.inline_threshold = inline_threshold
         cpus = float(os.cpu_count() or 1) if num_cpus is None else float(num_cpus)
@@ -183,10 +182,8 @@ class LocalEngine:
 
         self.session = Session.start()
         try:
-            spill_target = open_spill_target(spill, self.session)
-            self.store = ObjectStore(session=self.session, capacity=object_store_memory or default_capacity(),
-                                     inline_threshold=inline_threshold, spill=spill_target,
-                                     min_spilling_size=spill_target.config.min_spilling_size)
+            self.store = ObjectStore(capacity=object_store_memory, spill=spill,
+                                     inline_threshold=inline_threshold, session=self.session)
         except BaseException:
             self.session.close()
             raise

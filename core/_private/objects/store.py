@@ -1,186 +1,99 @@
-"""The driver's object store: where every object's bytes live, and how they move between tiers.
+"""The store proper: where every object lives (inline, shared, spilled), its pins, and the
+capacity rule that moves objects between those tiers.
 
     put(oid, SerializedObject)
       │ total_size <= inline_threshold ──► inline: bytes in this process (never spilled)
-      │ larger ──► _allocate(size): a pooled segment of a similar size class (still mapped:
-      │            memcpy speed), or a new /dev/shm segment; over capacity: release pooled
-      │            segments, then spill LRU unpinned objects, then wait for unpins, then
-      ▼            ObjectStoreFullError
+      │ larger ──► _allocate(size): a pooled segment of a similar size class (segments.py), or a
+      │            new /dev/shm segment; over capacity: give back pooled segments, then spill
+      ▼            LRU unpinned objects (spiller.py), then wait for unpins, then ObjectStoreFullError
     shared: one segment per object ──── spill (batch, one file) ───► spilled (file, offset, crc)
             ▲                                                            │
             └──────────── restore on view/locate (checksum checked) ◄────┘
     delete(oid): its segment goes back to the pool (kept mapped), its spill file is deleted once
                  every object in it is gone. Pinned objects are only released when unpinned.
 
-Accounting: `used` is the bytes of shared memory actually touched: every live segment's and every
-pooled segment's high-water mark (tmpfs allocates pages only when written, so the size-class
-padding costs nothing). Pooled bytes count, and are released first when room is needed.
+The entries, their pins and the release rules are in table.py; this module holds the lock, the
+public operations, the capacity rule (`_allocate`) and the moves between tiers.
 
 Pins: `pin`/`locate` pin an object for a holder (0 = driver, a worker id otherwise); only unpinned
 objects are spilled or recycled. `pinned_view` pins for the life of a memoryview (and of every
 array built on it); its release is queued without a lock (it runs in GC) and applied at the next
 store call.
 
-Concurrency: one condition variable guards the directory. The big byte moves (the copy of a put,
-spill writes, restore reads) run outside it; objects being moved are marked busy (`creating`,
-`spilling`, `restoring`) so other threads wait or skip them instead of racing.
+Concurrency: one condition variable guards the table. The big byte moves (the copy of a put,
+spill writes, restore reads, populating a new segment) run outside it; objects being moved are
+marked busy (`creating`, `spilling`, `restoring`) so other threads wait or skip them instead of
+racing.
 
 Restored objects keep their spill location, so spilling them again costs no I/O.
 """
 
 from __future__ import annotations
 
-import collections
-import os
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any
 
 from core._private.objects import shm
+from core._private.objects.segments import Segment, SegmentPool, default_capacity, size_class
 from core._private.objects.serialization import SerializedObject
-from core._private.objects.spill import SpillFile, SpillLocation, SpillTarget, open_spill_target, parse_spill_config
+from core._private.objects.spill import open_spill_target, parse_spill_config
+from core._private.objects.spiller import Spiller, pick_victims
+from core._private.objects.table import Entry, EntryInfo, ObjectTable
 from core.exceptions import CoreError, ObjectLostError, ObjectStoreFullError
 
-__all__ = ["ObjectStore", "EntryInfo", "NoRoomNow", "default_capacity", "size_class"]
+__all__ = ["ObjectStore", "EntryInfo", "NoRoomNow", "size_class", "DEFAULT_INLINE_THRESHOLD"]
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
 DEFAULT_INLINE_THRESHOLD = 100 * 1024
 DEFAULT_FULL_WAIT = 3.0                   # seconds a put waits for unpins before giving up
-MAX_POOLED_SEGMENTS = 128                 # bounds open mappings kept for reuse
 
 
 class NoRoomNow(ObjectStoreFullError):
     """A restore asked not to wait does not fit until pinned objects are released."""
 
 
-def default_capacity() -> int:
-    """30% of RAM (as Ray), capped at the free space of /dev/shm."""
-    ram = os.sysconf("SC_PHYS_PAGES") * PAGE
-    return int(min(0.3 * ram, shm.shm_free_bytes()))
-
-
-def size_class(n: int) -> int:
-    """Segment size for an object of `n` bytes: 8 classes per power of two (at most 12.5%
-    padding), page-aligned, so freed segments fit later objects of a similar size."""
-    n = max(n, PAGE)
-    step = max(PAGE, 1 << max(0, n.bit_length() - 4))
-    return (n + step - 1) // step * step
-
-
 def _hex(oid: bytes) -> str:
     return oid.hex()
 
 
-@dataclass(frozen=True)
-class EntryInfo:
-    """One object, for `memory_summary`."""
-    object_id: str
-    size: int
-    where: Literal["inline", "shared", "spilled"]
-    spill_url: str | None
-    pinned: bool
-    pins: dict
-    segment: str | None
-
-
-class _Segment:
-    __slots__ = ("name", "capacity", "mm", "ino", "touched", "_ro", "fresh")
-
-    def __init__(self, name: str, capacity: int, mm, ino: int):
-        self.name, self.capacity, self.mm, self.ino = name, capacity, mm, ino
-        self.touched = 0                  # high-water mark of bytes written (pages allocated)
-        self._ro = None
-        self.fresh = False                # never written: its pages read as zeros
-
-    def readonly_map(self):
-        """A second, read-only mapping for the driver's views, made once and kept (pooled too):
-        a write through a view (torch has no read-only tensors) faults instead of silently
-        changing a stored object that other readers share."""
-        if self._ro is None:
-            self._ro = shm.map_segment(self.name, "read", size=self.capacity)
-        return self._ro
-
-    def close(self, unlink: bool = True) -> None:
-        if unlink:
-            shm.unlink_segment(self.name)
-        for m in (self.mm, self._ro):
-            try:
-                if m is not None:
-                    m.close()
-            except BufferError:
-                pass                      # views still exported; unmapped when they die
-
-
-class _Entry:
-    __slots__ = ("oid", "size", "state", "data", "seg", "loc", "pins", "deleted", "lost",
-                 "spilling", "remote_writer")
-
-    def __init__(self, oid: bytes, size: int, state: str):
-        self.oid, self.size, self.state = oid, size, state
-        self.data: bytes | None = None    # inline bytes
-        self.seg: _Segment | None = None  # shared: the segment
-        self.loc: SpillLocation | None = None   # spilled (or restored with a valid spill copy)
-        self.pins: dict[int, int] = {}
-        self.deleted = False              # delete() came while pinned or busy
-        self.lost: str | None = None      # why the data is gone (the ObjectLostError message)
-        self.spilling = False
-        self.remote_writer = False        # created for a worker to fill (create/seal)
-
-    @property
-    def busy(self) -> bool:
-        return self.spilling or self.state in ("creating", "restoring")
-
-
 class ObjectStore:
-    def __init__(self, *, session: shm.Session, capacity: int, inline_threshold: int,
-                 spill: SpillTarget, min_spilling_size: int = 100 * 2**20,
-                 full_wait: float = DEFAULT_FULL_WAIT, owns_session: bool = False):
-        if capacity <= 0:
+    """The driver's objects. Built one way: `ObjectStore(capacity=..., spill=...)`."""
+
+    def __init__(self, *, capacity: int | None = None, spill: Any = None,
+                 inline_threshold: int = DEFAULT_INLINE_THRESHOLD, session: shm.Session | None = None,
+                 full_wait: float = DEFAULT_FULL_WAIT):
+        """`capacity`: bytes of shared memory (None: 30% of RAM, capped at /dev/shm's free
+        space); `spill`: None, a folder or URI, or a dict (see spill.py), validated here (raises
+        ConfigError); `session`: the session whose segments these are (None: the store starts
+        one and closes it at shutdown)."""
+        if capacity is not None and capacity <= 0:
             raise CoreError(f"object store capacity must be positive, got {capacity}")
-        self.session = session
-        self.capacity = capacity
+        config = parse_spill_config(spill)
+        self._owns_session = session is None
+        self.session = session or shm.Session.start()
+        try:
+            self.spill = open_spill_target(config, self.session)
+        except BaseException:
+            if self._owns_session:
+                self.session.close()
+            raise
+        self.capacity = capacity or default_capacity()
         self.inline_threshold = inline_threshold
-        self.spill = spill
-        self.min_spilling_size = min_spilling_size
         self.full_wait = full_wait
-        self._owns_session = owns_session
         self._cond = threading.Condition(threading.Lock())
-        self._objects: dict[bytes, _Entry] = {}
-        self._lru: collections.OrderedDict[bytes, _Entry] = collections.OrderedDict()  # shared, sealed
-        self._zombies: set[_Entry] = set()       # deleted while pinned/busy
-        self._pool: list[_Segment] = []          # oldest first
-        self._used = 0                           # touched bytes of live + pooled segments
-        self._pooled = 0
-        self._inline_bytes = 0
-        self._spill_files: set[SpillFile] = set()
-        self._files_to_delete: list[SpillFile] = []
-        self._released: collections.deque = collections.deque()   # (entry, holder) from GC
+        self.pool = SegmentPool(self.session, self.capacity)
+        self.spiller = Spiller(self.spill, config.min_spilling_size)
+        self.table = ObjectTable(self.pool, self.spiller, self._cond)
+        # the table's containers, bound here once: the get/put paths skip an attribute lookup
+        self._objects = self.table.objects
+        self._lru = self.table.lru
+        self._released = self.table.released
+        self._pool = self.pool.segments           # read by tests/core/test_objects.py
         self._spills_running = 0
         self._closed = False
-        # names of segments unlinked for good: the engine tells workers to drop their cached
-        # mappings of them (a cached mapping would keep the pages alive)
-        self.released_segments: collections.deque[str] = collections.deque()
-        self.stats = collections.Counter()
-
-    @classmethod
-    def from_config(cls, *, object_store_memory: int | None = None, spill: Any = None,
-                    inline_threshold: int = DEFAULT_INLINE_THRESHOLD,
-                    session: shm.Session | None = None) -> "ObjectStore":
-        """Validate `spill`, start a session if none is given (the store then closes it at
-        shutdown), and build the store. Raises ConfigError for a bad spill configuration."""
-        config = parse_spill_config(spill)
-        owns = session is None
-        session = session or shm.Session.start()
-        try:
-            target = open_spill_target(config, session)
-        except BaseException:
-            if owns:
-                session.close()
-            raise
-        return cls(session=session, capacity=object_store_memory or default_capacity(),
-                   inline_threshold=inline_threshold, spill=target,
-                   min_spilling_size=config.min_spilling_size, owns_session=owns)
+        # segments unlinked for good: the engine tells workers to drop their cached mappings
+        self.released_segments = self.pool.released
+        self.stats = self.spiller.stats
 
     # ─── writing ────────────────────────────────────────────────────────────────────────────────
     def put(self, oid: bytes, obj: SerializedObject) -> None:
@@ -204,11 +117,11 @@ class ObjectStore:
                 mv.release()
         except BaseException:
             with self._cond:
-                self._abort_create(entry)
+                self.table.abort_create(entry)
             raise
         with self._cond:
-            self._seal_entry(entry)
-        self._after()
+            self.table.sealed(entry)
+        self.spiller.delete_emptied()
 
     def put_inline(self, oid: bytes, data: bytes) -> None:
         with self._cond:
@@ -217,11 +130,8 @@ class ObjectStore:
             if old is not None and not old.lost:
                 return
             if old is not None:
-                self._drop(old)
-            entry = _Entry(oid, len(data), "inline")
-            entry.data = data
-            self._objects[oid] = entry
-            self._inline_bytes += len(data)
+                self.table.drop(old)
+            self.table.add_inline(oid, data)
             self._cond.notify_all()
 
     def create(self, oid: bytes, size: int) -> tuple[str, int]:
@@ -230,7 +140,7 @@ class ObjectStore:
         with self._cond:
             old = self._objects.get(oid)
             if old is not None and old.state == "creating" and old.remote_writer:
-                self._drop(old)                   # a retry of a writer that died before sealing
+                self.table.drop(old)              # a retry of a writer that died before sealing
             elif old is not None and not old.lost:
                 raise CoreError(f"object {_hex(oid)} already exists; objects are written once")
             entry = self._begin_create(oid, size)
@@ -243,41 +153,25 @@ class ObjectStore:
             if entry is None or entry.state != "creating":
                 raise CoreError(f"seal of object {_hex(oid)}: expected an object being created, "
                                 f"found {entry.state if entry else 'nothing'}")
-            self._seal_entry(entry)
+            self.table.sealed(entry)
 
-    def _begin_create(self, oid: bytes, size: int, sparse: bool = False) -> _Entry | None:
+    def _begin_create(self, oid: bytes, size: int, sparse: bool = False) -> Entry | None:
         self._check_open()
         old = self._objects.get(oid)
         if old is not None:
             if not old.lost:
                 return None
-            self._drop(old)
-        entry = _Entry(oid, size, "creating")
+            self.table.drop(old)
+        entry = Entry(oid, size, "creating")
         self._objects[oid] = entry                # visible as busy, so a second put waits/returns
         try:
             entry.seg = self._allocate(size, oid, sparse=sparse)
         except BaseException:
             if self._objects.get(oid) is entry:
                 del self._objects[oid]
-            self._zombies.discard(entry)
+            self.table.zombies.discard(entry)
             raise
         return entry
-
-    def _seal_entry(self, entry: _Entry) -> None:
-        entry.state = "shared"
-        if entry.deleted:
-            self._release_if_idle(entry)
-        else:
-            self._lru[entry.oid] = entry
-        self._cond.notify_all()
-
-    def _abort_create(self, entry: _Entry) -> None:
-        entry.state = "shared"                    # no longer busy; then free it
-        if self._objects.get(entry.oid) is entry:
-            del self._objects[entry.oid]
-        self._zombies.discard(entry)
-        self._release_storage(entry)
-        self._cond.notify_all()
 
     # ─── reading ────────────────────────────────────────────────────────────────────────────────
     def contains(self, oid: bytes) -> bool:
@@ -300,7 +194,7 @@ class ObjectStore:
             view = self._view_of(entry, writable)
             if entry.state == "inline":
                 return view                       # bytes live as long as the view: no pin needed
-            self._pin(entry, holder)
+            self.table.pin(entry, holder)
         released = self._released
 
         def on_release(entry=entry, holder=holder):
@@ -315,7 +209,7 @@ class ObjectStore:
         instead of waiting for unpins (the engine then keeps the task queued)."""
         with self._cond:
             entry = self._ready(oid, wait_for_room)
-            self._pin(entry, holder)
+            self.table.pin(entry, holder)
             if entry.state == "inline":
                 return ("inline", entry.data)
             return ("shared", entry.seg.name, entry.size)
@@ -328,28 +222,27 @@ class ObjectStore:
         for oid in oids:
             entry = entries.get(oid)
             if entry is not None and entry.state == "spilled" and not entry.lost:
-                out.append(self._class_for(entry.size))
+                out.append(self.pool.class_for(entry.size))
         return out
 
     def room(self) -> int:
         """Bytes that can be made available now without waiting for anyone: free capacity,
         pooled segments, and unpinned objects that can be spilled."""
         with self._cond:
-            self._drain()
-            spillable = sum(e.seg.touched for e in self._lru.values()
-                            if not e.pins and not e.busy and e.seg is not None)
-            return self.capacity - self._used + self._pooled + spillable
+            self.table.drain()
+            return self.capacity - self.pool.used + self.pool.pooled + self.table.spillable_bytes()
 
-    def _view_of(self, entry: _Entry, writable: bool) -> memoryview:
+    def _view_of(self, entry: Entry, writable: bool) -> memoryview:
         if entry.state == "inline":
             return memoryview(bytearray(entry.data)) if writable else memoryview(entry.data)
         if writable:
             return memoryview(shm.map_segment(entry.seg.name, "copy", size=entry.size))
         return memoryview(entry.seg.readonly_map())[:entry.size]
 
-    def _ready(self, oid: bytes, wait_for_room: bool = True) -> _Entry:
+    def _ready(self, oid: bytes, wait_for_room: bool = True) -> Entry:
         """The entry, sealed and in shared memory (restored if needed). Lock held."""
-        self._drain()
+        if self._released:
+            self.table.drain()
         while True:
             self._check_open()
             entry = self._objects.get(oid)
@@ -371,187 +264,72 @@ class ObjectStore:
                 self._lru.move_to_end(oid)
             return entry
 
-    # ─── pins ───────────────────────────────────────────────────────────────────────────────────
+    # ─── pins and freeing ───────────────────────────────────────────────────────────────────────
     def pin(self, oid: bytes, holder: int) -> None:
         with self._cond:
-            self._drain()
+            self.table.drain()
             entry = self._objects.get(oid)
             if entry is None:
                 raise ObjectLostError(f"pin of object {_hex(oid)}: not in the object store")
-            self._pin(entry, holder)
+            self.table.pin(entry, holder)
 
     def unpin(self, oid: bytes, holder: int) -> None:
         with self._cond:
-            self._drain()
-            entry = self._objects.get(oid)
-            if entry is None or holder not in entry.pins:
-                # a deleted object still pinned by this holder (a live view)
-                entry = next((z for z in self._zombies if z.oid == oid and holder in z.pins), entry)
+            self.table.drain()
+            entry = self.table.pinned_by(oid, holder)
             if entry is not None:
-                self._unpin(entry, holder)
-        self._after()
+                self.table.unpin(entry, holder)
+        self.spiller.delete_emptied()
 
     def unpin_all(self, holder: int) -> None:
         """Drop every pin of `holder` (a worker that died)."""
         with self._cond:
-            self._drain()
-            for entry in [*self._objects.values(), *self._zombies]:
-                if holder in entry.pins:
-                    entry.pins[holder] = 1
-                    self._unpin(entry, holder)
-        self._after()
+            self.table.drain()
+            self.table.unpin_all(holder)
+        self.spiller.delete_emptied()
 
-    def _pin(self, entry: _Entry, holder: int) -> None:
-        entry.pins[holder] = entry.pins.get(holder, 0) + 1
-
-    def _unpin(self, entry: _Entry, holder: int) -> None:
-        n = entry.pins.get(holder, 0)
-        if n <= 1:
-            entry.pins.pop(holder, None)
-        else:
-            entry.pins[holder] = n - 1
-        if not entry.pins:
-            if entry.deleted:
-                self._release_if_idle(entry)
-            self._cond.notify_all()               # a put may be waiting for room
-
-    def _drain(self) -> None:
-        """Apply unpins queued by garbage-collected pinned views. Lock held."""
-        released = self._released
-        while released:
-            entry, holder = released.popleft()
-            self._unpin(entry, holder)
-
-    # ─── freeing ────────────────────────────────────────────────────────────────────────────────
     def delete(self, oid: bytes) -> None:
         with self._cond:
-            self._drain()
-            entry = self._objects.pop(oid, None)
+            self.table.drain()
+            entry = self._objects.get(oid)
             if entry is not None:
-                self._lru.pop(oid, None)
-                entry.deleted = True
-                if entry.state == "creating" and entry.remote_writer:
-                    self._release_storage(entry, recycle=False)   # its writer may still be mapped
-                else:
-                    self._release_if_idle(entry)
+                self.table.drop(entry)
                 self._cond.notify_all()
-        self._after()
+        self.spiller.delete_emptied()
 
-    def _drop(self, entry: _Entry) -> None:
-        """Forget a lost or abandoned entry in place of a new one. Lock held."""
-        self._objects.pop(entry.oid, None)
-        self._lru.pop(entry.oid, None)
-        entry.deleted = True
-        if entry.state == "creating" and entry.remote_writer:
-            self._release_storage(entry, recycle=False)   # its writer died; never reuse
-        else:
-            self._release_if_idle(entry, recycle=not entry.lost)
-
-    def _release_if_idle(self, entry: _Entry, recycle: bool = True) -> None:
-        if entry.pins or entry.busy:
-            self._zombies.add(entry)              # finished by the unpin / the end of the move
-            return
-        self._zombies.discard(entry)
-        self._release_storage(entry, recycle)
-
-    def _release_storage(self, entry: _Entry, recycle: bool = True) -> None:
-        if entry.data is not None:
-            self._inline_bytes -= len(entry.data)
-            entry.data = None
-        if entry.seg is not None:
-            seg, entry.seg = entry.seg, None
-            if recycle and not entry.lost:
-                self._recycle(seg)
-            else:
-                self._used -= seg.touched
-                self.released_segments.append(seg.name)
-                seg.close()
-        if entry.loc is not None:
-            self._release_spill_copy(entry)
-
-    def _release_spill_copy(self, entry: _Entry) -> None:
-        file, entry.loc = entry.loc.file, None
-        file.live -= 1
-        if file.live == 0:
-            self._spill_files.discard(file)
-            self._files_to_delete.append(file)
-
-    def _after(self) -> None:
-        """Work done after the lock is released: deleting emptied spill files (S3: a request)."""
-        while self._files_to_delete:
-            try:
-                file = self._files_to_delete.pop()
-            except IndexError:
-                break
-            self.spill.delete_file(file)
-
-    # ─── segments and capacity ──────────────────────────────────────────────────────────────────
-    def _recycle(self, seg: _Segment) -> None:
-        if not shm.segment_exists(seg.name, seg.ino):
-            self._used -= seg.touched             # lost from outside: do not reuse
-            self.released_segments.append(seg.name)
-            seg.close(unlink=False)
-            return
-        self._pool.append(seg)
-        self._pooled += seg.touched
-        if len(self._pool) > MAX_POOLED_SEGMENTS:
-            self._unpool(self._pool[0])
-
-    def _unpool(self, seg: _Segment) -> None:
-        self._pool.remove(seg)
-        self._pooled -= seg.touched
-        self._used -= seg.touched
-        self.released_segments.append(seg.name)
-        seg.close()
-
-    def _take_pooled(self, size: int) -> _Segment | None:
-        """Best fit among pooled segments that hold `size` without wasting more than a size
-        class doubling; prefers warm pages (a larger high-water mark)."""
-        limit = 2 * size_class(size)
-        best = None
-        for seg in self._pool:
-            if size <= seg.capacity <= limit and (
-                    best is None or (seg.capacity, -seg.touched) < (best.capacity, -best.touched)):
-                best = seg
-        if best is not None:
-            self._pool.remove(best)
-            self._pooled -= best.touched
-        return best
-
-    def _allocate(self, size: int, oid: bytes, sparse: bool = False, wait: bool = True) -> _Segment:
+    # ─── capacity ───────────────────────────────────────────────────────────────────────────────
+    def _allocate(self, size: int, oid: bytes, sparse: bool = False, wait: bool = True) -> Segment:
         """A segment for `size` bytes, making room if needed. Lock held; may drop it while
         spilling or waiting."""
         if size > self.capacity:
             raise ObjectStoreFullError(
                 f"object {_hex(oid)} needs {size} bytes but the object store holds at most "
                 f"{self.capacity} bytes; raise object_store_memory")
+        pool = self.pool
         deadline = None
         while True:
-            self._drain()
+            self.table.drain()
             self._check_open()
-            seg = self._take_pooled(size)
+            seg = pool.take(size)
             # shm.create_segment populates a new segment's pages: all of them count at once
-            need = max(0, size - seg.touched) if seg else self._class_for(size)
-            if self._used + need <= self.capacity:
+            need = max(0, size - seg.touched) if seg else pool.class_for(size)
+            if pool.used + need <= self.capacity:
                 if seg is None:
                     try:
-                        return self._new_segment(size, need, populate=not sparse)
+                        return self._new_segment(need, populate=not sparse)
                     except ObjectStoreFullError:
                         # /dev/shm itself is full (other users): our own memory is what we
                         # can give back
-                        if self._free_pool(need, keep=None) or self._spill_lru(need):
+                        if pool.free(need) or self._spill_lru(need):
                             continue
                         raise
-                self._used += need
+                pool.used += need
                 seg.touched = max(seg.touched, size)
                 return seg
-            if seg is not None:                   # give it back while we make room
-                self._pool.append(seg)
-                self._pooled += seg.touched
-            short = self._used + need - self.capacity
-            if self._free_pool(short, keep=seg):
-                continue
-            if self._spill_lru(short):
+            if seg is not None:
+                pool.put_back(seg)                # given back while we make room
+            short = pool.used + need - self.capacity
+            if pool.free(short, keep=seg) or self._spill_lru(short):
                 continue
             if not wait:
                 raise NoRoomNow(f"object {_hex(oid)} of {size} bytes does not fit in the object store "
@@ -562,70 +340,27 @@ class ObjectStore:
                 raise self._full_error(oid, size)
             self._cond.wait(min(0.05, max(remaining, 0.001)))
 
-    def _class_for(self, size: int) -> int:
-        cap = size_class(size)
-        return cap if cap <= self.capacity else -(-size // PAGE) * PAGE
-
-    def _new_segment(self, size: int, capacity: int, populate: bool = True) -> _Segment:
-        """Create a segment with the lock dropped (creating populates its pages: ~0.2 s for
-        800 MB); its bytes are counted first so no other thread can take the room."""
-        self._used += capacity
-        name = self.session.next_segment_name()
-        self._cond.release()
-        try:
-            mm, ino = shm.create_segment(name, capacity, populate=populate)
-        except BaseException:
-            self._cond.acquire()
-            self._used -= capacity
-            self._cond.notify_all()
-            raise
-        self._cond.acquire()
-        seg = _Segment(name, capacity, mm, ino)
-        seg.touched = capacity
-        seg.fresh = True
+    def _new_segment(self, capacity: int, populate: bool) -> Segment:
+        seg = self.pool.create(capacity, self._cond, populate=populate)   # lock dropped meanwhile
         if self._closed:
             seg.close()
             self._check_open()
         return seg
 
-    def _free_pool(self, short: int, keep: _Segment | None) -> bool:
-        """Unlink pooled segments (the oldest first, `keep` last) until `short` bytes are freed."""
-        freed = 0
-        for seg in sorted(self._pool, key=lambda s: s is keep):
-            if freed >= short:
-                break
-            freed += seg.touched
-            self._unpool(seg)
-        return freed > 0
-
     def _full_error(self, oid: bytes, size: int) -> ObjectStoreFullError:
         pinned = sum(e.size for e in self._lru.values() if e.pins)
         busy = sum(e.size for e in self._objects.values() if e.busy)
         return ObjectStoreFullError(
-            f"object {_hex(oid)} of {size} bytes does not fit in the object store: {self._used} of "
+            f"object {_hex(oid)} of {size} bytes does not fit in the object store: {self.pool.used} of "
             f"{self.capacity} bytes used, {pinned} bytes pinned (in use by views or running tasks), "
             f"{busy} bytes being written, nothing left to spill after waiting {self.full_wait:.1f}s "
             f"for unpins; free objects (drop refs, core.free) or raise object_store_memory")
 
-    # ─── spilling ───────────────────────────────────────────────────────────────────────────────
-    def _pick_victims(self, short: int) -> list[_Entry]:
-        """Least recently used unpinned shared objects adding up to at least `short` bytes and
-        `min_spilling_size` (or all there are). Pure choice; no state changes."""
-        target = max(short, self.min_spilling_size)
-        victims, total = [], 0
-        for entry in self._lru.values():
-            if entry.pins or entry.busy:
-                continue
-            victims.append(entry)
-            total += entry.size
-            if total >= target:
-                break
-        return victims
-
+    # ─── moves between tiers ────────────────────────────────────────────────────────────────────
     def _spill_lru(self, short: int) -> bool:
         """Spill LRU victims into one file (lock dropped during the I/O). False if nothing can
         be spilled."""
-        victims = self._pick_victims(short)
+        victims = pick_victims(self.table.spill_candidates(), short, self.spiller.min_spilling_size)
         if not victims:
             return False
         to_write = [v for v in victims if v.loc is None]   # restored objects still have a copy
@@ -636,7 +371,7 @@ class ObjectStore:
         error = None
         self._cond.release()
         try:
-            locations = self.spill.write_batch(views) if views else []
+            locations = self.spiller.write(views)
         except BaseException as exc:
             error, locations = exc, []
         finally:
@@ -646,114 +381,66 @@ class ObjectStore:
             self._spills_running -= 1
         for v, loc in zip(to_write, locations):
             v.loc = loc
-        if locations:
-            self._spill_files.add(locations[0].file)
-            self.stats["spilled_bytes"] += sum(v.size for v in to_write)
-            self.stats["spill_files"] += 1
-        for v in victims:
-            v.spilling = False
-            self._finish_spill(v, ok=error is None)
-        self._cond.notify_all()
+        self.spiller.add_file(locations, sum(v.size for v in to_write))
+        self.table.spilled(victims, ok=error is None)
         if error is not None:
             raise ObjectStoreFullError(
-                f"spilling {len(to_write)} objects to {self.spill.url} failed: {error}") from error
+                f"spilling {len(to_write)} objects to {self.spiller.url} failed: {error}") from error
         return True
 
-    def _finish_spill(self, v: _Entry, ok: bool) -> None:
-        if v.deleted:
-            self._release_if_idle(v)
-        elif ok and not v.pins and v.state == "shared":
-            v.state = "spilled"                   # nobody touched it meanwhile: drop the segment
-            self._lru.pop(v.oid, None)
-            seg, v.seg = v.seg, None
-            self._recycle(seg)
-            self.stats["spilled_objects"] += 1
-
-    def _restore(self, entry: _Entry, wait_for_room: bool = True) -> None:
+    def _restore(self, entry: Entry, wait_for_room: bool = True) -> None:
         """Bring a spilled object back into a segment. Lock held; dropped during the read."""
         entry.state = "restoring"
         try:
             seg = self._allocate(entry.size, entry.oid, wait=wait_for_room)
         except BaseException:
-            entry.state = "spilled"
-            if entry.deleted:
-                self._release_if_idle(entry)
-            self._cond.notify_all()
+            self.table.restore_failed(entry)
             raise
         mv = memoryview(seg.mm)
         self._cond.release()
         error = None
         try:
-            self.spill.read_into(entry.loc, mv[:entry.size], _hex(entry.oid))
+            self.spiller.read(entry.loc, mv[:entry.size], _hex(entry.oid))
         except BaseException as exc:
             error = exc
         finally:
             mv.release()
             self._cond.acquire()
-        entry.seg = seg
-        entry.state = "shared"
         if error is not None:
             if isinstance(error, ObjectLostError):
                 entry.lost = str(error)
-            entry.seg = None
-            entry.state = "spilled"
-            self._recycle(seg)
-            if entry.deleted:
-                self._release_if_idle(entry)
-            self._cond.notify_all()
+            self.pool.recycle(seg)
+            self.table.restore_failed(entry)
             try:
                 raise error
             finally:
                 error = None   # a local holding its own exception is a cycle that pins callers' views
+        entry.seg = seg
         self.stats["restored_bytes"] += entry.size
         self.stats["restored_objects"] += 1
-        if entry.deleted:
-            self._release_if_idle(entry)
-        else:
-            self._lru[entry.oid] = entry
-        self._cond.notify_all()
+        self.table.sealed(entry)
 
-    # ─── reporting ──────────────────────────────────────────────────────────────────────────────
+    # ─── reporting and shutdown ─────────────────────────────────────────────────────────────────
     def entries(self) -> list[EntryInfo]:
         with self._cond:
-            self._drain()
-            out = []
-            for e in self._objects.values():
-                if e.state == "creating":
-                    continue
-                where = "spilled" if e.state in ("spilled", "restoring") else e.state
-                out.append(EntryInfo(
-                    object_id=_hex(e.oid), size=e.size, where=where,
-                    spill_url=e.loc.url if e.loc is not None else None,
-                    pinned=bool(e.pins), pins=dict(e.pins),
-                    segment=e.seg.name if e.seg is not None else None))
-            return out
+            self.table.drain()
+            return self.table.infos()
 
     def usage(self) -> dict:
         with self._cond:
-            self._drain()
-            counts = collections.Counter(e.state for e in self._objects.values())
-            spilled = sum(e.size for e in self._objects.values() if e.state == "spilled")
+            self.table.drain()
             return {
                 "capacity": self.capacity,
-                "used": self._used,                       # shared memory touched, incl. pooled
-                "pooled": self._pooled,
-                "pooled_segments": len(self._pool),
-                "shared_bytes": sum(e.size for e in self._lru.values()),
-                "inline_bytes": self._inline_bytes,
-                "pinned_bytes": sum(e.size for e in self._objects.values() if e.pins),
-                "spilled_bytes": spilled,
-                "spill_files": len(self._spill_files),
-                "spill_url": self.spill.url,
-                "num_inline": counts["inline"],
-                "num_shared": counts["shared"],
-                "num_spilled": counts["spilled"],
-                "num_zombies": len(self._zombies),
+                "used": self.pool.used,                   # shared memory touched, incl. pooled
+                "pooled": self.pool.pooled,
+                "pooled_segments": len(self.pool),
+                **self.table.usage(),
+                "spill_files": len(self.spiller.files),
+                "spill_url": self.spiller.url,
                 "total_spilled_bytes": self.stats["spilled_bytes"],
                 "total_restored_bytes": self.stats["restored_bytes"],
             }
 
-    # ─── shutdown ───────────────────────────────────────────────────────────────────────────────
     def _check_open(self) -> None:
         if self._closed:
             raise CoreError("the object store is shut down; call core.init() to start a new session")
@@ -765,21 +452,14 @@ class ObjectStore:
             if self._closed:
                 return
             self._closed = True
-            segs = [e.seg for e in [*self._objects.values(), *self._zombies] if e.seg is not None]
-            segs += self._pool
-            self._objects.clear()
-            self._lru.clear()
-            self._zombies.clear()
-            self._pool.clear()
-            self._released.clear()
-            self._used = self._pooled = self._inline_bytes = 0
+            segs = self.table.clear() + self.pool.clear()
             self._cond.notify_all()
         for seg in segs:
             seg.close()
-        self.spill.close()
+        self.spiller.close()
         if self._owns_session:
             self.session.close()
 
     def __repr__(self) -> str:
-        return (f"ObjectStore(capacity={self.capacity}, used={self._used}, objects={len(self._objects)}, "
-                f"spill={self.spill.url})")
+        return (f"ObjectStore(capacity={self.capacity}, used={self.pool.used}, "
+                f"objects={len(self._objects)}, spill={self.spiller.url})")
