@@ -37,6 +37,8 @@ runs, those refs are collected (per thread) into `SerializedObject.contained_ref
 
 from __future__ import annotations
 
+import io
+import os
 import pickle
 import struct
 import sys
@@ -47,6 +49,7 @@ from typing import Any
 
 import cloudpickle
 
+from core._private.objects.untouched import untouched_blocks
 from core.exceptions import CoreError
 
 __all__ = ["SerializedObject", "serialize", "deserialize", "note_contained_ref", "copy_into", "ALIGNMENT"]
@@ -136,7 +139,7 @@ class SerializedObject:
         big = [b for b in self.buffers if b.nbytes >= SPARSE_MIN]
         if not big or sum(b.nbytes for b in big) < self.total_size // 2:
             return False
-        import numpy as np
+        import numpy as np  # lazy: numpy costs ~0.1 s to import; only large buffers need it
 
         for buf in big:
             src = np.frombuffer(buf, dtype=np.uint8)
@@ -212,9 +215,7 @@ def copy_skipping_zeros(dest: memoryview, src: memoryview) -> None:
     """Copy `src` into an all-zero `dest`, leaving out blocks of `src` that are all zeros, in
     two threads. Not writing zeros leaves tmpfs pages unallocated; blocks the kernel says were
     never written are not even read."""
-    import numpy as np
-
-    from core._private.objects.untouched import untouched_blocks
+    import numpy as np  # lazy, as in copy_into
 
     n = src.nbytes
     d = np.frombuffer(dest, dtype=np.uint8, count=n)
@@ -244,8 +245,7 @@ def _reset_after_fork() -> None:
     _copy_pool = None
 
 
-if hasattr(__import__("os"), "register_at_fork"):
-    __import__("os").register_at_fork(after_in_child=_reset_after_fork)
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 # ─── torch tensors ──────────────────────────────────────────────────────────────────────────────
@@ -261,7 +261,7 @@ def _reduce_tensor(t):
 
 
 def _rebuild_tensor(data, dtype_name: str, shape: tuple, requires_grad: bool):
-    import torch
+    import torch  # heavy and optional: only values that held a tensor need it
 
     with warnings.catch_warnings():
         # torch warns that it cannot mark tensors read-only; the bytes stay shared regardless.
@@ -350,8 +350,6 @@ def serialize(value: Any) -> SerializedObject:
 
 
 def _dumps_cloud(value: Any, keep) -> bytes:
-    import io
-
     f = io.BytesIO()
     _Pickler(f, protocol=5, buffer_callback=keep).dump(value)
     return f.getvalue()

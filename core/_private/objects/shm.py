@@ -210,7 +210,7 @@ def pinned_view(buffer, offset: int, size: int, on_release: Callable[[], None],
     memoryview and everything built on it are garbage. `on_release` runs in whichever thread
     drops the last reference (a GC pass, even inside another lock): it must not block or take
     locks; queue the work instead (ObjectStore does)."""
-    import numpy as np
+    import numpy as np  # lazy, as in _pinned_array_type
 
     arr = np.frombuffer(buffer, dtype=np.uint8, count=size, offset=offset).view(_pinned_array_type())
     arr._ddsf_release = _Release(on_release)

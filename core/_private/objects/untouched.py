@@ -13,16 +13,20 @@ VMs). /proc/self/pagemap tells the same from 8 bytes per page, without touching 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-_PRESENT_OR_SWAPPED = np.uint64(0b11 << 62)   # pagemap bits 63 (present) and 62 (swapped)
+_PRESENT_OR_SWAPPED = 0b11 << 62              # pagemap bits 63 (present) and 62 (swapped)
 
 
 def untouched_blocks(buffer: memoryview, block: int) -> np.ndarray | None:
     """For each `block`-byte block of `buffer` (1-D bytes), whether every page it touches is
     untouched anonymous memory. None when that cannot be known."""
+    import numpy as np  # lazy: serialization imports this module, and `import core` stays numpy-free
+
     start = np.frombuffer(buffer, dtype=np.uint8).ctypes.data
     n = buffer.nbytes
     if n == 0 or not _anonymous_private(start, start + n):
@@ -30,7 +34,7 @@ def untouched_blocks(buffer: memoryview, block: int) -> np.ndarray | None:
     pages = _pagemap(start, start + n)
     if pages is None:
         return None
-    touched = np.concatenate(([0], np.cumsum((pages & _PRESENT_OR_SWAPPED) != 0)))
+    touched = np.concatenate(([0], np.cumsum((pages & np.uint64(_PRESENT_OR_SWAPPED)) != 0)))
     first = start // _PAGE
     lo = np.arange(start, start + n, block) // _PAGE - first           # each block's first page
     hi = (np.minimum(np.arange(start, start + n, block) + block, start + n) - 1) // _PAGE - first
@@ -38,6 +42,8 @@ def untouched_blocks(buffer: memoryview, block: int) -> np.ndarray | None:
 
 
 def _pagemap(start: int, end: int) -> np.ndarray | None:
+    import numpy as np  # lazy, as in untouched_blocks
+
     first, count = start // _PAGE, (end - 1) // _PAGE - start // _PAGE + 1
     try:
         with open("/proc/self/pagemap", "rb", buffering=0) as f:
