@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+import resource
 import signal
 import threading
 import time
@@ -32,7 +33,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .batches import (add_columns, as_block, block_format, block_rows, block_table, column_sums,
+from .batches import (add_columns, as_block, block_bytes, block_format, block_rows, block_table, column_sums,
                       concat_blocks, slice_block, take_rows, to_format, to_table)
 from .exceptions import BatchTimeoutError, PredictError
 from .models import PerWorker, make_predictor
@@ -71,11 +72,28 @@ class ShardResult:
     seconds: float = 0.0
     pid: int = 0
     first_error: str = ""
-    stage_stats: dict = field(default_factory=dict)  # stage name -> [rows_in, rows_out, seconds]
+    stage_stats: dict = field(default_factory=dict)  # stage name -> STAT_FIELDS
+    peak_memory: int = 0                             # the worker's peak RSS so far, bytes
+    # Filled by the driver: every segment's per-stage figures for this shard (streaming.StageBlock).
+    stage_blocks: list = field(default_factory=list)
 
     @property
     def rows(self) -> int:
         return self.rows_out
+
+
+# What a worker measures per stage per block, summed over the block's batches.
+STAT_FIELDS = ("rows_in", "rows_out", "seconds", "cpu_seconds", "bytes_out")
+
+
+def _new_stats() -> list:
+    return [0, 0, 0.0, 0.0, 0]
+
+
+def peak_rss() -> int:
+    """This process's peak RSS so far, in bytes (Linux reports KiB; what Ray Data's stats call
+    peak heap memory)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 _CACHE: dict[str, Any] = {}
@@ -94,7 +112,7 @@ def run_shard(task: ShardTask, model: Any) -> ShardResult:
     """Predict one shard; the task function every backend runs."""
     from connectors import iter_batches
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     predictor = _predictor(task, model)
     shard = task.shard
     tables: list[pa.Table] = []
@@ -123,13 +141,15 @@ def run_shard(task: ShardTask, model: Any) -> ShardResult:
     table = _concat(tables, task)
     quarantine = pa.concat_tables(bad) if bad else None
     sums = column_sums(table)
+    seconds = time.perf_counter() - start
+    stats = [rows_in, table.num_rows, seconds, time.process_time() - cpu_start, table.nbytes]
     staged = task.stager.write(shard.index, table) if task.stager is not None else None
     return ShardResult(
         index=shard.index, table=None if staged else table, staged=staged,
         rows_out=table.num_rows, quarantine=quarantine, rows_in=rows_in,
         rows_quarantined=quarantine.num_rows if quarantine is not None else 0,
-        sums=sums, seconds=time.perf_counter() - start, pid=os.getpid(),
-        first_error=first_error)
+        sums=sums, seconds=seconds, pid=os.getpid(),
+        first_error=first_error, stage_stats={"predict": stats}, peak_memory=peak_rss())
 
 
 def _call_batch(fn: Any, batch: Any, batch_format: str, timeout: float | None) -> Any:
@@ -269,9 +289,10 @@ class BlockMeta:
     rows_out: int
     quarantine: pa.Table | None
     first_error: str
-    stage_stats: dict               # stage name -> [rows_in, rows_out, seconds]
+    stage_stats: dict               # stage name -> STAT_FIELDS
     seconds: float
     pid: int
+    peak_memory: int = 0
 
 
 class _StageFn:
@@ -332,7 +353,7 @@ def run_segment(task: SegmentTask, block: Any, *payloads: Any) -> Any:
 def process(task: SegmentTask, fns: list, block: Any, start: float) -> Any:
     from connectors import iter_batches
 
-    stats = {st.name: [0, 0, 0.0] for st in task.stages}
+    stats = {st.name: _new_stats() for st in task.stages}
     bad: list[pa.Table] = []
     errors: list[str] = []
     outs: list = []
@@ -355,7 +376,7 @@ def process(task: SegmentTask, fns: list, block: Any, start: float) -> Any:
     seconds = time.perf_counter() - start
     if not task.last:
         meta = BlockMeta(task.shard.index, rows_in, block_rows(out), quarantine,
-                         errors[0] if errors else "", stats, seconds, os.getpid())
+                         errors[0] if errors else "", stats, seconds, os.getpid(), peak_rss())
         return meta, out
     table = block_table(out) if outs else pa.table({})
     sums = column_sums(table)
@@ -364,7 +385,7 @@ def process(task: SegmentTask, fns: list, block: Any, start: float) -> Any:
                        rows_out=table.num_rows, quarantine=quarantine, rows_in=rows_in,
                        rows_quarantined=quarantine.num_rows if quarantine is not None else 0,
                        sums=sums, seconds=seconds, pid=os.getpid(),
-                       first_error=errors[0] if errors else "", stage_stats=stats)
+                       first_error=errors[0] if errors else "", stage_stats=stats, peak_memory=peak_rss())
 
 
 def _chain(task: SegmentTask, fns: list, block: Any, offset: int, stats: dict, bad: list,
@@ -372,7 +393,7 @@ def _chain(task: SegmentTask, fns: list, block: Any, offset: int, stats: dict, b
     """One block through every stage of the segment, each in its own batch size."""
     for fn in fns:
         st = fn.stage
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         n = block_rows(block)
         size = st.batch_size or n or 1
         parts = []
@@ -385,6 +406,8 @@ def _chain(task: SegmentTask, fns: list, block: Any, offset: int, stats: dict, b
         s[0] += n
         s[1] += block_rows(block) if block is not None else 0
         s[2] += time.perf_counter() - t0
+        s[3] += time.process_time() - c0
+        s[4] += block_bytes(block)
         if block is None:
             return None
     return block

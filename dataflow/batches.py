@@ -170,6 +170,15 @@ def block_rows(block: Block) -> int:
     return block.num_rows
 
 
+def block_bytes(block: Block | None) -> int:
+    """Bytes the block's buffers hold (Arrow's nbytes; a dict's arrays' nbytes)."""
+    if block is None:
+        return 0
+    if isinstance(block, dict):
+        return sum(getattr(v, "nbytes", 0) for v in block.values())
+    return block.nbytes
+
+
 def slice_block(block: Block, start: int, stop: int) -> Block:
     if isinstance(block, dict):
         return {k: v[start:stop] for k, v in block.items()}

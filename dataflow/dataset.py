@@ -134,6 +134,7 @@ class Dataset:
             return pipe.run()
         finally:
             self._last["stages"] = pipe.last_summary.stages if pipe.last_summary else []
+            self._last["record"] = pipe.last_record
 
     # -- consuming --------------------------------------------------------------------------
     def iter_batches(self, *, batch_size: int | None = 256, batch_format: str | None = "default",
@@ -167,6 +168,7 @@ class Dataset:
             yield from self._ordered(pipe, preserve_order)
         finally:
             self._last["stages"] = pipe.last_stages
+            self._last["record"] = pipe.last_record
 
     def _ordered(self, pipe: Any, preserve_order: bool) -> Iterator[Any]:
         if not preserve_order:
@@ -221,14 +223,14 @@ class Dataset:
         return None
 
     def stats(self) -> str:
-        """Per-stage figures of the last run of this Dataset (as `--verbose` prints them)."""
-        from .summary import Summary, stage_line
+        """Per stage, as text, what Ray Data's `ds.stats()` gives (tasks, wall and CPU time
+        min/mean/max, rows and bytes out, peak memory, spilled bytes; "n/a" where not known), for
+        the last write_*/iter_batches of this Dataset."""
+        from .summary import run_stats
 
-        s = self._last.get("stages")
-        if not s:
+        if "record" not in self._last:
             return "no run yet: stats() describes the last write_*/iter_batches of this Dataset"
-        bottleneck = Summary("", "done", stages=s).bottleneck
-        return "\n".join(f"stage {st['name']}: {stage_line(st, bottleneck)}" for st in s)
+        return run_stats(self._last["record"], self._last.get("stages") or [])
 
     # -- YAML -------------------------------------------------------------------------------
     def to_yaml(self, sink: str | None = None) -> str:

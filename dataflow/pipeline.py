@@ -32,7 +32,7 @@ from typing import Any, Iterator
 from . import spec as spec_mod
 from .exceptions import RunError, SpecError
 from .progress import Progress, Silent
-from .summary import FailedShard, MemorySampler, Summary
+from .summary import FailedShard, Summary
 
 
 class Pipeline:
@@ -47,6 +47,7 @@ class Pipeline:
         self.last_summary: Summary | None = None
         self.last_plan: list | None = None      # the shards of the last run or stream
         self.last_stages: list[dict] = []       # per-stage figures of the last stream
+        self.last_record = None                 # the recorder.RunRecord of the last run or stream
         self.last_report: Path | None = None    # the HTML report of the last run(html_report=...)
 
     @classmethod
@@ -153,12 +154,14 @@ class Pipeline:
         mode = "overwrite" if restart else s.sink.mode
         token = uuid.uuid4().hex
         self.last_report = None
-        # Made only when asked: a run without a report pays nothing for it.
-        recorder = self._recorder(token) if html_report else None
+        # Every run keeps its record (a few events per shard; its sampler is the run's one memory
+        # sampler): Summary.stats() reads it, and the HTML report draws it when asked.
+        recorder = self._recorder(token)
+        summary.record = self.last_record = recorder.record
         sink = stager = None
         finished = False
         try:
-            with MemorySampler() as memory, self._session() as backend:
+            with self._session() as backend:
                 try:
                     shards, model_ref = self._plan_and_put(backend, progress)
                     sink = open_sink(s.sink.uri, format=s.sink.format, mode=mode,
@@ -188,15 +191,17 @@ class Pipeline:
                     summary.wall_time = time.monotonic() - start
             finished = True
         except BaseException as exc:
-            if recorder is not None and not isinstance(exc, KeyboardInterrupt):
+            if not isinstance(exc, KeyboardInterrupt):
                 recorder.error(f"{type(exc).__name__}: {exc}")
             raise
         finally:
             if stager is not None:  # the session is over, its workers gone: nothing writes these now
                 sink.discard_staged(token)
-            if recorder is not None:
-                self.last_report = _write_html_report(recorder, summary, html_report, finished)
-        summary.peak_memory = memory.peak
+            status = summary.status if finished or summary.status == "interrupted" else "failed"
+            recorder.finish(status)
+            summary.peak_memory = recorder.memory.peak
+            if html_report:
+                self.last_report = _write_html_report(recorder.record, summary, html_report, finished)
         if summary.status == "failed":
             f = summary.failed[0]
             raise RunError(f"shard {f.index} ({f.path}) failed after {f.attempts} attempts: {f.error}", summary)
@@ -212,12 +217,16 @@ class Pipeline:
         if format not in ("pandas", "pyarrow"):
             raise ValueError(f'stream(format=...) must be "pandas" or "pyarrow", got {format!r}')
         self.last_stages = []
+        token = uuid.uuid4().hex
+        recorder = self._recorder(token)
+        self.last_record = recorder.record
         with self._session() as backend:
             shards, refs = self._plan_and_put(backend)
             self.last_plan = shards
             try:
-                with contextlib.closing(self._execute(shards, refs, backend, uuid.uuid4().hex)) as events:
+                with contextlib.closing(self._execute(shards, refs, backend, token)) as events:
                     for event in events:
+                        _feed(recorder, event)
                         if isinstance(event, ShardDone):
                             table = event.result.table
                             out = table.to_pandas() if format == "pandas" else table
@@ -227,6 +236,7 @@ class Pipeline:
                                            f"{event.attempts} attempts: {event.error}")
             finally:
                 self.last_stages = self._stage_report() if self.spec.stages else []
+                recorder.finish("done")
 
     # -- internals --------------------------------------------------------------------------
     def _recorder(self, token: str) -> Any:
@@ -438,7 +448,7 @@ class Pipeline:
                                 make_args=lambda sh: make_task(sh, seg),
                                 model_ref=None, shared=shared, max_in_flight=max_in_flight,
                                 max_retries=rt.max_retries, fail_fast=rt.on_error == "fail")
-            stats = {st.name: [0, 0, 0.0] for st in seg.stages}
+            stats = {st.name: [0, 0, 0.0, 0.0, 0] for st in seg.stages}
             pids: set = set()
             with contextlib.closing(executor.run(shards)) as events:
                 for event in events:
@@ -540,19 +550,27 @@ def _stager(sink: Any, backend: Any, token: str) -> Any:
 
 
 def _feed(recorder: Any, event: Any) -> None:
-    """One shard event as a bar of the report: per shard, under the pipeline's last stage (the
-    events are per shard, after its last stage); a worker's own `seconds` places the bar."""
+    """One shard event as the record's blocks: a done shard gives one block per stage (the
+    worker's seconds place it, ending when the driver learnt of it); a retried or failed attempt
+    one block under the pipeline's last stage (the event does not say which stage failed)."""
     from .executor import ShardDone, ShardFailed, ShardRetry
+    from .streaming import stage_blocks
 
-    stage = recorder.record.stages[-1]
     sh = event.shard
     if isinstance(event, ShardDone):
         r = event.result
-        recorder.block(stage, sh.index, attempt=event.attempts,
-                       outcome="quarantined" if r.rows_quarantined else "ok",
-                       seconds=r.seconds or None, path=sh.path, worker=r.pid or None, pid=r.pid,
-                       rows_in=r.rows_in, rows_out=r.rows, error=r.first_error)
-    elif isinstance(event, ShardRetry):
+        blocks = r.stage_blocks or stage_blocks(r.stage_stats, r.pid, r.peak_memory, time.perf_counter())
+        last = len(blocks) - 1
+        for i, b in enumerate(blocks):
+            recorder.block(b.stage, sh.index, attempt=event.attempts if i == last else 1,
+                           outcome="quarantined" if r.rows_quarantined and i == last else "ok",
+                           end=recorder.at(b.end), seconds=b.seconds, path=sh.path,
+                           worker=b.pid or None, pid=b.pid, rows_in=b.rows_in, rows_out=b.rows_out,
+                           bytes_out=b.bytes_out, cpu_seconds=b.cpu_seconds,
+                           peak_memory=b.peak_memory or None, error=r.first_error if i == last else "")
+        return
+    stage = recorder.record.stages[-1]
+    if isinstance(event, ShardRetry):
         recorder.block(stage, sh.index, attempt=event.attempt, outcome="retried", path=sh.path,
                        error=event.error)
     elif isinstance(event, ShardFailed):
@@ -560,17 +578,15 @@ def _feed(recorder: Any, event: Any) -> None:
                        error=event.error)
 
 
-def _write_html_report(recorder: Any, summary: Summary, where: Any, finished: bool) -> Path | None:
-    """Finish the record and write the page. When the run is stopping on an exception, a report
+def _write_html_report(record: Any, summary: Summary, where: Any, finished: bool) -> Path | None:
+    """Write the finished record's page. When the run is stopping on an exception, a report
     that cannot be written must not hide that exception: it is skipped."""
     from .report import default_report_path, write_report
 
-    status = summary.status if finished or summary.status == "interrupted" else "failed"
-    record = recorder.finish(status)
     path = (default_report_path(os.getcwd(), record.pipeline, record.run_id) if where is True
             else Path(where))
     try:
-        return write_report(record, {**summary.to_dict(), "status": status}, path)
+        return write_report(record, {**summary.to_dict(), "status": record.status}, path)
     except OSError:
         if finished:
             raise

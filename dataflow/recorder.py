@@ -17,10 +17,9 @@ driver (`recorder.now()`), never absolute clock values: those are meaningless on
 and in a saved record. A worker's own duration (`seconds=`) places its bar as ending when the
 driver learnt of it, which is what a user waiting on the run saw.
 
-Recording is cheap: an event is one dataclass appended under a lock. The sampler reads RSS (kept
-ready by the kernel) each tick and measures PSS (the kernel walks every page table: ~4 ms per
-process) only when the RSS sum moved by `rise` since the last measurement or `pss_every` seconds
-have passed, so a flat run measures PSS a handful of times.
+Recording is cheap: an event is one dataclass appended under a lock. The sampler is
+`memory.MemorySampler` (RSS each tick, PSS only when it moved): the run's one memory sampler,
+whose peak is also the Summary's.
 """
 
 from __future__ import annotations
@@ -32,9 +31,7 @@ from dataclasses import asdict, dataclass, field
 from statistics import fmean
 from typing import Callable, Literal
 
-import psutil
-
-from .summary import process_memory
+from .memory import MemorySampler
 
 Outcome = Literal["ok", "retried", "failed", "quarantined", "cancelled"]
 OUTCOMES: tuple[Outcome, ...] = ("ok", "retried", "failed", "quarantined", "cancelled")
@@ -107,6 +104,7 @@ class RunRecord:
     quarantined: list[QuarantinedRow] = field(default_factory=list)
     quarantined_total: int = 0                 # rows, including those beyond the kept ones
     errors: list[str] = field(default_factory=list)            # run-level errors
+    store_measured: bool = False               # samples carry object-store figures (store_stats given)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,39 +136,38 @@ class RunRecorder:
                  store_stats: Callable[[], dict] | None = None, interval: float = 0.5,
                  sample: bool = True, rise: float = 0.05, pss_every: float = 10.0):
         self.record = RunRecord(pipeline=pipeline, run_id=run_id, started_at=time.time(),
-                                stages=list(stages or []))
+                                stages=list(stages or []), store_measured=store_stats is not None)
         self._t0 = time.perf_counter()
         self._lock = threading.Lock()
         self._open: dict[tuple[str, int, int], tuple[float, str]] = {}  # (stage, shard, attempt) -> (start, path)
         self._rows_done = 0
         self._store_stats = store_stats
-        self._interval, self._sample_on = interval, sample
-        self._probe = _MemoryProbe(rise, pss_every)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._sample_on = sample
+        self.memory = MemorySampler(interval, rise=rise, pss_every=pss_every, on_sample=self._sampled,
+                                    name="dataflow-recorder")
 
     # -- clock and life cycle --------------------------------------------------------------
     def now(self) -> float:
         """Seconds since the run started (this recorder was made or `start`ed)."""
         return time.perf_counter() - self._t0
 
+    def at(self, perf_counter: float) -> float:
+        """A `time.perf_counter()` value of this process as seconds since the run started."""
+        return perf_counter - self._t0
+
     def start(self) -> "RunRecorder":
         """Restart the clock at zero and start the sampler thread (when `sample`)."""
         self._t0 = time.perf_counter()
         self.record.started_at = time.time()
-        if self._sample_on and self._thread is None:
-            self._thread = threading.Thread(target=self._loop, daemon=True, name="dataflow-recorder")
-            self._thread.start()
+        if self._sample_on:
+            self.memory.start()
         return self
 
     def finish(self, status: RunStatus = "done") -> RunRecord:
         """Stop the sampler, take a last sample, close the blocks still open as `cancelled`
         (an interrupted run's work in flight), and return the record. Idempotent."""
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
-        if self._sample_on:
-            self._take_sample()
+        if self._sample_on and self.record.status == "running":
+            self.memory.stop()  # and a last sample
         end = self.now()
         with self._lock:
             for (stage, shard, attempt), (start, path) in sorted(self._open.items()):
@@ -249,66 +246,18 @@ class RunRecorder:
         if event.outcome in ("ok", "quarantined") and event.stage == rec.stages[-1]:
             self._rows_done += event.rows_out   # rows out of the last stage: the run's progress
 
-    def _take_sample(self) -> None:
-        t = self.now()
+    def _sampled(self, pss: int) -> None:
+        # From the sampler's thread: one point of the memory and object-store series.
         store: dict = {}
         if self._store_stats is not None:
             try:
                 store = self._store_stats() or {}
             except Exception:  # a sample must never fail the run
                 store = {}
-        try:
-            pss = self._probe.measure(t)
-        except Exception:  # nor a memory reading (the tree changing under psutil, say)
-            pss = 0
+        t = self.now()
         with self._lock:
             self.record.samples.append(Sample(t, self._rows_done, pss, int(store.get("used", 0)),
                                               int(store.get("spilled", 0))))
-
-    def _loop(self) -> None:
-        self._take_sample()
-        while not self._stop.wait(self._interval):
-            self._take_sample()
-
-
-class _MemoryProbe:
-    """Process-tree PSS, measured only when the RSS sum moved (see the module docstring).
-    Listing the tree reads every process in /proc (~2 ms), so the list is refreshed every
-    `relist` seconds only (workers live for the run); RSS of known processes is microseconds."""
-
-    def __init__(self, rise: float, every: float, relist: float = 1.0):
-        self.rise, self.every, self.relist = rise, every, relist
-        self._root: psutil.Process | None = None
-        self._kids: dict[int, psutil.Process] = {}
-        self._listed_at = float("-inf")
-        self._rss_at = -1.0     # the RSS sum when PSS was last measured
-        self._t_at = float("-inf")
-        self._pss = 0
-
-    def measure(self, t: float) -> int:
-        procs = self._tree(t)
-        rss = 0
-        for p in procs:
-            try:
-                rss += p.memory_info().rss
-            except psutil.Error:  # it exited meanwhile
-                pass
-        if abs(rss - self._rss_at) > self.rise * max(self._rss_at, 1) or t - self._t_at >= self.every:
-            self._rss_at, self._t_at = rss, t
-            self._pss = sum(process_memory(p) for p in procs)
-        return self._pss
-
-    def _tree(self, t: float) -> list[psutil.Process]:
-        if self._root is None:
-            self._root = psutil.Process()
-        if t - self._listed_at >= self.relist:
-            self._listed_at = t
-            try:
-                kids = self._root.children(recursive=True)
-            except psutil.Error:
-                kids = []
-            self._kids = {k.pid: self._kids.get(k.pid, k) for k in kids}
-        return [self._root, *self._kids.values()]
 
 
 # -- stats: pure functions over a record ----------------------------------------------------
@@ -363,18 +312,24 @@ def stage_stats(record: RunRecord) -> list[StageStats]:
     return out
 
 
-def stats_text(record: RunRecord) -> str:
-    """The per-stage figures as text, shaped like Ray Data's `ds.stats()`."""
+def stats_text(record: RunRecord, stage_lines: dict[str, str] | None = None) -> str:
+    """The per-stage figures as text, shaped like Ray Data's `ds.stats()`; "n/a" where a figure
+    was not measured. `stage_lines` (stage -> a line, e.g. the Summary's) are added per stage."""
     lines = []
     for i, s in enumerate(stage_stats(record), 1):
         lines.append(f"Stage {i} {s.stage}: {s.tasks} tasks executed, {s.blocks} blocks produced "
                      f"in {s.span:.2f}s")
+        if stage_lines and s.stage in stage_lines:
+            lines.append(f"* {stage_lines[s.stage]}")
         lines.append(f"* Remote wall time: {_triple(s.wall, _secs)}")
-        lines.append(f"* Remote cpu time: {_triple(s.cpu, _secs) if s.cpu else 'not measured'}")
+        lines.append(f"* Remote cpu time: {_triple(s.cpu, _secs) if s.cpu else 'n/a'}")
         lines.append(f"* Output num rows per block: {_triple(s.rows_out, _count)}")
-        lines.append(f"* Output size bytes per block: {_triple(s.bytes_out, _count)}")
-        peak = f"{s.peak_memory / 2**20:.1f}" if s.peak_memory is not None else "not measured"
+        sizes = _triple(s.bytes_out, _count) if s.bytes_out[3] or not s.rows_out[3] else "n/a"
+        lines.append(f"* Output size bytes per block: {sizes}")
+        peak = f"{s.peak_memory / 2**20:.1f}" if s.peak_memory is not None else "n/a"
         lines.append(f"* Peak heap memory usage (MiB): {peak}")
+        # Spilling is the object store's, not a stage's: core does not say whose blocks it spilled.
+        lines.append("* Spilled bytes: n/a (per stage; the run's total is below)")
         lines.append(f"* Rows in: {s.rows_in:,}; busy {s.busy:.2f}s over {s.workers or '?'} workers")
         lines.append(f"* Attempts: {s.retried} retried, {s.failed} failed, {s.cancelled} cancelled")
         lines.append(f"* Backpressure: {s.waiting_blocks} blocks waited {s.waiting_seconds:.2f}s")
@@ -386,8 +341,10 @@ def stats_text(record: RunRecord) -> str:
     rate = done / record.wall if record.wall > 0 else 0.0
     lines.append(f"Run {record.pipeline} ({record.run_id}): {record.status}, {done:,} rows in "
                  f"{record.wall:.2f}s ({rate:,.0f} rows/s)")
-    lines.append(f"* Peak memory (PSS, driver + workers): {peak_pss / 2**20:.1f} MiB; "
-                 f"spilled: {spilled / 2**20:.1f} MiB; quarantined rows: {record.quarantined_total:,}")
+    peak = f"{peak_pss / 2**20:.1f} MiB" if record.samples else "n/a"
+    spill = f"{spilled / 2**20:.1f} MiB" if record.store_measured and record.samples else "n/a"
+    lines.append(f"* Peak memory (PSS, driver + workers): {peak}; spilled: {spill}; "
+                 f"quarantined rows: {record.quarantined_total:,}")
     return "\n".join(lines)
 
 

@@ -22,14 +22,41 @@ its input block, up to `max_retries`; a dead actor is restarted by core and its 
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, NamedTuple
 
 from .backends import TaskFailure
 from .exceptions import RunError
 from .executor import ShardDone, ShardFailed, ShardRetry
 from .plan import Segment, gpu_devices, pool_bounds, pool_target
+
+
+class StageBlock(NamedTuple):
+    """One stage's work on one shard's block, as the run's record keeps it (RunRecorder.block)."""
+
+    stage: str
+    pid: int
+    end: float                        # the driver's time.perf_counter() when it ended (see stage_blocks)
+    rows_in: int
+    rows_out: int
+    seconds: float
+    cpu_seconds: float
+    bytes_out: int
+    peak_memory: int                  # the worker's peak RSS after the block
+
+
+def stage_blocks(stage_stats: dict, pid: int, peak_memory: int, landed: float) -> list[StageBlock]:
+    """A segment's per-stage figures (stage -> _task.STAT_FIELDS, in stage order) as StageBlocks.
+    The segment's result landed at `landed`; its stages ran one after the other, so each ends
+    where the next one's seconds begin."""
+    out = []
+    end = landed
+    for name, (rows_in, rows_out, seconds, cpu, nbytes) in reversed(list(stage_stats.items())):
+        out.append(StageBlock(name, pid, end, rows_in, rows_out, seconds, cpu, nbytes, peak_memory))
+        end -= seconds
+    return out[::-1]
 
 
 @dataclass
@@ -43,6 +70,7 @@ class Item:
     rows_in: int = 0
     quarantine: list = field(default_factory=list)
     first_error: str = ""
+    blocks: list = field(default_factory=list)    # StageBlocks of the segments done
 
 
 @dataclass
@@ -66,7 +94,7 @@ class SegState:
     ready: bool = False                             # its stages' payloads are in the store
     held_back: int = 0                              # loop turns with work and a slot, but no room downstream
     blocks: int = 0
-    stats: dict = field(default_factory=dict)       # stage -> [rows_in, rows_out, seconds]
+    stats: dict = field(default_factory=dict)       # stage -> _task.STAT_FIELDS, summed
     pids: set = field(default_factory=set)
 
     @property
@@ -138,7 +166,7 @@ class StreamExecutor:
             if seg.kind == "tasks" and isinstance(seg.head.concurrency, int):
                 cap = seg.head.concurrency  # on a function, concurrency bounds its tasks in flight
             s = SegState(seg, cap, buffer=max(2, cap),
-                         stats={st.name: [0, 0, 0.0] for st in seg.stages})
+                         stats={st.name: [0, 0, 0.0, 0.0, 0] for st in seg.stages})
             segs.append(s)
         state = self.state = StreamState(segs, self.max_retries)
         state.segs[0].queue.extend(Item(sh) for sh in shards)
@@ -280,11 +308,9 @@ class StreamExecutor:
         meta = result  # a BlockMeta, or the last segment's ShardResult (the same fields)
         s.blocks += 1
         s.pids.add(meta.pid)
-        for name, (a, b, c) in meta.stage_stats.items():
-            st = s.stats[name]
-            st[0] += a
-            st[1] += b
-            st[2] += c
+        for name, v in meta.stage_stats.items():
+            s.stats[name] = [a + b for a, b in zip(s.stats[name], v)]
+        item.blocks += stage_blocks(meta.stage_stats, meta.pid, meta.peak_memory, time.perf_counter())
         if item.seg == 0:
             item.rows_in = meta.rows_in
         if meta.quarantine is not None and meta.quarantine.num_rows:
@@ -315,7 +341,7 @@ class StreamExecutor:
         out = []
         for s in self.state.segs:
             for st in s.seg.stages:
-                rows_in, rows_out, busy = s.stats[st.name]
+                rows_in, rows_out, busy = s.stats[st.name][:3]
                 out.append({"name": st.name, "kind": s.seg.kind, "segment": s.seg.index,
                             "fused_with": [x.name for x in s.seg.stages if x is not st],
                             "rows_in": rows_in, "rows_out": rows_out, "blocks": s.blocks,
@@ -351,4 +377,5 @@ def _merge(result: Any, item: Item) -> Any:
         result.quarantine, result.rows_quarantined = q, q.num_rows
     result.rows_in = item.rows_in or result.rows_in
     result.first_error = result.first_error or item.first_error
+    result.stage_blocks = item.blocks
     return result

@@ -1,16 +1,17 @@
-"""What a run reports: the `Summary`, and the sampler that measures peak memory.
+"""What a run reports: the `Summary` (the table at the end of a CLI run, `--json`), and its
+per-stage stats text (`Summary.stats()`, shaped like Ray Data's `ds.stats()`).
 
-Peak memory is the largest sum, over the driver and every process under it (the workers), of
-PSS (proportional set size: a shared page counts 1/n in each of the n processes that map it), or
-RSS where PSS is not available. PSS is the honest figure for a model in shared memory: mapped by
-two workers it counts once, not twice.
+Peak memory is the largest sum of PSS over the driver and every process under it (the workers),
+measured by `memory.MemorySampler` (see there why PSS, and how it stays cheap).
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
+
+from .memory import tree_memory  # noqa: F401 - benchmarks/ import it from here
+from .recorder import RunRecord, stats_text
 
 Status = Literal["done", "partial", "failed", "interrupted"]
 
@@ -39,6 +40,8 @@ class Summary:
     output: str | None = None
     # One entry per stage (rows_in, rows_out, blocks, busy_seconds, actors, backpressure, ...).
     stages: list[dict] = field(default_factory=list)
+    # What the run did block by block (the recorder's record): stats() reads it; not in to_dict().
+    record: RunRecord | None = field(default=None, repr=False, compare=False)
 
     @property
     def rows_per_second(self) -> float:
@@ -53,7 +56,8 @@ class Summary:
         return 0 if self.status == "done" else 130 if self.status == "interrupted" else 1
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = asdict(replace(self, record=None))
+        del d["record"]
         d["rows_per_second"] = round(self.rows_per_second, 1)
         d["wall_time"] = round(self.wall_time, 3)
         return d
@@ -82,6 +86,10 @@ class Summary:
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
+    def stats(self) -> str:
+        """Per stage, as text, what Ray Data's `ds.stats()` gives: tasks, wall and CPU time
+        min/mean/max, rows and bytes out, peak memory, spilled bytes ("n/a" where not known)."""
+        return run_stats(self.record, self.stages)
 
     @property
     def bottleneck(self) -> str | None:
@@ -89,6 +97,16 @@ class Summary:
         if not self.stages:
             return None
         return max(self.stages, key=lambda st: st["busy_seconds"] / max(1, st["workers"]))["name"]
+
+
+def run_stats(record: RunRecord | None, stages: list[dict]) -> str:
+    """The stats text of a run: its record's per-stage figures, each stage with its summary line
+    (`stages`: Summary.stages, or a stream's `Pipeline.last_stages`)."""
+    bottleneck = Summary("", "done", stages=stages).bottleneck if stages else None
+    lines = {st["name"]: f"stage {st['name']}: {stage_line(st, bottleneck)}" for st in stages}
+    if record is None or not record.blocks:
+        return "\n".join(lines.values()) or "no stats: no block ran"
+    return stats_text(record, lines)
 
 
 def stage_line(st: dict, bottleneck: str | None = None) -> str:
@@ -106,91 +124,3 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
-
-
-def tree_memory(pid: int | None = None) -> int:
-    """Sum of PSS (or RSS) over a process and all its descendants, in bytes."""
-    return sum(process_memory(p) for p in _tree(pid))
-
-
-def tree_rss(pid: int | None = None) -> int:
-    """Sum of RSS over a process and its descendants: a shared page counts in every process that
-    maps it, but the kernel keeps the figure ready (microseconds, where PSS costs milliseconds)."""
-    import psutil
-
-    total = 0
-    for p in _tree(pid):
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:  # it exited meanwhile
-            pass
-    return total
-
-
-def _tree(pid: int | None) -> list:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        return [root] + root.children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def process_memory(p) -> int:
-    """PSS of one psutil.Process (RSS where PSS is denied), 0 once it has exited."""
-    import psutil
-
-    try:
-        info = p.memory_full_info()
-        return getattr(info, "pss", 0) or info.rss
-    except psutil.AccessDenied:
-        try:
-            return p.memory_info().rss
-        except psutil.Error:
-            return 0
-    except psutil.Error:
-        return 0
-
-
-class MemorySampler:
-    """Keeps the peak of `tree_memory` (PSS) over a run, from a daemon thread.
-
-    PSS is dear: the kernel walks every page table of every process for it, ~4 ms per process
-    with pandas loaded, and that CPU is taken from the workers (and, early on, from the workers'
-    imports). RSS is nearly free. So each tick reads the RSS sum and measures PSS only when the
-    RSS sum has grown by `rise` since the last PSS measurement: memory rises at the start (the
-    model put, the workers' first batches) and stays flat after, as the executor bounds the work
-    in flight, so a run measures PSS a few times however long it is. Ticks thin out from
-    `interval` to `max_interval`."""
-
-    def __init__(self, interval: float = 0.2, max_interval: float = 1.0, rise: float = 0.05):
-        self.interval, self.max_interval, self.rise = interval, max_interval, rise
-        self.peak = 0
-        self._rss_measured = 0  # the RSS sum when PSS was last measured
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> "MemorySampler":
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="dataflow-memory")
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        rss = tree_rss()
-        if rss > self._rss_measured * (1 + self.rise):
-            self._rss_measured = rss
-            self.peak = max(self.peak, tree_memory())
-
-    def _loop(self) -> None:
-        wait = self.interval
-        self._sample()
-        while not self._stop.wait(wait):
-            self._sample()
-            wait = min(self.max_interval, 2 * wait)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.peak = max(self.peak, tree_memory())

@@ -1,4 +1,4 @@
-"""The peak-memory sampler: PSS over the driver and its children, measured only when RSS rises."""
+"""The run's memory sampler: PSS over the driver and its children, measured only when RSS moves."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 
 import psutil
 
-from dataflow import summary
-from dataflow.summary import MemorySampler, tree_memory, tree_rss
+from dataflow import memory
+from dataflow.memory import MemorySampler, tree_memory, tree_rss
 
 GROW = ("import sys, time\n"
         "blocks = []\n"
@@ -38,12 +38,12 @@ def test_tree_figures_include_the_children():
 
 def test_the_sampler_finds_a_childs_peak_and_measures_pss_only_as_rss_rises(monkeypatch):
     calls = []
-    real = summary.tree_memory
-    monkeypatch.setattr(summary, "tree_memory", lambda *a: calls.append(time.monotonic()) or real(*a))
+    real = memory.process_memory
+    monkeypatch.setattr(memory, "process_memory", lambda *a: calls.append(time.monotonic()) or real(*a))
 
     child = _child(GROW)
     try:
-        with MemorySampler(interval=0.05, max_interval=0.05) as sampler:
+        with MemorySampler(interval=0.05) as sampler:
             assert child.stdout.readline() == "full\n"
             time.sleep(0.5)  # ~10 ticks of flat memory
             measured_while_flat = len(calls)
