@@ -3,7 +3,8 @@
     dataflow.read_parquet(uri, columns=, filters=, ...)        a lazy Dataset: a source, no stages
         .map_batches(fn_or_class, batch_size=, concurrency=, num_cpus=, ...)   one more stage (still lazy)
         │
-        ├─ .write_parquet / .write_csv / .write_json(uri)      Pipeline(spec).run(): resumable, returns the Summary
+        ├─ .write_parquet / .write_csv / .write_json(uri, html_report=)   Pipeline(spec).run(): resumable,
+        │                                                      returns the Summary; the HTML report when asked
         └─ .iter_batches / .take / .take_batch / .count / .to_pandas / .schema
                                                                Pipeline(spec).stream(): nothing written
 
@@ -115,26 +116,39 @@ class Dataset:
         return rt
 
     # -- running to a sink ------------------------------------------------------------------
-    def write_parquet(self, uri: str, *, mode: str = "resume", storage_options: dict | None = None):
-        return self._write("parquet", uri, mode, storage_options)
+    def write_parquet(self, uri: str, *, mode: str = "resume", storage_options: dict | None = None,
+                      html_report: str | os.PathLike | bool | None = None):
+        """Run to Parquet files under `uri` (resumable); returns the Summary. `html_report`: a
+        path, or True for `.dataflow/reports/<name>-<run id>.html` under the current folder: the
+        run's HTML report, as `dataflow run --html-report` writes it (`last_report` says where)."""
+        return self._write("parquet", uri, mode, storage_options, html_report)
 
-    def write_csv(self, uri: str, *, mode: str = "resume", storage_options: dict | None = None):
-        return self._write("csv", uri, mode, storage_options)
+    def write_csv(self, uri: str, *, mode: str = "resume", storage_options: dict | None = None,
+                  html_report: str | os.PathLike | bool | None = None):
+        """As write_parquet, to CSV files."""
+        return self._write("csv", uri, mode, storage_options, html_report)
 
-    def write_json(self, uri: str, *, mode: str = "resume", storage_options: dict | None = None):
-        """JSON Lines, one file per shard."""
-        return self._write("jsonl", uri, mode, storage_options)
+    def write_json(self, uri: str, *, mode: str = "resume", storage_options: dict | None = None,
+                   html_report: str | os.PathLike | bool | None = None):
+        """As write_parquet, to JSON Lines, one file per shard."""
+        return self._write("jsonl", uri, mode, storage_options, html_report)
 
-    def _write(self, fmt: str, uri: str, mode: str, storage_options: dict | None):
+    def _write(self, fmt: str, uri: str, mode: str, storage_options: dict | None, html_report: Any):
         sink = {fmt: os.fspath(uri), "mode": mode}
         if storage_options:
             sink["storage_options"] = dict(storage_options)
         pipe = self.pipeline(sink)
         try:
-            return pipe.run()
+            return pipe.run(html_report=html_report)
         finally:
             self._last["stages"] = pipe.last_summary.stages if pipe.last_summary else []
             self._last["record"] = pipe.last_record
+            self._last["report"] = pipe.last_report
+
+    @property
+    def last_report(self):
+        """The path of the HTML report the last write_*(html_report=...) wrote, else None."""
+        return self._last.get("report")
 
     # -- consuming --------------------------------------------------------------------------
     def iter_batches(self, *, batch_size: int | None = 256, batch_format: str | None = "default",
@@ -169,6 +183,7 @@ class Dataset:
         finally:
             self._last["stages"] = pipe.last_stages
             self._last["record"] = pipe.last_record
+            self._last["report"] = None
 
     def _ordered(self, pipe: Any, preserve_order: bool) -> Iterator[Any]:
         if not preserve_order:

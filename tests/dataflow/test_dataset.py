@@ -3,6 +3,9 @@ sink (resumable) or streams; take/take_batch/count/to_pandas/schema/stats; to_ya
 
 from __future__ import annotations
 
+import os
+import re
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -121,3 +124,34 @@ def test_write_csv_and_write_json(tmp_path):
     assert csv["x"].tolist() == [(i % 7) + 1 for i in range(20)]
     lines = [json.loads(line) for p in sorted((tmp_path / "json").glob("part-*")) for line in p.read_text().splitlines()]
     assert [r["id"] for r in lines] == list(range(20))
+
+
+BAR = re.compile(r'<rect class="bar outcome-(\w+)" data-shard="(\d+)" data-stage="([^"]*)" data-attempt="(\d+)"')
+
+
+def test_write_parquet_and_write_csv_write_the_html_report(tmp_path, monkeypatch):
+    """The same page as `dataflow run --html-report`: at the default path under the working
+    folder (True) or where asked, one timeline bar per stage of each shard, the stats text."""
+    data = helpers.make_dataset(tmp_path / "data", shards=3, rows=100)
+    ds = dataset(data)
+    monkeypatch.chdir(tmp_path)
+    s = ds.write_parquet(str(tmp_path / "out"), html_report=True)
+    assert s.status == "done" and s.rows == 300
+    path = ds.last_report
+    assert path is not None and path.parent == tmp_path / ".dataflow" / "reports"
+    assert re.fullmatch(r"dataset-.+\.html", path.name) and os.listdir(path.parent) == [path.name]
+    page = path.read_text(encoding="utf-8")
+    timeline = page[page.index('<svg id="timeline"'):]
+    bars = BAR.findall(timeline[:timeline.index("</svg>")])
+    assert sorted((st, int(sh)) for _, sh, st, _ in bars) == sorted(
+        (st, sh) for st in ("images", "MeanModel", "add_one_to_mean") for sh in range(3))
+    assert {o for o, _, _, _ in bars} == {"ok"}
+    assert 'id="status"' in page and ">done<" in page
+    assert "Stage 2 MeanModel: 3 tasks executed, 3 blocks produced" in page
+
+    target = tmp_path / "reports" / "csv.html"
+    s = ds.write_csv(str(tmp_path / "out_csv"), html_report=target)
+    assert s.rows == 300 and ds.last_report == target and target.read_text().startswith("<!DOCTYPE html>")
+    assert os.listdir(tmp_path / ".dataflow" / "reports") == [path.name]   # nothing more there
+    ds.write_json(str(tmp_path / "out_json"))
+    assert ds.last_report is None                                          # not asked: none written
