@@ -41,6 +41,7 @@ from core._private.ray.config import (
 )
 from core._private.ray.errors import first_line
 from core._private.refs import ObjectRef
+from core._private.taskspec import TaskSpec
 from core.exceptions import CoreError
 from core.units import format_bytes
 
@@ -110,9 +111,6 @@ class RayBackend:
                 logger.removeFilter(quiet)
 
     # ── what every runtime does: the client's ──────────────────────────────────────────────────
-    def new_id(self, index: int = 0) -> bytes:
-        return self.client.new_id(index)
-
     def add_local_ref(self, oid: bytes) -> None:
         self.client.table.add(oid)
 
@@ -138,14 +136,16 @@ class RayBackend:
     def future(self, ref: ObjectRef) -> concurrent.futures.Future:
         return self.client.future(ref)
 
+    def submit(self, spec: TaskSpec) -> Any:
+        return self.client.submit(spec)
+
+    # Transitional, until remote_function and actor hand a TaskSpec to submit() (issue 15).
     def submit_remote(self, *, kind: str, name: str, shipped: Any, args: tuple, kwargs: dict,
                       options: dict, actor_id: bytes | None = None, method: str | None = None) -> Any:
-        return self.client.submit_remote(kind=kind, name=name, shipped=shipped, args=args, kwargs=kwargs,
-                                         options=options, actor_id=actor_id, method=method)
+        return self.client.submit(TaskSpec(kind, name, shipped, args, kwargs, options, actor_id, method))
 
     def create_actor_task(self, *, name: str, shipped: Any, args: tuple, kwargs: dict, options: dict) -> bytes:
-        return self.client.create_actor_task(name=name, shipped=shipped, args=args, kwargs=kwargs,
-                                             options=options)
+        return self.client.submit(TaskSpec("actor_create", name, shipped, args, kwargs, options))
 
     def next_stream_item(self, task_id: bytes, index: int, timeout: float | None) -> ObjectRef | None:
         return self.client.next_stream_item(task_id, index, timeout)

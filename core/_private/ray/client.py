@@ -1,9 +1,9 @@
 """What a process does on Ray, driver or worker alike: objects, tasks, actors and streams.
 
-    put/get/wait/future ──► ray.put/get/wait ────────────┐  errors translated (errors.py)
-    submit_remote(task) ──► Ray remote function (cached) ├─► ray refs ─► RefTable.adopt ─► our ObjectRef
-    submit_remote(actor method) ──► host.call(method) ───┘
-    create_actor_task ──► Ray actor of the host class ─► actor id ─► Ray handle (kept here)
+    put/get/wait/future ──► ray.put/get/wait ──────────────┐  errors translated (errors.py)
+    submit(TaskSpec "task") ──► Ray remote function (cached) ├─► ray refs ─► RefTable.adopt ─► ObjectRef
+    submit("actor_method") ──► host.call(method) ────────────┘
+    submit("actor_create") ──► Ray actor of the host class ─► actor id ─► Ray handle (kept here)
 
 `RayClient` holds one `ray` connection and the state on top of it: the ref table, the Ray handles
 of the actors this process knows, the Ray generators of its streams, and the Ray remote functions
@@ -24,6 +24,7 @@ import cloudpickle
 from core._private.ray.errors import first_line, translate, translate_get_error
 from core._private.ray.table import RefTable
 from core._private.refs import IdSource, ObjectRef, ObjectRefGenerator
+from core._private.taskspec import TaskSpec
 from core.exceptions import ActorDiedError, CoreError, GetTimeoutError
 
 __all__ = ["Hosting", "RayClient"]
@@ -46,16 +47,13 @@ class RayClient:
         self.ray = ray
         self.table = RefTable()
         self._hosting = hosting
-        self._ids = IdSource()
+        self._ids = IdSource()                             # ids of our streams
         self._actors: dict[bytes, tuple[Any, str]] = {}   # actor id -> (Ray handle, name)
         self._killed: set[bytes] = set()
         self._streams: dict[bytes, tuple[Any, str]] = {}  # our stream id -> (Ray generator, name)
         self._remotes: dict[tuple, Any] = {}               # (shipped id, options) -> ray remote function
         self._shipped: dict[int, Any] = {}                 # keeps shipped objects (and so their ids) alive
         self._last_remote: dict[int, tuple] = {}           # shipped id -> (options dict, label, remote function)
-
-    def new_id(self, index: int = 0) -> bytes:
-        return self._ids.new(index)
 
     def ray_ref(self, oid: bytes) -> Any:
         return self.table.entry(oid).ray_ref
@@ -110,31 +108,33 @@ class RayClient:
         return ours
 
     # ── tasks ──────────────────────────────────────────────────────────────────────────────────
-    def submit_remote(self, *, kind: str, name: str, shipped: Any, args: tuple, kwargs: dict,
-                      options: dict, actor_id: bytes | None = None, method: str | None = None) -> Any:
-        """Run a task or an actor call on Ray: its ref, its list of refs, or a streaming generator."""
+    def submit(self, spec: TaskSpec) -> Any:
+        """Run a task or an actor call on Ray (its ref, its list of refs, or a streaming
+        generator), or create an actor (its id)."""
+        if spec.kind == "actor_create":
+            return self._create_actor(spec)
+        options = spec.options
         num_returns = options.get("num_returns", 1)
-        streaming = num_returns == "streaming"
-        ray_args, ray_kwargs = self._ray_args(args, kwargs)
-        label = options.get("name") or name
+        ray_args, ray_kwargs = self._ray_args(spec.args, spec.kwargs)
+        label = options.get("name") or spec.name
         try:
-            if kind == "actor_method":
-                handle = self.ray_handle(actor_id, name)
-                target = handle.call_stream if streaming else handle.call
-                out = target.options(num_returns=num_returns).remote(method, *ray_args, **ray_kwargs)
+            if spec.kind == "actor_method":
+                handle = self.ray_handle(spec.actor_id, spec.name)
+                target = handle.call_stream if spec.streaming else handle.call
+                out = target.options(num_returns=num_returns).remote(spec.method, *ray_args, **ray_kwargs)
             else:
-                out = self._remote_function(shipped, options, label).remote(*ray_args, **ray_kwargs)
+                out = self._remote_function(spec.shipped, options, label).remote(*ray_args, **ray_kwargs)
         except CoreError:
             raise
         except Exception as exc:
             raise translate(self.ray, exc, label) from exc
-        if streaming:
-            stream_id = self.new_id()
+        if spec.streaming:
+            stream_id = self._ids.new()
             self._streams[stream_id] = (out, label)
             return ObjectRefGenerator(self, stream_id)
         if isinstance(out, list):
-            return [self.table.adopt(r, label, kind, actor_id) for r in out]
-        return self.table.adopt(out, label, kind, actor_id)
+            return [self.table.adopt(r, label, spec.kind, spec.actor_id) for r in out]
+        return self.table.adopt(out, label, spec.kind, spec.actor_id)
 
     def _ray_args(self, args: tuple, kwargs: dict) -> tuple[list, dict]:
         """Top-level refs become Ray refs (Ray resolves them); nested ones travel as our refs."""
@@ -167,7 +167,8 @@ class RayClient:
             fn = self._remotes[key] = self.ray.remote(**ray_options)(wrap(shipped.obj))
         return fn
 
-    def create_actor_task(self, *, name: str, shipped: Any, args: tuple, kwargs: dict, options: dict) -> bytes:
+    def _create_actor(self, spec: TaskSpec) -> bytes:
+        shipped, options = spec.shipped, spec.options
         host = self._remotes.get(("actor", id(shipped)))
         if host is None:
             self._shipped[id(shipped)] = shipped
@@ -177,13 +178,13 @@ class RayClient:
                        "max_task_retries": options.get("max_task_retries", 0)}
         if options.get("resources"):
             ray_options["resources"] = dict(options["resources"])
-        ray_args, ray_kwargs = self._ray_args(args, kwargs)
+        ray_args, ray_kwargs = self._ray_args(spec.args, spec.kwargs)
         try:
             handle = host.options(**ray_options).remote(*ray_args, **ray_kwargs)
         except Exception as exc:
-            raise translate(self.ray, exc, name) from exc
+            raise translate(self.ray, exc, spec.name) from exc
         actor_id = handle._actor_id.binary()
-        self._actors[actor_id] = (handle, name)
+        self._actors[actor_id] = (handle, spec.name)
         return actor_id
 
     # ── actors ─────────────────────────────────────────────────────────────────────────────────

@@ -27,6 +27,7 @@ from core._private import refs as refs_mod
 from core._private.actor import ActorHandle
 from core._private.ray.client import Hosting, RayClient
 from core._private.refs import ObjectRef
+from core._private.taskspec import TaskSpec
 from core.exceptions import CoreError
 
 __all__ = ["HOSTING", "RayWorkerRuntime", "connect", "disconnect", "process_client"]
@@ -42,10 +43,10 @@ class RayWorkerRuntime:
 
     def __init__(self, client: RayClient) -> None:
         self.client = client
+        # Transitional (issue 15): api tells a worker by `worker_id` (and then expects `wait` to
+        # answer a list of bools and cancel/kill to go through `request`) until it asks the
+        # Runtime protocol instead.
         self.worker_id = os.getpid()
-
-    def new_id(self, index: int = 0) -> bytes:
-        return self.client.new_id(index)
 
     def add_local_ref(self, oid: bytes) -> None:
         self.client.table.add(oid)
@@ -70,14 +71,16 @@ class RayWorkerRuntime:
     def future(self, ref: ObjectRef) -> Any:
         return self.client.future(ref)
 
+    def submit(self, spec: TaskSpec) -> Any:
+        return self.client.submit(spec)
+
+    # Transitional, until remote_function and actor hand a TaskSpec to submit() (issue 15).
     def submit_remote(self, *, kind: str, name: str, shipped: Any, args: tuple, kwargs: dict,
                       options: dict, actor_id: bytes | None = None, method: str | None = None) -> Any:
-        return self.client.submit_remote(kind=kind, name=name, shipped=shipped, args=args, kwargs=kwargs,
-                                         options=options, actor_id=actor_id, method=method)
+        return self.client.submit(TaskSpec(kind, name, shipped, args, kwargs, options, actor_id, method))
 
     def create_actor_task(self, *, name: str, shipped: Any, args: tuple, kwargs: dict, options: dict) -> bytes:
-        return self.client.create_actor_task(name=name, shipped=shipped, args=args, kwargs=kwargs,
-                                             options=options)
+        return self.client.submit(TaskSpec("actor_create", name, shipped, args, kwargs, options))
 
     def next_stream_item(self, task_id: bytes, index: int, timeout: float | None) -> ObjectRef | None:
         return self.client.next_stream_item(task_id, index, timeout)
@@ -99,6 +102,19 @@ class RayWorkerRuntime:
             self.client.kill_actor(args[0])
         else:
             raise CoreError(f"{op} is not available inside a task on Ray")
+
+    # ── the session is the driver's ──
+    def free(self, refs: Any) -> None:
+        raise CoreError("core.free() belongs to the driver; call it there, not inside a task")
+
+    def cluster_resources(self) -> dict:
+        raise CoreError("core.cluster_resources() belongs to the driver; call it there, not inside a task")
+
+    def available_resources(self) -> dict:
+        raise CoreError("core.available_resources() belongs to the driver; call it there, not inside a task")
+
+    def memory_summary(self) -> str:
+        raise CoreError("core.memory_summary() belongs to the driver; call it there, not inside a task")
 
     def shutdown(self) -> None:
         """Nothing to stop: Ray owns this process."""
