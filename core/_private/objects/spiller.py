@@ -3,8 +3,8 @@
     pick_victims(candidates, short, min_spilling_size)      pure: the choice, over plain tuples
         least recently used first; skips pinned and busy objects; stops once the victims add up
         to `short` bytes and `min_spilling_size` (one spill file per batch, so a batch is big)
-    Spiller.write(views)  ─► one spill file (the target's write_batch), lock dropped by the caller
-    Spiller.read(loc, dest) ─► bytes back into a segment, checksum checked
+    Spiller.write(entries) ─► one spill file (the target's write_batch), the store's lock dropped
+    Spiller.read(entry, seg) ─► bytes back into a new segment, checksum checked, lock dropped
     Spiller.add_file / drop_copy / delete_emptied: which spill files still hold live objects;
         a file is deleted once every object in it is gone (after the store's lock is released:
         on S3 a delete is a request)
@@ -16,8 +16,10 @@ between its tiers; the spiller knows nothing of pins, waiting or segments.
 from __future__ import annotations
 
 import collections
+import threading
 from typing import Hashable, Iterable, Sequence, TypeVar
 
+from core._private.objects.segments import Segment
 from core._private.objects.spill import SpillFile, SpillLocation, SpillTarget
 
 __all__ = ["pick_victims", "Spiller"]
@@ -50,27 +52,47 @@ class Spiller:
         self.target = target
         self.min_spilling_size = min_spilling_size
         self.files: set[SpillFile] = set()
-        self._to_delete: list[SpillFile] = []
+        self.emptied: list[SpillFile] = []       # files to delete once the lock is released
         self.stats: collections.Counter = collections.Counter()
 
     @property
     def url(self) -> str:
         return self.target.url
 
-    # ─── I/O (lock not held) ────────────────────────────────────────────────────────────────────
-    def write(self, views: Sequence[memoryview]) -> list[SpillLocation]:
-        """Write the objects' bytes into one new spill file; where each one now is."""
-        return self.target.write_batch(views) if views else []
+    # ─── I/O (the store's lock dropped meanwhile) ───────────────────────────────────────────────
+    def write(self, entries: Sequence, lock: threading.Condition) -> tuple[list[SpillLocation], BaseException | None]:
+        """Write the entries' segments into one new spill file, `lock` (held on entry, the
+        entries marked busy by the caller) dropped during the I/O. Returns where each one now
+        is, or the error (the caller first puts its entries back in order, then raises)."""
+        views = [memoryview(e.seg.mm)[:e.size] for e in entries]
+        if not views:
+            return [], None
+        lock.release()
+        try:
+            return self.target.write_batch(views), None
+        except BaseException as exc:
+            return [], exc
+        finally:
+            for mv in views:
+                mv.release()
+            lock.acquire()
 
-    def read(self, loc: SpillLocation, dest: memoryview, oid_hex: str) -> None:
-        """Read one object back into `dest`; ObjectLostError if missing, short or corrupt."""
-        self.target.read_into(loc, dest, oid_hex)
+    def read(self, entry, seg: Segment, lock: threading.Condition) -> None:
+        """Read `entry`'s spilled bytes into `seg`, `lock` (held on entry) dropped during the
+        I/O; ObjectLostError if the spill file is missing, short or corrupt."""
+        mv = memoryview(seg.mm)
+        lock.release()
+        try:
+            self.target.read_into(entry.loc, mv[:entry.size], entry.oid.hex())
+        finally:
+            mv.release()
+            lock.acquire()
 
     def delete_emptied(self) -> None:
         """Delete the spill files whose objects are all gone."""
-        while self._to_delete:
+        while self.emptied:
             try:
-                file = self._to_delete.pop()
+                file = self.emptied.pop()
             except IndexError:
                 break                              # another thread took the last one
             self.target.delete_file(file)
@@ -89,10 +111,10 @@ class Spiller:
         file.live -= 1
         if file.live == 0:
             self.files.discard(file)
-            self._to_delete.append(file)
+            self.emptied.append(file)
 
     def close(self) -> None:
         """Remove everything this session spilled."""
         self.files.clear()
-        self._to_delete.clear()
+        self.emptied.clear()
         self.target.close()

@@ -121,7 +121,8 @@ class ObjectStore:
             raise
         with self._cond:
             self.table.sealed(entry)
-        self.spiller.delete_emptied()
+        if self.spiller.emptied:
+            self.spiller.delete_emptied()
 
     def put_inline(self, oid: bytes, data: bytes) -> None:
         with self._cond:
@@ -131,7 +132,10 @@ class ObjectStore:
                 return
             if old is not None:
                 self.table.drop(old)
-            self.table.add_inline(oid, data)
+            entry = Entry(oid, len(data), "inline")
+            entry.data = data
+            self._objects[oid] = entry
+            self.table.inline_bytes += len(data)
             self._cond.notify_all()
 
     def create(self, oid: bytes, size: int) -> tuple[str, int]:
@@ -183,15 +187,14 @@ class ObjectStore:
         private copy-on-write mapping when `writable`. The caller keeps it pinned while it lives
         (see `pinned_view`)."""
         with self._cond:
-            entry = self._ready(oid)
-            return self._view_of(entry, writable)
+            return self._ready(oid).view(writable)
 
     def pinned_view(self, oid: bytes, *, holder: int = 0, writable: bool = False) -> memoryview:
         """`view` plus a pin for `holder` that lasts as long as the returned memoryview and every
         array deserialized from it."""
         with self._cond:
             entry = self._ready(oid)
-            view = self._view_of(entry, writable)
+            view = entry.view(writable)
             if entry.state == "inline":
                 return view                       # bytes live as long as the view: no pin needed
             self.table.pin(entry, holder)
@@ -232,13 +235,6 @@ class ObjectStore:
             self.table.drain()
             return self.capacity - self.pool.used + self.pool.pooled + self.table.spillable_bytes()
 
-    def _view_of(self, entry: Entry, writable: bool) -> memoryview:
-        if entry.state == "inline":
-            return memoryview(bytearray(entry.data)) if writable else memoryview(entry.data)
-        if writable:
-            return memoryview(shm.map_segment(entry.seg.name, "copy", size=entry.size))
-        return memoryview(entry.seg.readonly_map())[:entry.size]
-
     def _ready(self, oid: bytes, wait_for_room: bool = True) -> Entry:
         """The entry, sealed and in shared memory (restored if needed). Lock held."""
         if self._released:
@@ -275,27 +271,32 @@ class ObjectStore:
 
     def unpin(self, oid: bytes, holder: int) -> None:
         with self._cond:
-            self.table.drain()
+            if self._released:
+                self.table.drain()
             entry = self.table.pinned_by(oid, holder)
             if entry is not None:
                 self.table.unpin(entry, holder)
-        self.spiller.delete_emptied()
+        if self.spiller.emptied:
+            self.spiller.delete_emptied()
 
     def unpin_all(self, holder: int) -> None:
         """Drop every pin of `holder` (a worker that died)."""
         with self._cond:
             self.table.drain()
             self.table.unpin_all(holder)
-        self.spiller.delete_emptied()
+        if self.spiller.emptied:
+            self.spiller.delete_emptied()
 
     def delete(self, oid: bytes) -> None:
         with self._cond:
-            self.table.drain()
+            if self._released:
+                self.table.drain()
             entry = self._objects.get(oid)
             if entry is not None:
                 self.table.drop(entry)
                 self._cond.notify_all()
-        self.spiller.delete_emptied()
+        if self.spiller.emptied:                  # deleted outside the lock (S3: a request)
+            self.spiller.delete_emptied()
 
     # ─── capacity ───────────────────────────────────────────────────────────────────────────────
     def _allocate(self, size: int, oid: bytes, sparse: bool = False, wait: bool = True) -> Segment:
@@ -348,8 +349,7 @@ class ObjectStore:
         return seg
 
     def _full_error(self, oid: bytes, size: int) -> ObjectStoreFullError:
-        pinned = sum(e.size for e in self._lru.values() if e.pins)
-        busy = sum(e.size for e in self._objects.values() if e.busy)
+        pinned, busy = self.table.held_bytes()
         return ObjectStoreFullError(
             f"object {_hex(oid)} of {size} bytes does not fit in the object store: {self.pool.used} of "
             f"{self.capacity} bytes used, {pinned} bytes pinned (in use by views or running tasks), "
@@ -367,17 +367,9 @@ class ObjectStore:
         for v in victims:
             v.spilling = True
         self._spills_running += 1
-        views = [memoryview(v.seg.mm)[:v.size] for v in to_write]
-        error = None
-        self._cond.release()
         try:
-            locations = self.spiller.write(views)
-        except BaseException as exc:
-            error, locations = exc, []
+            locations, error = self.spiller.write(to_write, self._cond)
         finally:
-            for mv in views:
-                mv.release()
-            self._cond.acquire()
             self._spills_running -= 1
         for v, loc in zip(to_write, locations):
             v.loc = loc
@@ -396,25 +388,14 @@ class ObjectStore:
         except BaseException:
             self.table.restore_failed(entry)
             raise
-        mv = memoryview(seg.mm)
-        self._cond.release()
-        error = None
         try:
-            self.spiller.read(entry.loc, mv[:entry.size], _hex(entry.oid))
-        except BaseException as exc:
-            error = exc
-        finally:
-            mv.release()
-            self._cond.acquire()
-        if error is not None:
+            self.spiller.read(entry, seg, self._cond)
+        except BaseException as error:
             if isinstance(error, ObjectLostError):
                 entry.lost = str(error)
             self.pool.recycle(seg)
             self.table.restore_failed(entry)
-            try:
-                raise error
-            finally:
-                error = None   # a local holding its own exception is a cycle that pins callers' views
+            raise
         entry.seg = seg
         self.stats["restored_bytes"] += entry.size
         self.stats["restored_objects"] += 1

@@ -22,6 +22,7 @@ import threading
 from dataclasses import dataclass
 from typing import Literal
 
+from core._private.objects import shm
 from core._private.objects.segments import Segment, SegmentPool
 from core._private.objects.spill import SpillLocation
 from core._private.objects.spiller import Spiller
@@ -62,6 +63,15 @@ class Entry:
     def busy(self) -> bool:
         return self.spilling or self.state in ("creating", "restoring")
 
+    def view(self, writable: bool) -> memoryview:
+        """The bytes of an inline or shared object: read-only (the segment's read-only mapping),
+        or a private copy (inline) / copy-on-write mapping (shared) when `writable`."""
+        if self.state == "inline":
+            return memoryview(bytearray(self.data)) if writable else memoryview(self.data)
+        if writable:
+            return memoryview(shm.map_segment(self.seg.name, "copy", size=self.size))
+        return memoryview(self.seg.readonly_map())[:self.size]
+
 
 class ObjectTable:
     """The entries, by id and in LRU order, with the pins and the release rules."""
@@ -76,13 +86,7 @@ class ObjectTable:
         self.inline_bytes = 0
         self.released: collections.deque = collections.deque()   # (entry, holder) from GC
 
-    # ─── adding ─────────────────────────────────────────────────────────────────────────────────
-    def add_inline(self, oid: bytes, data: bytes) -> None:
-        entry = Entry(oid, len(data), "inline")
-        entry.data = data
-        self.objects[oid] = entry
-        self.inline_bytes += len(data)
-
+    # ─── sealing ────────────────────────────────────────────────────────────────────────────────
     def sealed(self, entry: Entry) -> None:
         """A created (or restored) object is now in shared memory."""
         entry.state = "shared"
@@ -214,6 +218,11 @@ class ObjectTable:
             "num_spilled": counts["spilled"],
             "num_zombies": len(self.zombies),
         }
+
+    def held_bytes(self) -> tuple[int, int]:
+        """(bytes pinned, bytes being written or moved): what a full store is waiting for."""
+        return (sum(e.size for e in self.lru.values() if e.pins),
+                sum(e.size for e in self.objects.values() if e.busy))
 
     def spillable_bytes(self) -> int:
         return sum(e.seg.touched for e in self.lru.values()
