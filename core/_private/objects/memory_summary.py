@@ -8,8 +8,8 @@ credentials (`s3://key:secret@bucket` never appears).
 from __future__ import annotations
 
 import re
-from typing import Any
 
+from core._private.objects.table import EntryInfo
 from core.units import format_bytes
 
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
@@ -19,12 +19,8 @@ def redact(url: str | None) -> str:
     return _CREDENTIALS.sub("", url) if url else ""
 
 
-# kept while core/_private/ray/backend.py still imports it under this name
-_size = format_bytes
-
-
-def render(entries: list[Any], counts: dict[bytes, tuple[int, str]], usage: dict) -> str:
-    """entries: the store's EntryInfo list; counts: oid -> (references, what made it)."""
+def render(entries: list[EntryInfo], counts: dict[bytes, tuple[int, str]], usage: dict) -> str:
+    """entries: the store's `entries()`; counts: oid -> (references, what made it)."""
     by_hex = {oid.hex(): info for oid, info in counts.items()}
     lines = [f"{'object id':<40}  {'size':>10}  {'where':<8}  {'refs':>4}  {'made by':<24}  location"]
     for e in sorted(entries, key=lambda e: e.object_id):
