@@ -45,8 +45,8 @@ def pick_victims(candidates: Iterable[tuple[K, int, bool]], short: int, min_spil
 
 class Spiller:
     """A spill target plus the bookkeeping of its files: which still hold live objects, which
-    are to be deleted, and the totals moved. Called with the store's lock held, except
-    `write`, `read` and `delete_emptied`, which do I/O."""
+    are to be deleted, and the totals moved. Called with the store's lock held; `write` and
+    `read` drop it during their I/O, `delete_emptied` runs after the store has released it."""
 
     def __init__(self, target: SpillTarget, min_spilling_size: int):
         self.target = target
