@@ -1,7 +1,8 @@
 """The session's resources: what it has, what is free, and the one place that takes and gives back.
 
-    _schedule ── acquire(need) ──► ResourceLedger ◄── release(need) ── task done, worker blocked
-                                   total, available         or dead, actor gone
+    scheduler.plan ── hold(worker, need) ──► ResourceLedger ◄── unhold(worker) ── batch done,
+    actor start  ──── acquire(need) ───────►  total, available,    release ────── worker blocked
+    plan (GPU tasks) ─ take_gpus(n) ───────►  free GPU ids    ◄─── give_gpus ──── or dead, actor gone
 
 Every change goes through `acquire`/`release`, which check the invariant the rest of the engine
 relies on: for every resource, 0 <= available <= total. A violation is a bookkeeping bug (a
@@ -12,9 +13,16 @@ more tasks than it has CPUs, or none at all.
 
 from __future__ import annotations
 
-from core._private.tasks.scheduler import EPS, fits
+import math
+from typing import Any
 
-__all__ = ["ResourceLedger", "ResourceInvariantError"]
+EPS = 1e-9
+
+__all__ = ["ResourceLedger", "ResourceInvariantError", "fits", "hold", "unhold", "retake_shares"]
+
+
+def fits(need: dict[str, float], available: dict[str, float]) -> bool:
+    return all(available.get(k, 0.0) + EPS >= v for k, v in need.items())
 
 
 class ResourceInvariantError(AssertionError):
@@ -25,6 +33,7 @@ class ResourceLedger:
     def __init__(self, total: dict[str, float]) -> None:
         self.total = dict(total)
         self.available = dict(total)
+        self.free_gpus = list(range(int(total.get("GPU", 0))))   # device ids not handed out
 
     def fits(self, need: dict[str, float]) -> bool:
         return fits(need, self.available)
@@ -49,3 +58,46 @@ class ResourceLedger:
 
     def snapshot(self) -> dict[str, float]:
         return dict(self.available)
+
+    def take_gpus(self, count: float) -> list[int]:
+        """Device ids for a task asking for `count` GPUs (a fraction takes a whole id: the
+        devices, unlike the GPU amount, are not shared). Returns [] when none is free."""
+        if count <= 0:
+            return []
+        ids = self.free_gpus[: max(1, math.ceil(count))]
+        del self.free_gpus[: len(ids)]
+        return ids
+
+    def give_gpus(self, ids: list[int]) -> None:
+        self.free_gpus.extend(ids)
+
+
+# ─── the share a task worker holds while it runs a batch ───────────────────────────────────────
+# A worker record (local.worker_pool.WorkerProc) carries `held_need` (what its batch needs) and
+# `holding` (that share is taken from the ledger now; not while it is blocked in a nested get).
+
+def hold(ledger: ResourceLedger, worker: Any, need: dict[str, float], what: str) -> None:
+    ledger.acquire(need, what)
+    worker.held_need = need
+    worker.holding = True
+
+
+def unhold(ledger: ResourceLedger, worker: Any, owing: set, keep_need: bool = False) -> None:
+    """Give back the worker's share if it holds it (once: a blocked worker already did)."""
+    owing.discard(worker)
+    if worker.holding:
+        ledger.release(worker.held_need, f"worker {worker.wid}")
+        worker.holding = False
+    if not keep_need:
+        worker.held_need = {}
+
+
+def retake_shares(ledger: ResourceLedger, owing: set) -> None:
+    """Workers back from a nested get/wait run again: they take their share back before any
+    new task starts, each as soon as it fits (the CPU may have gone to a nested task)."""
+    for worker in list(owing):
+        if not worker.alive or worker.blocked or not worker.inflight or worker.holding:
+            owing.discard(worker)
+        elif ledger.fits(worker.held_need):
+            owing.discard(worker)
+            hold(ledger, worker, worker.held_need, f"worker {worker.wid}")

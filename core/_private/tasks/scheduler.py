@@ -22,12 +22,19 @@ Policy:
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Callable, Literal
+
+from core._private.tasks.actors import start_pending_actors
+from core._private.tasks.board import Board
+from core._private.tasks.resources import EPS, fits, hold, retake_shares
+from core._private.tasks.transitions import Dispatch, transition
+
+__all__ = ["demand", "infeasible", "fits", "batch_size", "pipelined", "should_spawn", "admit", "plan",
+           "Admission", "FAST_TASK", "MAX_BATCH", "PIPELINE_TASK"]
 
 FAST_TASK = 0.002        # seconds: below this a task is cheap enough to batch
 MAX_BATCH = 128          # tasks in one TASKS message
 PIPELINE_TASK = 0.1      # seconds: below this a busy worker gets its next task in advance
-EPS = 1e-9
 
 
 def demand(num_cpus: float, num_gpus: float, resources: dict[str, float] | None) -> dict[str, float]:
@@ -43,10 +50,6 @@ def infeasible(need: dict[str, float], total: dict[str, float]) -> dict[str, tup
     return {k: (v, total.get(k, 0.0)) for k, v in need.items() if v > total.get(k, 0.0) + EPS}
 
 
-def fits(need: dict[str, float], available: dict[str, float]) -> bool:
-    return all(available.get(k, 0.0) + EPS >= v for k, v in need.items())
-
-
 def batch_size(avg_seconds: float | None, queued: int, idle_workers: int) -> int:
     """How many queued tasks of one function to hand one idle worker at once."""
     if avg_seconds is None or avg_seconds > FAST_TASK or queued <= 1:
@@ -58,11 +61,6 @@ def batch_size(avg_seconds: float | None, queued: int, idle_workers: int) -> int
 def pipelined(avg_seconds: float | None) -> bool:
     """Hand a busy worker its next task of this function in advance?"""
     return avg_seconds is not None and FAST_TASK < avg_seconds < PIPELINE_TASK
-
-
-def pick_gpus(count: float, free_ids: list[int]) -> list[int]:
-    """GPU ids for a task asking for `count` GPUs (fractions share a whole id)."""
-    return free_ids[: max(1, math.ceil(count))] if count > 0 else []
 
 
 def should_spawn(idle: int, starting: int, live: int, max_workers: int, runnable: int) -> bool:
@@ -88,3 +86,124 @@ def admit(restore_sizes: list[int], room: int, pins_will_free: bool) -> Admissio
     if not restore_sizes or sum(restore_sizes) <= room:
         return "now"
     return "wait" if pins_will_free else "try"
+
+
+# ─── the plan: which tasks go to which worker now ──────────────────────────────────────────────
+def plan(board: Board, admission: Callable[[Any], Admission]) -> list:
+    """Everything that can start now, as instructions (lock held; no I/O here).
+
+    In order: workers back from a nested get retake their share; pending actors start; actors'
+    ready calls go to their workers; queued tasks go in batches to idle workers (or to a new
+    worker, `Dispatch(None, ...)`, while the pool may grow), taking their share from the ledger
+    and their GPU ids; then short tasks are pipelined behind busy workers' running tasks.
+    `admission(task)` is `admit` for the task's arguments (the engine reads the store's sizes).
+    """
+    board.room_wait = False
+    ledger = board.ledger
+    if board.owing:
+        retake_shares(ledger, board.owing)
+    out: list = start_pending_actors(board) if board.pending_actors else []
+    for actor in board.actors.values():
+        if actor.queue and actor.worker is not None and actor.state != "dead":
+            batch = _ready_calls(actor.queue)
+            if batch:
+                _take_gpus(ledger, batch)
+                out.append(Dispatch(actor.worker, batch))
+    queue = board.queue
+    if not queue or board.owing:
+        return out   # a worker back from a nested get takes its share before new tasks start
+    workers = board.workers.values()
+    idle = [w for w in workers if w.alive and w.actor_id is None and not w.inflight and not w.blocked]
+    fn_time = board.fn_time
+    spawning = 0
+    given: dict = {}                           # worker -> the one task planned for it here
+    while queue:
+        task = queue[0]
+        if task.state != "queued":             # cancelled (failed) while queued: drop it
+            queue.popleft()
+            continue
+        need = task.need
+        if not ledger.fits(need):
+            break
+        if admission(task) == "wait":
+            board.room_wait = True
+            break
+        if idle:
+            worker = idle.pop()
+        else:
+            live = sum(1 for w in workers if w.alive and w.actor_id is None) + spawning
+            starting = sum(1 for w in workers if w.alive and w.actor_id is None and not w.started) + spawning
+            if not should_spawn(0, starting, live, board.max_workers, len(queue)):
+                break
+            worker = None
+            spawning += 1
+        n = batch_size(fn_time.get(task.fn_id), len(queue), len(idle) + 1)
+        batch = [queue.popleft()]
+        while len(batch) < n and queue and queue[0].fn_id == task.fn_id \
+                and queue[0].need == need and not queue[0].streaming:
+            batch.append(queue.popleft())
+        what = f"task {task.name}"
+        if worker is None:
+            ledger.acquire(need, what)         # the new worker adopts it when spawned
+        else:
+            hold(ledger, worker, need, what)
+            if len(batch) == 1:
+                given[worker] = task
+        for t in batch:
+            transition(t, "running", worker)
+        if "GPU" in need:
+            _take_gpus(ledger, batch)
+        out.append(Dispatch(worker, batch))
+    if queue:
+        _pipeline(board, admission, given, out)
+    return out
+
+
+def _ready_calls(actor_queue: Any) -> list:
+    """An actor's calls from the head of its queue whose arguments are ready (order is kept:
+    the first one waiting for an argument stops the batch)."""
+    batch = []
+    while actor_queue and actor_queue[0].state != "waiting":
+        t = actor_queue.popleft()
+        if t.state == "queued":                # not cancelled meanwhile
+            transition(t, "running", None)
+            batch.append(t)
+    return batch
+
+
+def _take_gpus(ledger: Any, batch: list) -> None:
+    for t in batch:
+        count = t.need.get("GPU")
+        if count:
+            t.gpu_ids = ledger.take_gpus(count)
+
+
+def _pipeline(board: Board, admission: Callable[[Any], Admission], given: dict, out: list) -> None:
+    """Queued short tasks go to busy workers as their next task (`pipelined`). The worker
+    already holds what the task needs; it runs the two one after the other. `given`: workers
+    handed one task by this plan (not in their `inflight` yet)."""
+    queue = board.queue
+    fn_time = board.fn_time
+    for worker in board.workers.values():
+        while queue and queue[0].state != "queued":
+            queue.popleft()
+        if not queue:
+            return
+        task = queue[0]
+        first = given.get(worker)
+        if first is None:
+            if len(worker.inflight) != 1:
+                continue
+            first = worker.inflight[0]
+        elif worker.inflight:
+            continue
+        if (worker.alive and worker.actor_id is None and not worker.blocked and worker.holding
+                and not first.streaming and not task.streaming and worker.held_need == task.need
+                and "GPU" not in task.need       # its devices are picked when it is sent
+                and pipelined(fn_time.get(task.fn_id))):
+            if admission(task) == "wait":
+                board.room_wait = True
+                return
+            queue.popleft()
+            transition(task, "pipelined", worker)
+            out.append(Dispatch(worker, [task], True))
