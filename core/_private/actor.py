@@ -11,7 +11,8 @@ import inspect
 from typing import Any
 
 from core._private.refs import ObjectRef
-from core._private.remote_function import ACTOR_OPTIONS, _Shipped, check_options, runtime, submit
+from core._private.remote_function import ACTOR_OPTIONS, _Shipped, check_options, submit
+from core._private.taskspec import TaskSpec
 from core.exceptions import CoreError
 
 
@@ -34,10 +35,8 @@ class ActorClass:
                                                     f"actor {self._cls.__qualname__}"))
 
     def _create(self, options: dict, args: tuple, kwargs: dict) -> "ActorHandle":
-        rt = runtime()
         name = options.get("name") or self._cls.__qualname__
-        actor_id = rt.create_actor_task(name=name, shipped=self._shipped, args=args, kwargs=kwargs,
-                                        options=options)
+        actor_id = submit(TaskSpec("actor_create", name, self._shipped, args, kwargs, options))
         return ActorHandle(actor_id, name, self._methods)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -85,9 +84,9 @@ class ActorMethod:
 
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef:
         opts = {"num_returns": self._options.get("num_returns", 1), "max_retries": 0}
-        return submit(runtime(), kind="actor_method", name=f"{self._handle._name}.{self._method}",
-                      shipped=None, args=args, kwargs=kwargs, options=opts,
-                      actor_id=self._handle._actor_id, method=self._method)
+        handle = self._handle
+        return submit(TaskSpec("actor_method", f"{handle._name}.{self._method}", None, args, kwargs, opts,
+                               handle._actor_id, self._method))
 
     def options(self, **options: Any) -> "ActorMethod":
         unknown = set(options) - {"num_returns", "name"}

@@ -1,7 +1,9 @@
-"""The public functions of `core`, dispatching to the process's runtime.
+"""The public functions of `core`, dispatching to the process's runtime (`runtime.py`).
 
 In the driver the runtime is the session's backend (`LocalEngine`, or the Ray backend when
-`init(address=...)`); inside a worker it is the worker's client, so the same calls work in tasks.
+`init(address=...)`), which `init` starts and puts in the runtime slot and `shutdown` stops;
+inside a worker it is the worker's client, so the same calls work in tasks. The first call that
+needs a runtime before any `init` starts a local session with the defaults, as Ray does.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ import atexit
 import threading
 from typing import Any, Iterable, Sequence
 
-from core._private import refs as refs_mod
+from core._private import runtime
+from core._private.actor import ActorClass, ActorHandle
 from core._private.refs import ObjectRef, ObjectRefGenerator
+from core._private.remote_function import RemoteFunction
 from core.exceptions import CoreError
 from core.units import parse_size
 
-_backend: Any = None          # the driver's backend, while a session is up
+_backend: Any = None          # the session this process started (init), until shutdown
 _zygote: Any = None           # started by preload_workers(), taken by the next init()
 _init_lock = threading.Lock()
 
@@ -29,7 +33,7 @@ def preload_workers(modules: Sequence[str]) -> None:
     fails to import is skipped (the task that needs it reports the error). With
     `init(address=...)` (Ray) the zygote is not used and is stopped."""
     global _zygote
-    from core._private.local.zygote import Zygote
+    from core._private.local.zygote import Zygote  # the local engine's modules load on first use
 
     with _init_lock:
         if _zygote is not None:
@@ -56,7 +60,7 @@ def init(num_cpus: float | None = None, num_gpus: float | None = None, resources
         if _backend is not None:
             raise CoreError("core.init() was already called in this process and the session is running; "
                             "call core.shutdown() first to start a new one")
-        if refs_mod.current_runtime() is not None:
+        if runtime.current() is not None:
             raise CoreError("core.init() cannot be called inside a task or actor; the worker already "
                             "belongs to the driver's session")
         if num_cpus is not None and (not isinstance(num_cpus, (int, float)) or num_cpus <= 0):
@@ -75,12 +79,13 @@ def init(num_cpus: float | None = None, num_gpus: float | None = None, resources
             if zygote is not None:
                 zygote.close()
             raise
+        runtime.set_current(_backend)
 
 
 def _start_backend(address: str | None, zygote: Any, worker_preload: Sequence[str] | None,
                    ray_kwargs: dict, **options: Any) -> Any:
     if address is not None:
-        from core._private.ray.backend import RayBackend
+        from core._private.ray.backend import RayBackend  # imports ray: only when asked for
 
         if zygote is not None:  # Ray starts its own workers
             zygote.close()
@@ -88,7 +93,7 @@ def _start_backend(address: str | None, zygote: Any, worker_preload: Sequence[st
         return RayBackend(address=address, **options, **ray_kwargs)
     if ray_kwargs:
         raise CoreError(f"unknown argument(s) to core.init: {', '.join(sorted(ray_kwargs))}")
-    from core._private.local.engine import LocalEngine
+    from core._private.local.engine import LocalEngine  # the engine loads on first init
     from core._private.local.zygote import Zygote
 
     if worker_preload:
@@ -110,40 +115,35 @@ def shutdown() -> None:
     with _init_lock:
         backend, _backend = _backend, None
     if backend is not None:
-        backend.shutdown()
+        try:
+            backend.shutdown()
+        finally:
+            if runtime.current() is backend:
+                runtime.set_current(None)
 
 
 atexit.register(shutdown)
+runtime.set_auto_start(init)
 
 
 def is_initialized() -> bool:
-    return _backend is not None or _in_worker()
+    """True in a driver with a session running, and inside its tasks and actors."""
+    return runtime.current() is not None
 
 
-def _in_worker() -> bool:
-    rt = refs_mod.current_runtime()
-    return rt is not None and rt is not _backend and hasattr(rt, "worker_id")
-
-
-def _rt() -> Any:
-    rt = refs_mod.current_runtime()
+def _session() -> runtime.Runtime:
+    """The running session's runtime, for calls that do not start one."""
+    rt = runtime.current()
     if rt is None:
-        init()
-        rt = refs_mod.current_runtime()
-    return rt
-
-
-def _driver() -> Any:
-    if _backend is None:
         raise CoreError("no session is running in this process; call core.init() first")
-    return _backend
+    return rt
 
 
 def put(value: Any) -> ObjectRef:
     """Store an immutable copy of `value`; returns its ref."""
     if isinstance(value, ObjectRef):
         raise TypeError("core.put() of an ObjectRef is not allowed; pass the ref itself, or put [ref]")
-    return _rt().put(value)
+    return runtime.require().put(value)
 
 
 def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None, writable: bool = False) -> Any:
@@ -157,7 +157,7 @@ def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None, 
             raise TypeError(f"core.get() takes an ObjectRef or a list of them, got {type(r).__name__}")
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
-    values = _rt().get(items, timeout, writable) if items else []
+    values = runtime.require().get(items, timeout, writable) if items else []
     return values[0] if single else values
 
 
@@ -171,19 +171,15 @@ def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | No
         raise ValueError("core.wait() got the same ref more than once")
     if not isinstance(num_returns, int) or num_returns < 1:
         raise ValueError(f"num_returns must be an integer >= 1, got {num_returns!r}")
-    rt = _rt()
-    if hasattr(rt, "worker_id"):
-        done = rt.wait(refs, min(num_returns, len(refs)), timeout)
-        ready = [r for r, d in zip(refs, done) if d][:num_returns]
-        chosen = set(ready)
-        return ready, [r for r in refs if r not in chosen]
-    return rt.wait(refs, num_returns, timeout)
+    out = runtime.require().wait(refs, num_returns, timeout)
+    if isinstance(out, list):  # transitional: RayWorkerRuntime.wait still answers [ready?] per ref
+        ready = [r for r, d in zip(refs, out) if d][:num_returns]
+        return ready, [r for r in refs if r not in set(ready)]
+    return out
 
 
 def remote(*args: Any, **options: Any) -> Any:
     """`@core.remote` or `@core.remote(num_cpus=..., ...)` on a function or a class."""
-    from core._private.actor import ActorClass
-    from core._private.remote_function import RemoteFunction
 
     def make(target: Any) -> Any:
         if isinstance(target, type):
@@ -199,40 +195,30 @@ def remote(*args: Any, **options: Any) -> Any:
 
 def cancel(ref: ObjectRef, *, force: bool = False) -> None:
     """Cancel the task that makes `ref`: dropped if pending, interrupted if running."""
-    rt = _rt()
-    if hasattr(rt, "worker_id"):
-        rt.request("cancel", ref.binary, force)
-    else:
-        rt.cancel(ref, force)
+    runtime.require().cancel(ref, force)
 
 
 def kill(actor: Any) -> None:
     """Kill an actor now; calls on it then raise ActorDiedError."""
-    from core._private.actor import ActorHandle
-
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"core.kill() takes an actor handle, got {type(actor).__name__}")
-    rt = _rt()
-    if hasattr(rt, "worker_id"):
-        rt.request("kill", actor._actor_id)
-    else:
-        rt.kill_actor(actor._actor_id)
+    runtime.require().kill_actor(actor._actor_id)
 
 
 def free(refs: ObjectRef | Iterable[ObjectRef]) -> None:
     """Drop objects now, whoever still refers to them; a later get raises ObjectLostError."""
     items = [refs] if isinstance(refs, ObjectRef) else list(refs)
-    _driver().free(items)
+    _session().free(items)
 
 
 def cluster_resources() -> dict:
-    return _driver().cluster_resources()
+    return _session().cluster_resources()
 
 
 def available_resources() -> dict:
-    return _driver().available_resources()
+    return _session().available_resources()
 
 
 def memory_summary() -> str:
     """One line per live object (id, size, where it lives, who refers to it), then totals."""
-    return _driver().memory_summary()
+    return _session().memory_summary()

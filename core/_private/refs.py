@@ -1,8 +1,10 @@
 """`ObjectRef`: a handle on an object in the store, and the streaming generator of refs.
 
-A ref counts for its object while it lives: creating one tells the process's runtime (the
-driver's engine, or a worker's client) to count +1, and `__del__` tells it to count -1. The
-runtime decides what that means (a driver-local count, or a borrow reported to the driver).
+A ref counts for its object while it lives: creating one tells the process's runtime (the one
+slot of `runtime.py`: the driver's engine, a worker's client, or the Ray backend) to count +1,
+and `__del__` tells it to count -1. The runtime decides what that means (a driver-local count,
+or a borrow reported to the driver). A ref made while there is no runtime (unpickled outside
+any session) counts for nothing.
 Pickling a ref records it as "contained" in whatever is being serialized, so the containing
 object or the task that carries it keeps it alive.
 """
@@ -14,18 +16,14 @@ import itertools
 import os
 from typing import Any, Iterator
 
-# The process's runtime: set by the engine (driver) or the worker loop. A ref made while it is
-# None (unpickled outside any session) counts for nothing.
-_runtime: Any = None
+from core._private import runtime
+from core._private.objects.serialization import note_contained_ref
+from core.exceptions import CoreError
 
-
-def set_runtime(runtime: Any) -> None:
-    global _runtime
-    _runtime = runtime
-
-
-def current_runtime() -> Any:
-    return _runtime
+# Transitional aliases of the runtime slot, for engine.py and ray/backend.py until they call
+# runtime.set_current/current themselves (issue 15).
+set_runtime = runtime.set_current
+current_runtime = runtime.current
 
 
 class IdSource:
@@ -53,7 +51,7 @@ class ObjectRef:
 
     def __init__(self, oid: bytes, *, _counted: bool = False) -> None:
         self._id = oid
-        rt = _runtime
+        rt = runtime._current
         self._rt = rt
         if rt is not None and not _counted:
             rt.add_local_ref(oid)
@@ -83,8 +81,6 @@ class ObjectRef:
         return f"ObjectRef({self._id.hex()})"
 
     def __reduce__(self):
-        from core._private.objects.serialization import note_contained_ref
-
         note_contained_ref(self)
         return (_rebuild_ref, (self._id,))
 
@@ -99,17 +95,12 @@ class ObjectRef:
 
 
 def _rebuild_ref(oid: bytes) -> ObjectRef:
-    rt = _runtime
-    if rt is not None and hasattr(rt, "on_ref_unpickled"):
-        rt.on_ref_unpickled(oid)
     return ObjectRef(oid)
 
 
-def _require_runtime(ref: ObjectRef) -> Any:
-    rt = ref._rt or _runtime
+def _require_runtime(ref: ObjectRef) -> runtime.Runtime:
+    rt = ref._rt or runtime._current
     if rt is None:
-        from core.exceptions import CoreError
-
         raise CoreError(f"{ref!r} belongs to no running session; call core.init() first")
     return rt
 
@@ -118,8 +109,8 @@ class ObjectRefGenerator:
     """What `f.remote()` returns for `num_returns="streaming"`: an iterator of refs, one per item
     the generator yields, each available as soon as the item is yielded."""
 
-    def __init__(self, runtime: Any, task_id: bytes) -> None:
-        self._rt = runtime
+    def __init__(self, rt: runtime.Runtime, task_id: bytes) -> None:
+        self._rt = rt
         self._task_id = task_id
         self._next = 0
 

@@ -1,10 +1,9 @@
-"""`@core.remote` on a function: options, argument packing, submission.
+"""`@core.remote` on a function: options, shipping the function, submission.
 
-Submission is the same in the driver and inside a worker; only the runtime differs (the driver's
-`LocalEngine`, or a worker's `WorkerClient`, which forwards to the driver). Arguments are packed
-once: top-level ObjectRefs become placeholders resolved by the worker; refs nested deeper stay
-refs; arguments too large to travel inline are put in the store and passed by ref, so big arrays
-reach the worker zero-copy.
+A call becomes a `TaskSpec` handed to the process's runtime (`runtime.require().submit(spec)`):
+the same in the driver and inside a worker; only the runtime differs (the driver's `LocalEngine`,
+a worker's `WorkerClient`, which forwards to the driver, or the Ray backend). The runtime packs
+the arguments (`taskspec.pack_args`).
 
 The function itself is pickled once per process and identified by a hash of the bytes; the
 driver ships it to each worker once. A function (or class) the worker can import is shipped by
@@ -25,7 +24,10 @@ from typing import Any
 
 import cloudpickle
 
-from core._private.refs import ObjectRef, ObjectRefGenerator, current_runtime, return_id
+from core._private import runtime
+from core._private.refs import ObjectRef, ObjectRefGenerator
+from core._private.taskspec import TaskSpec, return_ids
+from core._private.taskspec import pack_args as _pack_args
 from core._private.tasks.scheduler import demand
 from core.exceptions import CoreError
 
@@ -170,65 +172,62 @@ def _refile(code: types.CodeType, filename: str) -> types.CodeType:
     return code.replace(co_filename=filename, co_consts=consts)
 
 
-def runtime() -> Any:
-    rt = current_runtime()
-    if rt is None:
-        from core._private import api
+def submit(spec: TaskSpec) -> Any:
+    """Hand `spec` to the process's runtime (starting a session first if there is none)."""
+    rt = runtime.require()
+    if _takes_taskspec(rt):
+        return rt.submit(spec)
+    return _legacy_submit(rt, spec)
 
-        api.init()
-        rt = current_runtime()
-    return rt
+
+# ── transitional (issue 15): runtimes that do not take a TaskSpec yet ──────────────────────────
+# LocalEngine and RayBackend are moving to `submit(spec: TaskSpec)`; until each has, its old
+# entry points are called here. Delete this block once every runtime's submit takes a spec.
+_TAKES_SPEC: dict[type, bool] = {}
+
+
+def _takes_taskspec(rt: Any) -> bool:
+    cls = type(rt)
+    known = _TAKES_SPEC.get(cls)
+    if known is None:
+        fn = getattr(cls, "submit", None)
+        code = getattr(fn, "__code__", None)
+        known = _TAKES_SPEC[cls] = code is not None and code.co_varnames[1:2] == ("spec",)
+    return known
+
+
+def _legacy_submit(rt: Any, spec: TaskSpec) -> Any:
+    if spec.kind == "actor_create":
+        return rt.create_actor_task(name=spec.name, shipped=spec.shipped, args=spec.args,
+                                    kwargs=spec.kwargs, options=spec.options)
+    direct = getattr(rt, "submit_remote", None)
+    if direct is not None:
+        return direct(kind=spec.kind, name=spec.name, shipped=spec.shipped, args=spec.args,
+                      kwargs=spec.kwargs, options=spec.options, actor_id=spec.actor_id, method=spec.method)
+    options = spec.options
+    streaming = spec.streaming
+    n = spec.num_returns
+    task_id = rt.new_id()
+    rids = return_ids(task_id, n)
+    fn_blob, fn_id = spec.shipped.blob_and_id() if spec.shipped is not None else (None, None)
+    packed = _pack_args(spec.args, spec.kwargs, rt.inline_threshold, rt.put_serialized)
+    need = demand(options.get("num_cpus", 0), options.get("num_gpus", 0), options.get("resources"))
+    wire = dict(task_id=task_id, kind=spec.kind, name=spec.name, fn_id=fn_id, args=packed.args,
+                arg_refs=packed.arg_refs, held=packed.held, return_ids=rids, num_returns=n,
+                streaming=streaming, need=need, max_retries=options.get("max_retries", 0),
+                retry_exceptions=options.get("retry_exceptions", False), actor_id=spec.actor_id,
+                method=spec.method)
+    rt.submit_task(wire, fn_blob)
+    if streaming:
+        return ObjectRefGenerator(rt, task_id)
+    refs = [ObjectRef(oid) for oid in rids]
+    return refs[0] if n == 1 else refs
 
 
 def pack_args(rt: Any, args: tuple, kwargs: dict) -> tuple[tuple, list, list]:
-    """(args spec, top-level refs, every ref to hold) for a task's arguments."""
-    from core._private.objects.serialization import serialize
-    from core._private.local.worker import ArgPlaceholder
-
-    arg_refs: list[ObjectRef] = []
-
-    def sub(v: Any) -> Any:
-        if isinstance(v, ObjectRef):
-            arg_refs.append(v)
-            return ArgPlaceholder(len(arg_refs) - 1)
-        return v
-
-    packed = (tuple(sub(a) for a in args), {k: sub(v) for k, v in kwargs.items()})
-    ser = serialize(packed)
-    held = list(ser.contained_refs)
-    if ser.total_size <= rt.inline_threshold:
-        return ("inline", ser.to_bytes()), arg_refs, held
-    ref = rt.put_serialized(ser)
-    held.append(ref)
-    return ("stored", ref), arg_refs, held
-
-
-def submit(rt: Any, *, kind: str, name: str, shipped: _Shipped | None, args: tuple, kwargs: dict,
-           options: dict, actor_id: bytes | None = None, method: str | None = None) -> Any:
-    """Build and submit one task; returns its ref(s) or a streaming generator."""
-    direct = getattr(rt, "submit_remote", None)
-    if direct is not None:  # a backend that packs arguments its own way (Ray)
-        return direct(kind=kind, name=name, shipped=shipped, args=args, kwargs=kwargs,
-                      options=options, actor_id=actor_id, method=method)
-    num_returns = options.get("num_returns", 1)
-    streaming = num_returns == "streaming"
-    n = 1 if streaming else int(num_returns)
-    task_id = rt.new_id()
-    return_ids = [return_id(task_id, i) for i in range(n)] if n > 1 else [task_id]
-    fn_blob, fn_id = shipped.blob_and_id() if shipped is not None else (None, None)
-    args_spec, arg_refs, held = pack_args(rt, args, kwargs)
-    need = demand(options.get("num_cpus", 0), options.get("num_gpus", 0), options.get("resources"))
-    spec = dict(task_id=task_id, kind=kind, name=options.get("name") or name, fn_id=fn_id,
-                args=args_spec, arg_refs=arg_refs, held=held, return_ids=return_ids,
-                num_returns=n, streaming=streaming, need=need,
-                max_retries=options.get("max_retries", 0),
-                retry_exceptions=options.get("retry_exceptions", False),
-                actor_id=actor_id, method=method)
-    rt.submit_task(spec, fn_blob)
-    if streaming:
-        return ObjectRefGenerator(rt, task_id)
-    refs = [ObjectRef(oid) for oid in return_ids]
-    return refs[0] if n == 1 else refs
+    """The old signature, for engine.create_actor_task until it calls taskspec.pack_args."""
+    return tuple(_pack_args(args, kwargs, rt.inline_threshold, rt.put_serialized))  # type: ignore[return-value]
+# ── end of the transitional block ──────────────────────────────────────────────────────────────
 
 
 class RemoteFunction:
@@ -257,8 +256,7 @@ class RemoteFunction:
     def _submit(self, options: dict, args: tuple, kwargs: dict) -> Any:
         if options.get("num_returns") == "streaming" and not self._streaming_ok:
             raise CoreError(f"num_returns=\"streaming\" needs a generator function; {self._name} is not one")
-        return submit(runtime(), kind="task", name=self._name, shipped=self._shipped,
-                      args=args, kwargs=kwargs, options=options)
+        return submit(TaskSpec("task", options.get("name") or self._name, self._shipped, args, kwargs, options))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"remote function {self._name} cannot be called directly; "

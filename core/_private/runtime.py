@@ -7,7 +7,8 @@
                                                                     └──► RayWorkerRuntime (inside a Ray worker)
 
 One slot holds the process's runtime: set by `core.init()` in the driver (the backend it
-started), by the worker's main loop in a local worker, or on first use in a Ray worker. Callers
+started; the first API call before any `init` starts one, as in Ray), by the worker's main loop
+in a local worker, or on first use in a Ray worker. Callers
 never tell runtimes apart: what only some of them do is a method every one of them has (a no-op,
 or an error that says where the call belongs, where it does not apply).
 
@@ -17,7 +18,7 @@ A leaf module: it imports nothing of ours at run time, so anything may import it
 from __future__ import annotations
 
 import concurrent.futures
-from typing import TYPE_CHECKING, Any, Iterable, Protocol, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Union
 
 from core.exceptions import CoreError
 
@@ -78,6 +79,9 @@ class Runtime(Protocol):
 
 # The slot. Read directly (`runtime._current`) by ObjectRef.__init__, which runs for every ref.
 _current: Runtime | None = None
+# What require() calls when the slot is empty: `core.init()` with no arguments, registered by
+# api.py (the first API call starts a local session, as Ray's does).
+_auto_start: Callable[[], object] | None = None
 
 
 def current() -> Runtime | None:
@@ -91,9 +95,19 @@ def set_current(rt: Runtime | None) -> None:
     _current = rt
 
 
+def set_auto_start(start: Callable[[], object] | None) -> None:
+    """What require() calls to start a session when none is running (None: raise instead)."""
+    global _auto_start
+    _auto_start = start
+
+
 def require() -> Runtime:
-    """The process's runtime; a CoreError when there is none."""
+    """The process's runtime, starting the default session first if there is none and an
+    auto-start is registered; a CoreError otherwise."""
     rt = _current
+    if rt is None and _auto_start is not None:
+        _auto_start()
+        rt = _current
     if rt is None:
         raise CoreError("no core session is running in this process; call core.init() first")
     return rt

@@ -7,7 +7,7 @@ import os
 import pytest
 
 import core
-from core._private.refs import current_runtime
+from core._private.runtime import current as current_runtime
 
 
 def _started(**kwargs):

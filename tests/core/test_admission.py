@@ -16,7 +16,7 @@ import pytest
 
 import core
 from core._private.tasks import scheduler as S
-from core._private.refs import current_runtime
+from core._private.runtime import current as current_runtime
 from core.exceptions import ObjectStoreFullError
 
 MB = 10**6

@@ -27,7 +27,7 @@ def test_function_of_an_importable_module_goes_by_name_and_shows_its_failing_lin
     assert "_shipping_helpers.py" in text and "return a / b  # the failing line" in text
     assert isinstance(info.value.cause, ZeroDivisionError)
     # by name: a few bytes per worker, not the pickled code
-    rt = core._private.refs.current_runtime()
+    rt = core._private.runtime.current()
     shipped = [w["function_bytes"] for w in rt.worker_stats() if w["function_bytes"]]
     assert shipped and max(shipped) < 200, shipped
 
@@ -38,7 +38,7 @@ def test_actor_class_of_an_importable_module_goes_by_name(session):
     with pytest.raises(TaskError, match="counter-failure") as info:
         core.get(counter.fail.remote())
     assert 'raise KeyError("counter-failure")  # the failing method line' in str(info.value)
-    rt = core._private.refs.current_runtime()
+    rt = core._private.runtime.current()
     assert max(w["function_bytes"] for w in rt.worker_stats() if w["actor"]) < 200
 
 

@@ -115,7 +115,7 @@ def test_free_makes_get_fail_at_once_naming_the_object(session):
 
 
 def test_deleting_the_last_ref_frees_the_segment(session):
-    rt = core._private.refs.current_runtime()
+    rt = core._private.runtime.current()
     ref = core.put(np.ones(1_000_000))
     assert rt.store.usage()["num_shared"] == 1
     del ref
@@ -128,7 +128,7 @@ def test_deleting_the_last_ref_frees_the_segment(session):
 def test_no_leak_over_100k_put_get_del_cycles(session):
     import psutil
 
-    rt = core._private.refs.current_runtime()
+    rt = core._private.runtime.current()
     me = psutil.Process()
 
     def cycles(n_small: int, n_shared: int) -> None:
@@ -178,7 +178,7 @@ def test_lineage_rebuilds_a_task_result_whose_spill_file_was_deleted(make_sessio
 
     refs = [make.remote(i) for i in range(8)]  # 16 MiB through an 8 MiB store: some spill
     core.wait(refs, num_returns=8, timeout=60)
-    rt = core._private.refs.current_runtime()
+    rt = core._private.runtime.current()
     spilled = [e for e in rt.store.entries() if e.where == "spilled"]
     assert spilled, "expected some objects to be spilled"
     for f in (tmp_path / "spill").rglob("*"):

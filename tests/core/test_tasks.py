@@ -318,7 +318,7 @@ def test_closure_shipped_once_per_worker(session):
 
     out = core.get([uses_big.remote(i) for i in range(20)], timeout=120)
     assert out == [float(big[i]) for i in range(20)]
-    rt = core._private.refs.current_runtime()
+    rt = core._private.runtime.current()
     sent = rt.function_bytes_sent()
     workers_used = sum(1 for w in rt.worker_stats() if w["functions"])
     assert 0 < workers_used <= 3

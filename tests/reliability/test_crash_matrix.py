@@ -76,7 +76,7 @@ def _kill_pid_in(path: str | Path) -> int:
 
 def _wait_until_reaped(pid: int) -> None:
     """Until the engine has handled the death of worker `pid` (it is gone from its table)."""
-    rt = core._private.refs.current_runtime()
+    rt = core._private.runtime.current()
     deadline = time.monotonic() + MARKER_WAIT_S
     while any(w["pid"] == pid for w in rt.worker_stats()):
         if time.monotonic() > deadline:
@@ -118,7 +118,7 @@ def session(tmp_path):
         sampler = _Sampler()
         sampler.start()
         samplers.append(sampler)
-        return core._private.refs.current_runtime()
+        return core._private.runtime.current()
 
     try:
         yield start
@@ -129,7 +129,7 @@ def session(tmp_path):
             s.stop.set()
             s.join()
         prefix = None
-        rt = core._private.refs.current_runtime()
+        rt = core._private.runtime.current()
         if rt is not None:
             prefix = rt.session.prefix
         core.shutdown()

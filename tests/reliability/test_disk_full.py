@@ -94,7 +94,7 @@ def test_spill_folder_full_is_a_clear_error_and_nothing_stored_is_lost(small_dis
         message = str(info.value)
         assert str(small_disk / "spill") in message and "No space left on device" in message
         assert 4 <= len(refs) < 16
-        from core._private.refs import current_runtime
+        from core._private.runtime import current as current_runtime
 
         assert current_runtime().store.usage()["total_spilled_bytes"] >= MiB   # it did spill
         # What was stored is intact. A spilled object needs memory to come back, and memory is

@@ -39,7 +39,7 @@ def inc(x):
 def test_100k_tiny_tasks(tmp_path, record_property):
     core.init(num_cpus=2)
     try:
-        from core._private.refs import current_runtime
+        from core._private.runtime import current as current_runtime
 
         rt = current_runtime()
         me = psutil.Process()

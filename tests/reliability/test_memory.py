@@ -55,7 +55,7 @@ def expected(i):
 
 
 def store():
-    from core._private.refs import current_runtime
+    from core._private.runtime import current as current_runtime
 
     return current_runtime().store
 

@@ -122,7 +122,7 @@ def test_segment_names_are_not_guessable_across_sessions():
     for _ in range(3):
         core.init(num_cpus=1)
         try:
-            from core._private.refs import current_runtime
+            from core._private.runtime import current as current_runtime
 
             tokens.add(current_runtime().session.token)
         finally:
@@ -201,7 +201,7 @@ def test_no_credential_in_memory_summary_or_session_manifest(s3_bucket, secret_e
     core.init(num_cpus=1, object_store_memory=4 * 2**20,
               spill={"uri": f"s3://{s3_bucket}/spill", "min_spilling_size": 0})
     try:
-        from core._private.refs import current_runtime
+        from core._private.runtime import current as current_runtime
 
         refs = [core.put(np.full(2**20 // 8, i)) for i in range(8)]
         summary = core.memory_summary()

@@ -4,11 +4,12 @@
                                   ──► run ──► serialize results ──► DONE (batched) ──► driver
     task code calls core.get/put/remote ──► WorkerClient ──REQUEST/PUT/SUBMIT──► driver
 
-A worker is started with `python -c "from core._private.local.worker import main; ..."`, inherits one end of a Unix socket
-pair and the read end of a control pipe, and exits when the driver goes away (EOF on the socket,
-or SIGKILL from the kernel via PR_SET_PDEATHSIG). It owns no objects: everything it makes is
-registered with the driver. Its refs are borrows, reported to the driver in REFS messages that
-always precede the DONE of the task that dropped or kept them.
+A worker is started with `python -c "from core._private.local.worker import main; ..."` (or
+forked by the zygote), inherits one end of a Unix socket pair and the read end of a control pipe,
+and exits when the driver goes away (EOF on the socket, or SIGKILL from the kernel via
+PR_SET_PDEATHSIG). It owns no objects: everything it makes is registered with the driver. Its
+refs are borrows, reported to the driver in REFS messages that always precede the DONE of the
+task that dropped or kept them.
 
 Cancellation: the driver writes the task id to the control pipe and sends SIGINT; the handler
 raises KeyboardInterrupt only if that id is the task running now.
@@ -16,6 +17,7 @@ raises KeyboardInterrupt only if that id is the task running now.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import itertools
 import mmap
@@ -31,25 +33,20 @@ import traceback
 from collections import deque
 from typing import Any
 
+import cloudpickle
+
+from core._private import runtime
+from core._private.local import messages as M
 from core._private.local import protocol as P
-from core._private import refs as refs_mod
+from core._private.objects import shm
+from core._private.objects.serialization import SerializedObject, deserialize, serialize
 from core._private.refs import IdSource, ObjectRef, return_id
-from core._private.tasks.scheduler import FAST_TASK
+from core._private.taskspec import ArgPlaceholder, TaskSpec, pack_args, return_ids
+from core._private.tasks.scheduler import FAST_TASK, demand
+from core.exceptions import ActorDiedError, CoreError, TaskCancelledError, TaskError
 
 BATCH_FLUSH = 64          # results per DONE batch when more tasks are queued
 FLUSH_INTERVAL = 0.002    # seconds: never sit on finished results longer than this
-
-
-class ArgPlaceholder:
-    """Stands for the i-th top-level ObjectRef argument inside the pickled (args, kwargs)."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-    def __reduce__(self):
-        return (ArgPlaceholder, (self.index,))
 
 
 class SegmentCache:
@@ -60,8 +57,6 @@ class SegmentCache:
         self._maps: dict[str, mmap.mmap] = {}
 
     def view(self, name: str, size: int, *, writable: bool = False) -> memoryview:
-        from core._private.objects import shm
-
         if writable:
             return memoryview(shm.map_segment(name, "copy", size))
         m = self._maps.get(name)
@@ -70,18 +65,14 @@ class SegmentCache:
             self._maps[name] = m
         return memoryview(m)[:size]
 
-    def writable(self, name: str, size: int) -> memoryview:
-        from core._private.objects import shm
-
-        return memoryview(shm.map_segment(name, "write", size))
-
     def release(self, names: list[str]) -> None:
         for name in names:
             self._maps.pop(name, None)  # closed when the last view of it dies
 
 
 class WorkerClient:
-    """The worker's runtime: what `core.*` calls and `ObjectRef`s talk to inside a worker."""
+    """The worker's runtime (`runtime.Runtime`): what `core.*`, remote functions and
+    `ObjectRef`s call inside a worker. Objects and tasks go to the driver; refs are borrows."""
 
     def __init__(self, sock: socket.socket, worker_id: int, inline_threshold: int) -> None:
         self.sock = sock
@@ -89,8 +80,8 @@ class WorkerClient:
         self.inline_threshold = inline_threshold
         self.reader = P.FrameReader()
         self.segments = SegmentCache()
-        self.inbox: deque[tuple] = deque()      # TASKS etc. that arrived while waiting for a reply
-        self.outbox: list[tuple] = []
+        self.inbox: deque[M.Message] = deque()  # Tasks etc. that arrived while waiting for a reply
+        self.outbox: list[M.Message] = []
         self.ref_events: deque[tuple[str, bytes]] = deque()  # ("+"|"-"|"u", oid), lock-free
         self.counts: dict[bytes, int] = {}
         self.borrowed: set[bytes] = set()       # what the driver believes we hold
@@ -100,9 +91,9 @@ class WorkerClient:
         self._req_ids = itertools.count(1)
         self._ids = IdSource()
         self.current_task: bytes | None = None
+        self.cancelled: set[bytes] = set()      # ids the driver asked to cancel (control pipe)
         self.load_seconds = 0.0                 # spent unpickling functions (imports), not running
 
-    # ── ids ──
     def new_id(self, index: int = 0) -> bytes:
         return self._ids.new(index)
 
@@ -113,7 +104,7 @@ class WorkerClient:
     def remove_local_ref(self, oid: bytes) -> None:
         self.ref_events.append(("-", oid))
 
-    def _ref_delta(self) -> tuple[list, list, list] | None:
+    def _ref_delta(self) -> M.Refs | None:
         events = self.ref_events
         if not events:
             return None
@@ -143,54 +134,53 @@ class WorkerClient:
                 added.append(oid)
         if not (added or removed or unpinned):
             return None
-        return added, removed, unpinned
+        return M.Refs(M.REFS, added, removed, unpinned)
 
     # ── sending ──
-    def queue(self, msg: tuple) -> None:
+    def queue(self, msg: M.Message) -> None:
         delta = self._ref_delta()
         if delta:
-            self.outbox.append((P.REFS, *delta))
+            self.outbox.append(delta)
         self.outbox.append(msg)
 
     def flush(self) -> None:
         delta = self._ref_delta()
         if delta:
-            self.outbox.append((P.REFS, *delta))
+            self.outbox.append(delta)
         if not self.outbox:
             return
         msgs, self.outbox = self.outbox, []
-        msg = msgs[0] if len(msgs) == 1 else ("batch", msgs)
+        msg = msgs[0] if len(msgs) == 1 else M.Batch(M.BATCH, msgs)
         self.bytes_sent += P.send_frame(self.sock, msg)
 
-    def request(self, op: str, *args: Any) -> Any:
+    def request(self, op: str, args: M.RequestArgs) -> Any:
         """Send a request and block for its reply, queueing anything else that arrives."""
         req_id = next(self._req_ids)
-        self.queue((P.REQUEST, req_id, op, args))
+        self.queue(M.Request(M.REQUEST, req_id, op, args))
         self.flush()
         reply = None
         while reply is None:
             pending = deque(P.recv_blocking(self.sock, self.reader))
             while pending:
                 msg = pending.popleft()
-                if msg[0] == "batch":
-                    pending.extendleft(reversed(msg[1]))
-                elif msg[0] == P.REPLY and msg[1] == req_id:
+                if msg.kind == M.BATCH:
+                    pending.extendleft(reversed(msg.messages))
+                elif msg.kind == M.REPLY and msg.request_id == req_id:
                     reply = msg
                 else:
                     self.handle_async(msg)
-        _, _, ok, payload = reply
-        if not ok:
-            raise payload
-        return payload
+        if not reply.ok:
+            raise reply.payload
+        return reply.payload
 
-    def handle_async(self, msg: tuple) -> None:
+    def handle_async(self, msg: M.Message) -> None:
         """Messages that need no answer now: keep tasks for the main loop, apply the rest."""
-        kind = msg[0]
-        if kind == P.RELEASE_SEGMENTS:
-            self.segments.release(msg[1])
-        elif kind == P.FUNCTION:
-            self.functions[msg[1]] = msg[2]
-        elif kind == P.EXIT:
+        kind = msg.kind
+        if kind == M.RELEASE_SEGMENTS:
+            self.segments.release(msg.names)
+        elif kind == M.FUNCTION:
+            self.functions[msg.fn_id] = msg.blob
+        elif kind == M.EXIT:
             os._exit(0)
         else:
             self.inbox.append(msg)
@@ -198,18 +188,14 @@ class WorkerClient:
     # ── objects ──
     def materialize(self, oid: bytes, loc: tuple, *, writable: bool = False) -> Any:
         """Turn a location from the driver into a value (zero-copy for shared objects)."""
-        from core._private.objects.serialization import deserialize
-
         kind = loc[0]
         if kind == "inline":
             return deserialize(loc[1])
         if kind == "shared":
-            from core._private.objects.shm import pinned_view
-
             _, name, size = loc
             raw = self.segments.view(name, size, writable=writable)
             events = self.ref_events
-            view = pinned_view(raw, 0, size, lambda: events.append(("u", oid)), readonly=not writable)
+            view = shm.pinned_view(raw, 0, size, lambda: events.append(("u", oid)), readonly=not writable)
             return deserialize(view, writable=writable)
         if kind == "error":
             raise loc[1]
@@ -218,80 +204,43 @@ class WorkerClient:
     def store_value(self, oid: bytes, value: Any) -> tuple:
         """Serialize a value made here; small ones travel inline, large ones are written
         straight into a segment the driver allocates. Returns (location-ish, contained ids)."""
-        from core._private.objects.serialization import serialize
-
         ser = serialize(value)
         return self._place(oid, ser), [r.binary for r in ser.contained_refs]
 
-    def _place(self, oid: bytes, ser: Any) -> tuple:
+    def _place(self, oid: bytes, ser: SerializedObject) -> tuple:
         if ser.total_size <= self.inline_threshold:
             return ("inline", ser.to_bytes())
-        name, size = self.request("create", oid, ser.total_size)
-        dest = self.segments.writable(name, size)
+        name, size = self.request(M.CREATE, M.CreateArgs(oid, ser.total_size))
+        dest = memoryview(shm.map_segment(name, "write", size))
         ser.write_to(dest)
         dest.release()
         return ("shared", ser.total_size)
 
-    # ── core API inside a worker ──
+    # ── the Runtime protocol inside a worker ──
     def put(self, value: Any) -> ObjectRef:
+        return self.put_serialized(serialize(value))
+
+    def put_serialized(self, ser: SerializedObject) -> ObjectRef:
         oid = self.new_id()
-        result, contained = self.store_value(oid, value)
-        self.queue((P.PUT, oid, result, contained))
-        self.borrowed.add(oid)  # the driver counts our borrow from the PUT itself
+        result = self._place(oid, ser)
+        self.queue(M.Put(M.PUT, oid, result, [r.binary for r in ser.contained_refs]))
+        self.borrowed.add(oid)  # the driver counts our borrow from the Put itself
         self.counts[oid] = self.counts.get(oid, 0)
         return ObjectRef(oid)
 
     def get(self, refs: list[ObjectRef], timeout: float | None, writable: bool = False) -> list:
-        locs = self.request("get", [r.binary for r in refs], timeout)
+        locs = self.request(M.GET, M.GetArgs([r.binary for r in refs], timeout))
         return [self.materialize(r.binary, loc, writable=writable) for r, loc in zip(refs, locs)]
 
-    def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None) -> list[bool]:
-        return self.request("wait", [r.binary for r in refs], num_returns, timeout)
+    def wait(self, refs: list[ObjectRef], num_returns: int,
+             timeout: float | None) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        num_returns = min(num_returns, len(refs))
+        done = self.request(M.WAIT, M.WaitArgs([r.binary for r in refs], num_returns, timeout))
+        ready = [r for r, d in zip(refs, done) if d][:num_returns]
+        chosen = set(ready)
+        return ready, [r for r in refs if r not in chosen]
 
-    def submit(self, spec: dict) -> None:
-        """Submit a task from inside a task. Its return ids were made here; we borrow them."""
-        self.queue((P.SUBMIT, spec))
-        for oid in spec["return_ids"]:
-            self.borrowed.add(oid)
-
-    # ── the runtime interface used by remote_function / actor ──
-    def put_serialized(self, ser: Any) -> ObjectRef:
-        oid = self.new_id()
-        result = self._place(oid, ser)
-        self.queue((P.PUT, oid, result, [r.binary for r in ser.contained_refs]))
-        self.borrowed.add(oid)
-        return ObjectRef(oid)
-
-    def _wire(self, spec: dict) -> dict:
-        wire = dict(spec)
-        wire["arg_refs"] = [r.binary for r in spec["arg_refs"]]
-        wire["held"] = [r.binary for r in spec["held"]]
-        if spec["args"][0] == "stored":
-            wire["args"] = ("stored", spec["args"][1].binary)
-        return wire
-
-    def submit_task(self, spec: dict, fn_blob: bytes | None) -> None:
-        wire = self._wire(spec)
-        if fn_blob is not None and spec["fn_id"] not in self.sent_functions:
-            wire["fn_blob"] = fn_blob
-            self.sent_functions.add(spec["fn_id"])
-        self.submit(wire)
-
-    def create_actor_task(self, *, name: str, shipped: Any, args: tuple, kwargs: dict, options: dict) -> bytes:
-        from core._private.remote_function import pack_args
-        from core._private.tasks.scheduler import demand
-
-        blob, fn_id = shipped.blob_and_id()
-        args_spec, arg_refs, held = pack_args(self, args, kwargs)
-        task_id = self.new_id()
-        need = demand(options.get("num_cpus", 0), options.get("num_gpus", 0), options.get("resources"))
-        spec = dict(task_id=task_id, kind="actor_create", name=name, fn_id=fn_id, args=args_spec,
-                    arg_refs=arg_refs, held=held, return_ids=[task_id], actor_id=task_id, need=need)
-        return self.request("create_actor", self._wire(spec), blob, options.get("max_restarts", 0))
-
-    def future(self, ref: ObjectRef):
-        import concurrent.futures
-
+    def future(self, ref: ObjectRef) -> concurrent.futures.Future:
         fut: concurrent.futures.Future = concurrent.futures.Future()
         try:
             fut.set_result(self.get([ref], None)[0])
@@ -299,8 +248,70 @@ class WorkerClient:
             fut.set_exception(exc)
         return fut
 
-    def call(self, op: str, *args: Any) -> Any:
-        return self.request(op, *args)
+    def submit(self, spec: TaskSpec) -> Any:
+        """A task (or actor) submitted from inside a task: its return ids are made here and
+        borrowed by this worker; the driver runs it."""
+        if spec.streaming:
+            raise CoreError(f"{spec.name}: num_returns=\"streaming\" is not supported for tasks "
+                            f"submitted inside a task; return a list instead")
+        task_id = self.new_id()
+        rids = [task_id] if spec.kind == "actor_create" else return_ids(task_id, spec.num_returns)
+        wire = self._wire(spec, task_id, rids)
+        if spec.kind == "actor_create":
+            blob = wire.pop("fn_blob", None) or spec.shipped.blob_and_id()[0]  # type: ignore[union-attr]
+            return self.request(M.CREATE_ACTOR, M.CreateActorArgs(
+                wire, blob, spec.options.get("max_restarts", 0)))
+        self.queue(M.Submit(M.SUBMIT, wire))
+        self.borrowed.update(rids)
+        refs = [ObjectRef(oid) for oid in rids]
+        return refs[0] if len(refs) == 1 else refs
+
+    def _wire(self, spec: TaskSpec, task_id: bytes, rids: list[bytes]) -> M.WireTask:
+        """The task as it travels to the driver: refs as ids, the function the first time."""
+        opts = spec.options
+        packed = pack_args(spec.args, spec.kwargs, self.inline_threshold, self.put_serialized)
+        args = packed.args if packed.args[0] == "inline" else ("stored", packed.args[1].binary)
+        wire: M.WireTask = {
+            "task_id": task_id, "kind": spec.kind, "name": spec.name, "fn_id": None, "args": args,
+            "arg_refs": [r.binary for r in packed.arg_refs], "held": [r.binary for r in packed.held],
+            "return_ids": rids, "num_returns": len(rids), "streaming": False,
+            "need": demand(opts.get("num_cpus", 0), opts.get("num_gpus", 0), opts.get("resources")),
+            "max_retries": opts.get("max_retries", 0), "retry_exceptions": opts.get("retry_exceptions", False),
+            "actor_id": task_id if spec.kind == "actor_create" else spec.actor_id, "method": spec.method}
+        if spec.shipped is not None:
+            blob, fn_id = spec.shipped.blob_and_id()
+            wire["fn_id"] = fn_id
+            if fn_id not in self.sent_functions:
+                wire["fn_blob"] = blob
+                self.sent_functions.add(fn_id)
+        return wire
+
+    def next_stream_item(self, task_id: bytes, index: int, timeout: float | None) -> ObjectRef | None:
+        raise CoreError("streaming generators are not available inside a task")  # see submit
+
+    def release_stream(self, task_id: bytes) -> None:
+        pass  # never made here (see submit)
+
+    def cancel(self, ref: ObjectRef, force: bool = False) -> None:
+        self.request(M.CANCEL, M.CancelArgs(ref.binary, force))
+
+    def kill_actor(self, actor_id: bytes) -> None:
+        self.request(M.KILL, M.KillArgs(actor_id))
+
+    def free(self, refs: Any) -> None:
+        raise CoreError("core.free() belongs to the driver; call it there, not inside a task")
+
+    def cluster_resources(self) -> dict:
+        raise CoreError("core.cluster_resources() belongs to the driver; call it there, not inside a task")
+
+    def available_resources(self) -> dict:
+        raise CoreError("core.available_resources() belongs to the driver; call it there, not inside a task")
+
+    def memory_summary(self) -> str:
+        raise CoreError("core.memory_summary() belongs to the driver; call it there, not inside a task")
+
+    def shutdown(self) -> None:
+        pass  # the session is the driver's: the worker exits when the driver tells it to
 
 
 # ─── running tasks ──────────────────────────────────────────────────────────────────────────────
@@ -321,8 +332,6 @@ def _load_function(client: WorkerClient, fn_id: bytes) -> Any:
 
 
 def _resolve_args(client: WorkerClient, args_spec: tuple) -> tuple[tuple, dict]:
-    from core._private.objects.serialization import deserialize
-
     kind, payload, arg_locs = args_spec
     if kind == "inline":
         args, kwargs = deserialize(payload)
@@ -336,16 +345,12 @@ def _resolve_args(client: WorkerClient, args_spec: tuple) -> tuple[tuple, dict]:
 
 
 def _error_payload(name: str, exc: BaseException) -> Any:
-    from core.exceptions import ActorDiedError, TaskCancelledError, TaskError
-
     if isinstance(exc, (KeyboardInterrupt, _Cancelled)):
         return TaskCancelledError(f"task {name} was cancelled")
     if isinstance(exc, (ActorDiedError, TaskCancelledError)):
         return exc
     tb = traceback.format_exc()
     try:
-        import cloudpickle
-
         cloudpickle.dumps(exc)
         cause = exc
     except Exception:  # an exception we cannot ship: keep its text
@@ -360,7 +365,7 @@ class TaskRunner:
         self.client = client
         self.actor: Any = None
 
-    def run(self, task: dict) -> None:
+    def run(self, task: M.TaskMessage) -> None:
         client = self.client
         task_id = task["task_id"]
         name = task["name"]
@@ -371,8 +376,7 @@ class TaskRunner:
         try:
             value = self._call(task)
             if task.get("streaming"):
-                count = self._stream(task, value)
-                results = count
+                results = self._stream(task, value)
             else:
                 results = self._store_returns(task, value)
             error = None
@@ -385,9 +389,9 @@ class TaskRunner:
             client.current_task = None
             if saved_env is not None:
                 _restore_env(saved_env)
-        client.queue((P.DONE, task_id, results, error, time.perf_counter() - t0 - client.load_seconds))
+        client.queue(M.Done(M.DONE, task_id, results, error, time.perf_counter() - t0 - client.load_seconds))
 
-    def _call(self, task: dict) -> Any:
+    def _call(self, task: M.TaskMessage) -> Any:
         client = self.client
         args, kwargs = _resolve_args(client, task["args"])
         kind = task["kind"]
@@ -399,13 +403,11 @@ class TaskRunner:
             return None
         if kind == "actor_method":
             if self.actor is None:
-                from core.exceptions import ActorDiedError
-
                 raise ActorDiedError(f"cannot run {task['name']}: the actor's constructor failed")
             return getattr(self.actor, task["method"])(*args, **kwargs)
         raise RuntimeError(f"unknown task kind {kind!r}")
 
-    def _store_returns(self, task: dict, value: Any) -> list:
+    def _store_returns(self, task: M.TaskMessage, value: Any) -> list:
         return_ids = task["return_ids"]
         n = len(return_ids)
         if task.get("num_returns", 1) == 1:
@@ -417,14 +419,14 @@ class TaskRunner:
                 raise ValueError(f"task {task['name']} declared num_returns={n} but returned {got}")
         return [self.client.store_value(oid, v) for oid, v in zip(return_ids, values)]
 
-    def _stream(self, task: dict, gen: Any) -> int:
+    def _stream(self, task: M.TaskMessage, gen: Any) -> int:
         client = self.client
         task_id = task["task_id"]
         index = 0
         for item in gen:
             oid = return_id(task_id, index + 1)
             result = client.store_value(oid, item)
-            client.queue((P.YIELD, task_id, index, result))
+            client.queue(M.Yield(M.YIELD, task_id, index, result))
             client.flush()  # an item is available as soon as it is yielded
             index += 1
         return index
@@ -470,7 +472,7 @@ CANCEL_RETRY_S = 0.02  # a cancel that a finalizer swallowed is signalled again 
 
 def _install_cancel_handler(client: WorkerClient, ctl_fd: int) -> None:
     os.set_blocking(ctl_fd, False)
-    cancelled: set[bytes] = set()
+    cancelled = client.cancelled
     interrupted: list[bytes | None] = [None]  # the task the last KeyboardInterrupt was for
     default_hook = sys.unraisablehook
 
@@ -505,7 +507,6 @@ def _install_cancel_handler(client: WorkerClient, ctl_fd: int) -> None:
 
     signal.signal(signal.SIGINT, on_sigint)
     sys.unraisablehook = on_unraisable
-    client.cancelled = cancelled  # type: ignore[attr-defined]
 
 
 def main(argv: list[str]) -> None:
@@ -514,10 +515,10 @@ def main(argv: list[str]) -> None:
     extend_sys_path()
     sock = socket.socket(fileno=fd)
     client = WorkerClient(sock, worker_id, inline_threshold)
-    refs_mod.set_runtime(client)
+    runtime.set_current(client)
     _install_cancel_handler(client, ctl_fd)
     try:
-        P.send_frame(sock, (P.HELLO, worker_id, os.getpid()))
+        P.send_frame(sock, M.Hello(M.HELLO, worker_id, os.getpid()))
     except OSError:  # the driver shut down while we started: nothing to do
         os._exit(0)
     # numpy is what most task arguments need; import it while the worker waits for work. A task
@@ -526,7 +527,7 @@ def main(argv: list[str]) -> None:
     preimport = threading.Thread(target=_preimport, daemon=True)
     preimport.start()
     runner = TaskRunner(client)
-    tasks: deque[dict] = deque()
+    tasks: deque[M.TaskMessage] = deque()
     last_flush = time.monotonic()
     try:
         while True:
@@ -539,15 +540,16 @@ def main(argv: list[str]) -> None:
             client.inbox.extend(msgs)
             while client.inbox:
                 msg = client.inbox.popleft()
-                if msg[0] == P.TASKS:
-                    tasks.extend(msg[1])
-                elif msg[0] == P.RECLAIM:  # the task we ran blocked: the driver took these back
-                    taken = set(msg[1])
+                kind = msg.kind
+                if kind == M.TASKS:
+                    tasks.extend(msg.tasks)
+                elif kind == M.RECLAIM:  # the task we ran blocked: the driver took these back
+                    taken = set(msg.task_ids)
                     tasks = deque(t for t in tasks if t["task_id"] not in taken)
-                elif msg[0] == "batch":
-                    client.inbox.extendleft(reversed(msg[1]))
-                else:
-                    client.handle_async(msg) if msg[0] != P.REPLY else None
+                elif kind == M.BATCH:
+                    client.inbox.extendleft(reversed(msg.messages))
+                elif kind != M.REPLY:  # a reply nobody waits for any more
+                    client.handle_async(msg)
             if not tasks:
                 continue
             task = tasks.popleft()
@@ -555,9 +557,9 @@ def main(argv: list[str]) -> None:
                 preimport.join()
                 preimport = None
             began = time.monotonic()
-            if task["task_id"] in client.cancelled:  # type: ignore[attr-defined]
-                client.cancelled.discard(task["task_id"])  # type: ignore[attr-defined]
-                client.queue((P.DONE, task["task_id"], None, _error_payload(task["name"], _Cancelled()), 0.0))
+            if task["task_id"] in client.cancelled:
+                client.cancelled.discard(task["task_id"])
+                client.queue(M.Done(M.DONE, task["task_id"], None, _error_payload(task["name"], _Cancelled()), 0.0))
             else:
                 try:
                     runner.run(task)
@@ -583,7 +585,7 @@ def _preimport() -> None:
         pass
 
 
-def _poll(sock: socket.socket, client: WorkerClient) -> list[tuple]:
+def _poll(sock: socket.socket, client: WorkerClient) -> list[M.Message]:
     """Messages already waiting, without blocking."""
     sock.setblocking(False)
     try:
@@ -596,6 +598,3 @@ def _poll(sock: socket.socket, client: WorkerClient) -> list[tuple]:
         raise EOFError
     return client.reader.feed(data)
 
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

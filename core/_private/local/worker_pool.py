@@ -25,6 +25,7 @@ import time
 from collections import deque
 from typing import Callable
 
+from core._private.local import messages as M
 from core._private.local import protocol as P
 from core._private.local.zygote import Zygote, ZygoteChild, worker_environment
 
@@ -53,7 +54,7 @@ class WorkerProc:
         self.function_bytes = 0       # function/class code shipped to it (once per function)
 
 
-OnIo = Callable[[list[tuple[WorkerProc, tuple]], list[WorkerProc]], None]
+OnIo = Callable[[list[tuple[WorkerProc, M.Message]], list[WorkerProc]], None]
 
 
 class WorkerPool:
@@ -123,7 +124,7 @@ class WorkerPool:
         self.workers.pop(worker.wid, None)
         return f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
 
-    def broadcast(self, msg: tuple) -> None:
+    def broadcast(self, msg: M.Message) -> None:
         for w in list(self.workers.values()):
             if w.alive:
                 w.chan.send(msg)
@@ -133,7 +134,7 @@ class WorkerPool:
         self._closing = True
         workers = list(self.workers.values())
         for w in workers:
-            w.chan.send((P.EXIT,))
+            w.chan.send(M.Exit(M.EXIT))
         self.wake()
         if self.zygote is not None:
             self.zygote.stop_forking()  # it exits with its workers, not after them
@@ -176,7 +177,7 @@ class WorkerPool:
                 if self._closing:
                     return
                 raise
-            msgs: list[tuple[WorkerProc, tuple]] = []
+            msgs: list[tuple[WorkerProc, M.Message]] = []
             dead: list[WorkerProc] = []
             for key, mask in events:
                 worker = key.data

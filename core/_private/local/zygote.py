@@ -37,11 +37,11 @@ import threading
 import time
 from typing import Sequence
 
+from core._private.local import messages as M
+from core._private.local import worker
+
 _MAX_MESSAGE = 1 << 16
 _DRAIN_S = 2.0  # how long the zygote, told to stop, waits for its workers to exit
-# What a worker imports lazily to get its first argument from the store: imported here once,
-# not in every worker on its first task.
-_STORE_MODULES = ("core._private.objects.serialization", "core._private.objects.shm")
 
 
 class ZygoteChild:
@@ -111,7 +111,7 @@ class Zygote:
         if modules:
             self.preload += tuple(modules)
             try:
-                self._sock.send(pickle.dumps(("import", modules)))
+                self._sock.send(pickle.dumps(M.encode(M.ZygoteImport("import", modules))))
             except OSError:  # gone: the pool falls back to fresh interpreters
                 pass
 
@@ -124,7 +124,7 @@ class Zygote:
                 raise BrokenPipeError("the zygote has exited")
             self._children[wid] = child
         try:
-            socket.send_fds(self._sock, [pickle.dumps(("spawn", wid, args))], list(fds))
+            socket.send_fds(self._sock, [pickle.dumps(M.encode(M.ZygoteSpawn("spawn", wid, args)))], list(fds))
         except OSError:
             with self.cond:
                 self._children.pop(wid, None)
@@ -163,12 +163,12 @@ class Zygote:
             if not data:
                 self._on_zygote_exit()
                 return
-            msg = pickle.loads(data)
+            msg = M.decode_zygote(pickle.loads(data))
             with self.cond:
-                if msg[0] == "pid":
-                    self._on_pid(msg[1], msg[2])
-                elif msg[0] == "exit":
-                    self._on_exit(msg[1], msg[2])
+                if msg.kind == "pid":
+                    self._on_pid(msg.wid, msg.pid)
+                elif msg.kind == "exit":
+                    self._on_exit(msg.pid, msg.returncode)
                 self.cond.notify_all()
 
     def _on_pid(self, wid: int, pid: int) -> None:
@@ -290,13 +290,11 @@ def worker_environment() -> dict[str, str]:
 # ── the zygote process ──────────────────────────────────────────────────────────────────────
 def serve(fd: int, preload: list[str]) -> None:
     """The zygote's main: import, then fork a worker per request until the driver goes away."""
-    from core._private.local import worker
-
     worker.die_with_parent("core-zygote")
     worker.extend_sys_path()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     sock = socket.socket(fileno=fd)
-    _import([*_STORE_MODULES, *preload])
+    _import(preload)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -323,11 +321,11 @@ def _serve_one(sock: socket.socket, own_fds: tuple[int, int]) -> bool:
         return False
     if not data:
         return False
-    msg = pickle.loads(data)
-    if msg[0] == "import":
-        _import(msg[1])
+    msg = M.decode_zygote(pickle.loads(data))
+    if msg.kind == "import":
+        _import(msg.modules)
         return True
-    _, wid, args = msg
+    wid, args = msg.wid, msg.args
     # Objects made so far go to the permanent generation, which the workers' collections skip:
     # a collection touches every object it scans, and in a fork each touched page is a copy.
     gc.freeze()
@@ -337,7 +335,7 @@ def _serve_one(sock: socket.socket, own_fds: tuple[int, int]) -> bool:
     for fd in fds:
         os.close(fd)
     try:
-        sock.send(pickle.dumps(("pid", wid, pid)))
+        sock.send(pickle.dumps(M.encode(M.ZygotePid("pid", wid, pid))))
     except OSError:
         return False
     return True
@@ -368,8 +366,6 @@ def _become_worker(sock: socket.socket, own_fds: tuple[int, int], args: list[str
         sock.close()
         for fd in own_fds:
             os.close(fd)
-        from core._private.local import worker
-
         worker.main(args)  # exits the process
     finally:
         os._exit(1)
@@ -394,7 +390,7 @@ def _reap(sock: socket.socket) -> bool:
         if pid == 0:
             return True
         try:
-            sock.send(pickle.dumps(("exit", pid, os.waitstatus_to_exitcode(status))))
+            sock.send(pickle.dumps(M.encode(M.ZygoteExit("exit", pid, os.waitstatus_to_exitcode(status)))))
         except OSError:
             pass
 
