@@ -73,6 +73,7 @@ def fail_actor_calls(board: Board, actor: Actor) -> list:
     out = fail_all(list(actor.queue), err)
     actor.queue.clear()
     if actor.worker is not None:
+        _give_gpus(board, actor.worker.inflight)
         out.extend(fail_all(list(actor.worker.inflight), err))
         actor.worker.inflight.clear()
     if actor.create.state not in ("done", "failed", "new"):
@@ -89,6 +90,7 @@ def actor_worker_died(board: Board, worker: Any, how: str, closing: bool) -> lis
     if actor is None or actor.worker is not worker:
         return []
     err = ActorDiedError(f"actor {actor.name} died ({how}) while running this call")
+    _give_gpus(board, worker.inflight)
     out = fail_all([t for t in worker.inflight if t.kind != "actor_create"], err)
     worker.inflight.clear()
     actor.worker = None
@@ -128,3 +130,10 @@ def kill_actor(board: Board, actor: Actor) -> list:
     if actor.worker is not None:
         out.append(KillWorker(actor.worker))
     return out
+
+
+def _give_gpus(board: Board, tasks: Any) -> None:
+    for t in tasks:
+        if t.gpu_ids:
+            board.ledger.give_gpus(t.gpu_ids)
+            t.gpu_ids = []

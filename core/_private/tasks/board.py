@@ -248,7 +248,8 @@ def reclaim(board: Board, worker: Any) -> list:
 
 
 def fail_all(tasks: list[Task], error: BaseException) -> list:
-    return [transition(t, "failed", error) for t in tasks]
+    """Fail every task of `tasks` not finished yet (one cancelled in a queue already is)."""
+    return [transition(t, "failed", error) for t in tasks if t.state != "failed" and t.state != "done"]
 
 
 __all__ = ["Board", "register", "enqueue", "count_deps", "deps_ready", "requeue_front", "finished",
