@@ -1,3 +1,12 @@
-"""Local: the engine on one machine — the driver's front, its worker processes, their zygote,
-the worker's own loop, and the wire protocol between them. Carries out what `tasks` decides.
+"""Local: the engine on one machine; carries out what `tasks` decides.
+
+    engine.py        LocalEngine: the Runtime of a local session, a thin front (one lock)
+    carrier.py       the I/O layer: carries out the decisions' instructions
+    inbox.py         worker messages and deaths, applied (the io thread's side)
+    requests.py      workers' nested core calls (get, wait, create, cancel, kill, ...)
+    object_table.py  reference counts, sealing and failing objects, lineage rebuilds
+    worker_pool.py   worker processes, their sockets, the io thread
+    zygote.py        the process that imports once and forks the workers
+    worker.py        the worker process's loop and its runtime (WorkerClient)
+    messages.py      every message kind as a NamedTuple; protocol.py: framing and Channel
 """
