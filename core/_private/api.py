@@ -171,11 +171,7 @@ def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | No
         raise ValueError("core.wait() got the same ref more than once")
     if not isinstance(num_returns, int) or num_returns < 1:
         raise ValueError(f"num_returns must be an integer >= 1, got {num_returns!r}")
-    out = runtime.require().wait(refs, num_returns, timeout)
-    if isinstance(out, list):  # transitional: RayWorkerRuntime.wait still answers [ready?] per ref
-        ready = [r for r, d in zip(refs, out) if d][:num_returns]
-        return ready, [r for r in refs if r not in set(ready)]
-    return out
+    return runtime.require().wait(refs, num_returns, timeout)
 
 
 def remote(*args: Any, **options: Any) -> Any:

@@ -14,16 +14,11 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import os
-from typing import Any, Iterator
+from typing import Iterator
 
 from core._private import runtime
 from core._private.objects.serialization import note_contained_ref
 from core.exceptions import CoreError
-
-# Transitional aliases of the runtime slot, for engine.py and ray/backend.py until they call
-# runtime.set_current/current themselves (issue 15).
-set_runtime = runtime.set_current
-current_runtime = runtime.current
 
 
 class IdSource:

@@ -25,10 +25,7 @@ from typing import Any
 import cloudpickle
 
 from core._private import runtime
-from core._private.refs import ObjectRef, ObjectRefGenerator
-from core._private.taskspec import TaskSpec, return_ids
-from core._private.taskspec import pack_args as _pack_args
-from core._private.tasks.scheduler import demand
+from core._private.taskspec import TaskSpec
 from core.exceptions import CoreError
 
 TASK_OPTIONS = {"num_cpus": 1, "num_gpus": 0, "resources": None, "num_returns": 1,
@@ -174,60 +171,7 @@ def _refile(code: types.CodeType, filename: str) -> types.CodeType:
 
 def submit(spec: TaskSpec) -> Any:
     """Hand `spec` to the process's runtime (starting a session first if there is none)."""
-    rt = runtime.require()
-    if _takes_taskspec(rt):
-        return rt.submit(spec)
-    return _legacy_submit(rt, spec)
-
-
-# ── transitional (issue 15): runtimes that do not take a TaskSpec yet ──────────────────────────
-# LocalEngine and RayBackend are moving to `submit(spec: TaskSpec)`; until each has, its old
-# entry points are called here. Delete this block once every runtime's submit takes a spec.
-_TAKES_SPEC: dict[type, bool] = {}
-
-
-def _takes_taskspec(rt: Any) -> bool:
-    cls = type(rt)
-    known = _TAKES_SPEC.get(cls)
-    if known is None:
-        fn = getattr(cls, "submit", None)
-        code = getattr(fn, "__code__", None)
-        known = _TAKES_SPEC[cls] = code is not None and code.co_varnames[1:2] == ("spec",)
-    return known
-
-
-def _legacy_submit(rt: Any, spec: TaskSpec) -> Any:
-    if spec.kind == "actor_create":
-        return rt.create_actor_task(name=spec.name, shipped=spec.shipped, args=spec.args,
-                                    kwargs=spec.kwargs, options=spec.options)
-    direct = getattr(rt, "submit_remote", None)
-    if direct is not None:
-        return direct(kind=spec.kind, name=spec.name, shipped=spec.shipped, args=spec.args,
-                      kwargs=spec.kwargs, options=spec.options, actor_id=spec.actor_id, method=spec.method)
-    options = spec.options
-    streaming = spec.streaming
-    n = spec.num_returns
-    task_id = rt.new_id()
-    rids = return_ids(task_id, n)
-    fn_blob, fn_id = spec.shipped.blob_and_id() if spec.shipped is not None else (None, None)
-    packed = _pack_args(spec.args, spec.kwargs, rt.inline_threshold, rt.put_serialized)
-    need = demand(options.get("num_cpus", 0), options.get("num_gpus", 0), options.get("resources"))
-    wire = dict(task_id=task_id, kind=spec.kind, name=spec.name, fn_id=fn_id, args=packed.args,
-                arg_refs=packed.arg_refs, held=packed.held, return_ids=rids, num_returns=n,
-                streaming=streaming, need=need, max_retries=options.get("max_retries", 0),
-                retry_exceptions=options.get("retry_exceptions", False), actor_id=spec.actor_id,
-                method=spec.method)
-    rt.submit_task(wire, fn_blob)
-    if streaming:
-        return ObjectRefGenerator(rt, task_id)
-    refs = [ObjectRef(oid) for oid in rids]
-    return refs[0] if n == 1 else refs
-
-
-def pack_args(rt: Any, args: tuple, kwargs: dict) -> tuple[tuple, list, list]:
-    """The old signature, for engine.create_actor_task until it calls taskspec.pack_args."""
-    return tuple(_pack_args(args, kwargs, rt.inline_threshold, rt.put_serialized))  # type: ignore[return-value]
-# ── end of the transitional block ──────────────────────────────────────────────────────────────
+    return runtime.require().submit(spec)
 
 
 class RemoteFunction:

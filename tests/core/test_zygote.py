@@ -103,7 +103,7 @@ def test_a_zygote_told_to_stop_forking_exits_right_after_its_workers(make_sessio
     """What a shutdown does: the workers are told to exit, and the zygote to stop forking; it
     reports their (clean) exits, then exits itself, instead of waiting to be told after them."""
     from core._private import api
-    from core._private.local import protocol as P
+    from core._private.local import messages as M
 
     make_session(num_cpus=2, worker_preload=["email.mime.text"])
     core.get([where.remote() for _ in range(4)])
@@ -114,7 +114,7 @@ def test_a_zygote_told_to_stop_forking_exits_right_after_its_workers(make_sessio
     assert pool.zygote.proc.returncode is None and psutil.pid_exists(pool.zygote.proc.pid), \
         "the zygote waits while its workers run"
     for w in workers:
-        w.chan.send((P.EXIT,))
+        w.chan.send(M.Exit(M.EXIT))
     pool.wake()
     assert [w.proc.wait(timeout=5) for w in workers] == [0] * len(workers)
     assert pool.zygote.proc.wait(timeout=5) == 0

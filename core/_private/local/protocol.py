@@ -19,12 +19,7 @@ import struct
 import threading
 from collections import deque
 
-# The kinds are re-exported for the senders that still build tuples by hand (engine.py, until
-# it builds messages.py's classes).
-from core._private.local.messages import (  # noqa: F401
-    DONE, EXIT, FUNCTION, HELLO, PUT, RECLAIM, REFS, RELEASE_SEGMENTS, REPLY, REQUEST, SUBMIT, TASKS, YIELD,
-    Message, decode, encode,
-)
+from core._private.local.messages import Message, decode, encode
 
 _LEN = struct.Struct("<Q")
 
