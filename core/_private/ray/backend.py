@@ -2,18 +2,19 @@
 driver calls this.
 
     driver process                                       Ray worker processes
-    ┌───────────────────────────────────────┐            ┌───────────────────────────────────────┐
-    │ core API ── RayBackend (the runtime)  │  ray tasks │ worker.py: task entries, _ActorHost   │
-    │   └ RayClient (client.py)             │ ─────────► │   attach RayWorkerRuntime (lazily,    │
-    │       ObjectRef(oid) ─► RefTable ─► ray│ ◄───────── │   never ray.init) ─► user code calls  │
-    │       errors: ray.exceptions ─► ours  │   results  │   core.get/put/remote like anywhere   │
-    └───────────────────────────────────────┘            └───────────────────────────────────────┘
+    ┌────────────────────────────────────────┐           ┌───────────────────────────────────────┐
+    │ core API ── RayBackend (the runtime)   │ ray tasks │ worker.py: task entries, _ActorHost   │
+    │   └ RayClient (client.py)              │ ────────► │   attach RayWorkerRuntime (lazily,    │
+    │     ObjectRef(oid) ─► RefTable ─► ray  │ ◄──────── │   never ray.init) ─► user code calls  │
+    │     errors: ray.exceptions ─► ours     │  results  │   core.get/put/remote like anywhere   │
+    └────────────────────────────────────────┘           └───────────────────────────────────────┘
           │ ray.init(...) once: "local-ray" starts Ray on 127.0.0.1, anything else connects
 
 This module owns the session: starting (or connecting to) Ray with the options config.py
 translates, the private temp folder of a Ray instance we start, the driver-only calls
 (`free`, `cluster_resources`, `memory_summary`) and shutdown. Everything else is the `RayClient`
-it holds, which a worker's runtime (worker.py) holds too.
+it holds, which a worker's runtime (worker.py) holds too. `core.init` puts it in the runtime
+slot (runtime.py) and `core.shutdown` takes it out.
 
 `ray` is imported only when `core.init(address=...)` runs (config.import_ray); importing `core`
 never imports it.
@@ -27,7 +28,6 @@ import shutil
 import tempfile
 from typing import Any
 
-from core._private import refs as refs_mod
 from core._private.ray import worker
 from core._private.ray.client import RayClient
 from core._private.ray.config import (
@@ -58,8 +58,6 @@ _QUIET_PREFIXES = ("The object spilling config is specified from an unstable API
 class RayBackend:
     """The driver's runtime on Ray: what `core.*` and our `ObjectRef`s call."""
 
-    inline_threshold = 100 * 1024   # Ray decides what travels inline; kept for the interface
-
     def __init__(self, *, address: str, num_cpus: float | None = None, num_gpus: float | None = None,
                  resources: dict | None = None, object_store_memory: int | None = None, spill: Any = None,
                  **ray_kwargs: Any) -> None:
@@ -88,7 +86,6 @@ class RayBackend:
             _log.warning(f"core on Ray at {address!r}: refs nested in arguments and actor handles passed "
                          f"to tasks are not supported here ({first_line(exc)})")
         worker.connect(self.client)
-        refs_mod.set_runtime(self)
 
     def _start(self, ray: Any, kwargs: dict) -> None:
         """`ray.init`: start a local instance or connect; CoreError naming the address if it fails."""
@@ -117,9 +114,6 @@ class RayBackend:
     def remove_local_ref(self, oid: bytes) -> None:
         self.client.table.remove(oid)
 
-    def on_ref_unpickled(self, oid: bytes) -> None:
-        """A ref unpickled by plain pickle: it is usable only while its object is held here."""
-
     def ray_ref(self, ref: ObjectRef) -> Any:
         """The `ray.ObjectRef` behind one of our refs (for code mixing core and plain Ray)."""
         return self.client.ray_ref(ref.binary)
@@ -138,14 +132,6 @@ class RayBackend:
 
     def submit(self, spec: TaskSpec) -> Any:
         return self.client.submit(spec)
-
-    # Transitional, until remote_function and actor hand a TaskSpec to submit() (issue 15).
-    def submit_remote(self, *, kind: str, name: str, shipped: Any, args: tuple, kwargs: dict,
-                      options: dict, actor_id: bytes | None = None, method: str | None = None) -> Any:
-        return self.client.submit(TaskSpec(kind, name, shipped, args, kwargs, options, actor_id, method))
-
-    def create_actor_task(self, *, name: str, shipped: Any, args: tuple, kwargs: dict, options: dict) -> bytes:
-        return self.client.submit(TaskSpec("actor_create", name, shipped, args, kwargs, options))
 
     def next_stream_item(self, task_id: bytes, index: int, timeout: float | None) -> ObjectRef | None:
         return self.client.next_stream_item(task_id, index, timeout)
@@ -177,9 +163,7 @@ class RayBackend:
         ray = self.client.ray
         rows = self.client.table.rows()
         try:
-            from ray.experimental import get_object_locations  # lazy: part of ray (heavy, optional)
-
-            locations = get_object_locations([row[1] for row in rows], timeout_ms=5000)
+            locations = ray.experimental.get_object_locations([row[1] for row in rows], timeout_ms=5000)
         except Exception:  # noqa: BLE001 - sizes are best effort
             locations = {}
         lines = [f"{'object id':<56}  {'size':>10}  {'where':<8}  {'refs':>4}  made by"]
@@ -205,8 +189,6 @@ class RayBackend:
         if self._closed:
             return
         self._closed = True
-        if refs_mod.current_runtime() is self:
-            refs_mod.set_runtime(None)
         worker.disconnect(self.client)
         self.client.close()
         if self._owns_ray:

@@ -19,13 +19,14 @@ module-level functions, so Ray's pickles name them and any worker can load them.
 
 from __future__ import annotations
 
-import os
+import concurrent.futures
 import threading
 from typing import Any
 
-from core._private import refs as refs_mod
+from core._private import runtime
 from core._private.actor import ActorHandle
 from core._private.ray.client import Hosting, RayClient
+from core._private.ray.config import import_ray
 from core._private.refs import ObjectRef
 from core._private.taskspec import TaskSpec
 from core.exceptions import CoreError
@@ -34,19 +35,12 @@ __all__ = ["HOSTING", "RayWorkerRuntime", "connect", "disconnect", "process_clie
 
 
 class RayWorkerRuntime:
-    """The runtime inside a Ray worker: attached to the worker's Ray connection (never starts or
-    stops Ray). It has a `worker_id`, so the API treats it as a worker (no `core.init`, no
-    `free`/`cluster_resources`, which belong to the driver)."""
-
-    inline_threshold = 100 * 1024   # Ray decides what travels inline; kept for the interface
-    address = "attached"
+    """The runtime inside a Ray worker (`runtime.Runtime`): the client of the worker's Ray
+    connection, attached on first use; it never starts or stops Ray, and the session's calls
+    (free, resources, memory summary) say they belong to the driver."""
 
     def __init__(self, client: RayClient) -> None:
         self.client = client
-        # Transitional (issue 15): api tells a worker by `worker_id` (and then expects `wait` to
-        # answer a list of bools and cancel/kill to go through `request`) until it asks the
-        # Runtime protocol instead.
-        self.worker_id = os.getpid()
 
     def add_local_ref(self, oid: bytes) -> None:
         self.client.table.add(oid)
@@ -54,33 +48,20 @@ class RayWorkerRuntime:
     def remove_local_ref(self, oid: bytes) -> None:
         self.client.table.remove(oid)
 
-    def on_ref_unpickled(self, oid: bytes) -> None:
-        """A ref unpickled by plain pickle: it is usable only while its object is held here."""
-
     def put(self, value: Any) -> ObjectRef:
         return self.client.put(value)
 
     def get(self, refs: list[ObjectRef], timeout: float | None, writable: bool = False) -> list:
         return self.client.get(refs, timeout, writable)
 
-    def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None) -> list[bool]:
-        ready, _ = self.client.wait(refs, num_returns, timeout)
-        chosen = set(ready)
-        return [r in chosen for r in refs]
+    def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None) -> tuple[list, list]:
+        return self.client.wait(refs, num_returns, timeout)
 
-    def future(self, ref: ObjectRef) -> Any:
+    def future(self, ref: ObjectRef) -> concurrent.futures.Future:
         return self.client.future(ref)
 
     def submit(self, spec: TaskSpec) -> Any:
         return self.client.submit(spec)
-
-    # Transitional, until remote_function and actor hand a TaskSpec to submit() (issue 15).
-    def submit_remote(self, *, kind: str, name: str, shipped: Any, args: tuple, kwargs: dict,
-                      options: dict, actor_id: bytes | None = None, method: str | None = None) -> Any:
-        return self.client.submit(TaskSpec(kind, name, shipped, args, kwargs, options, actor_id, method))
-
-    def create_actor_task(self, *, name: str, shipped: Any, args: tuple, kwargs: dict, options: dict) -> bytes:
-        return self.client.submit(TaskSpec("actor_create", name, shipped, args, kwargs, options))
 
     def next_stream_item(self, task_id: bytes, index: int, timeout: float | None) -> ObjectRef | None:
         return self.client.next_stream_item(task_id, index, timeout)
@@ -93,15 +74,6 @@ class RayWorkerRuntime:
 
     def kill_actor(self, actor_id: bytes) -> None:
         self.client.kill_actor(actor_id)
-
-    def request(self, op: str, *args: Any) -> None:
-        """The worker side of `core.cancel`/`core.kill` (the local engine forwards these)."""
-        if op == "cancel":
-            self.client.cancel(args[0], args[1])
-        elif op == "kill":
-            self.client.kill_actor(args[0])
-        else:
-            raise CoreError(f"{op} is not available inside a task on Ray")
 
     # ── the session is the driver's ──
     def free(self, refs: Any) -> None:
@@ -148,15 +120,14 @@ def process_client() -> RayClient:
     with _attach_lock:
         if _client is not None:
             return _client
-        if refs_mod.current_runtime() is not None:
+        if runtime.current() is not None:
             raise CoreError("a core object from Ray reached a process whose core session is not on Ray; "
                             "use core.init(address=...) in the driver")
-        import ray  # lazy: heavy optional dependency (already loaded here: this is a Ray worker)
-
+        ray = import_ray()   # loaded already: this is a Ray worker
         client = RayClient(ray, HOSTING)
         register_serializers(ray)
         _client = client
-        refs_mod.set_runtime(RayWorkerRuntime(client))
+        runtime.set_current(RayWorkerRuntime(client))
         return client
 
 
