@@ -370,7 +370,9 @@ class TaskRunner:
         task_id = task["task_id"]
         name = task["name"]
         env = task.get("env")
-        saved_env = _apply_env(env) if env else None
+        saved_env = {k: os.environ.get(k) for k in env} if env else None
+        if env:
+            os.environ.update(env)
         client.current_task = task_id
         t0 = time.perf_counter() - client.load_seconds   # the time loading functions is left out
         try:
@@ -430,12 +432,6 @@ class TaskRunner:
             client.flush()  # an item is available as soon as it is yielded
             index += 1
         return index
-
-
-def _apply_env(env: dict) -> dict:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    return saved
 
 
 def _restore_env(saved: dict) -> None:
