@@ -115,11 +115,9 @@ def shutdown() -> None:
     with _init_lock:
         backend, _backend = _backend, None
     if backend is not None:
-        try:
-            backend.shutdown()
-        finally:
-            if runtime.current() is backend:
-                runtime.set_current(None)
+        if runtime.current() is backend:  # first: refs made from now on count for nothing
+            runtime.set_current(None)
+        backend.shutdown()
 
 
 atexit.register(shutdown)
