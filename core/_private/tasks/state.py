@@ -86,12 +86,9 @@ class Task:
 
     @property
     def pipelined(self) -> bool:
-        """Sent to a busy worker, to start when the task ahead of it finishes."""
+        """Sent to a busy worker, to start when the task ahead of it finishes (a view of
+        `state`, read by tests that check a precondition)."""
         return self.state == "pipelined"
-
-    @property
-    def cancelled(self) -> bool:
-        return self.state == "cancelling"
 
     def dep_oids(self) -> list[bytes]:
         """Ids of the top-level ref arguments (the stored argument blob included)."""
@@ -137,10 +134,6 @@ class Actor:
         self.queue: deque[Task] = deque()  # calls not yet sent, in submission order
         self.state: ActorState = "pending"
         self.death_cause = ""
-
-    @property
-    def dead(self) -> bool:
-        return self.state == "dead"
 
 
 class Stream:

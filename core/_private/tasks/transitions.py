@@ -9,7 +9,7 @@
     local/ (the engine's I/O layer) carries them out: sockets, processes, the object store
 
 A handler changes only the task record (which worker it is on, what it holds) and returns at most
-one instruction; a move that is not in the table raises `InvalidTransition` with the task's
+one instruction (None in the table: the move only changes the state); a move that is not in the table raises `InvalidTransition` with the task's
 story. Decisions change the records they are handed (queues, the resource ledger) and return
 instructions; none of them sends, spawns, signals or touches the store, so every one of them can
 be driven by a test with no process (tests/core/test_decisions.py).
@@ -85,8 +85,8 @@ def _onto_worker(task: Task, worker: Any) -> None:
     task.worker = worker
 
 
-def _keep(task: Task, _arg: Any) -> None:
-    return None
+_keep = None   # nothing to do but change the state (no call made)
+_ILLEGAL: Any = object()
 
 
 def _cancel(task: Task, force: Any) -> Interrupt:
@@ -101,7 +101,7 @@ def _fail(task: Task, error: Any) -> Fail:
 
 Handler = Callable[[Task, Any], Any]
 
-TRANSITIONS: dict[tuple[str, str], Handler] = {
+TRANSITIONS: dict[tuple[str, str], Handler | None] = {
     # submitted: its arguments are ready or not; a call on a dead actor fails at once
     ("new", "waiting"): _keep,
     ("new", "queued"): _keep,
@@ -136,15 +136,15 @@ TRANSITIONS: dict[tuple[str, str], Handler] = {
 def transition(task: Task, finish: str, arg: Any = None) -> Any:
     """Move `task` to `finish`; returns the handler's instruction (or None)."""
     key = (task.state, finish)
-    handler = TRANSITIONS.get(key)
-    if handler is None:
+    handler = TRANSITIONS.get(key, _ILLEGAL)
+    if handler is _ILLEGAL:
         raise InvalidTransition(task, finish)
     story = task.story
     story.append(key)
     if len(story) > STORY_LENGTH:
         del story[: STORY_LENGTH // 2]
     task.state = finish  # type: ignore[assignment]
-    return handler(task, arg)
+    return None if handler is None else handler(task, arg)
 
 
 ACTOR_TRANSITIONS: frozenset[tuple[str, str]] = frozenset({
