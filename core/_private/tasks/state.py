@@ -2,17 +2,16 @@
 
 A task moves through these states (the legal moves are `transitions.TRANSITIONS`):
 
-new ─submit─► waiting ──args ready──► queued ──sent to an idle worker──► running ──DONE──► done
-                 ▲                     │  ▲                              │  ▲  │            │
-                 └──── an argument ────┘  │ reclaimed, worker died       │  │  └─error, no retry,
-                       was lost, rebuilt  │ before it started            │  │    death──► failed
-                                          │        ┌─sent behind a ──────┘  │
-                                          ├────────┤ running task           │ the task ahead
-                                          │        ▼                        │ of it finished
-                                          │     pipelined ──────────────────┘
-                                          │        │
-                                          └─ retry ┴─ cancel ──► cancelling ──DONE, death──► failed
-                 done ──an object it made was lost (lineage)──► waiting / queued
+        submit            args ready            sent to an idle worker            DONE ok
+  new ─────────► waiting ───────────► queued ─────────────────────────► running ───────► done
+   │                                  ▲  │                                 ▲  │            │
+   └──── its args ready at submit ────┘  │ sent behind a busy worker's     │  │ error or   │ an object it
+                                         │ running task (short tasks)      │  │ death, no  │ made was lost:
+                                         ▼                                 │  ▼ retry      ▼ run it again
+                                     pipelined ── the task ahead is done ──┘ failed     waiting / queued
+  back to queued: retried, reclaimed (its worker blocked in a nested get), deferred (its
+  arguments cannot be restored yet), its worker died before it started
+  running / pipelined ── cancel ──► cancelling ── DONE or death ──► failed (done if it won the race)
 
 An object is "pending" (its task has not finished), "ready" (sealed in the store) or "failed"
 (reading it raises the task's error); a lost object that is rebuilt goes back to "pending". An
