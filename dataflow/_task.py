@@ -26,6 +26,7 @@ import functools
 import os
 import resource
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -264,6 +265,38 @@ def call_with_timeout(fn, arg, timeout: float | None):
 
 
 # ---------------------------------------------------------------------------------------------
+# threads: each stage's worker runs torch (and BLAS) with its share of the cores
+
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_threads: list = [None]   # what this process last applied (a worker runs the stages of many segments)
+
+
+def apply_threads(n: int, needs_torch: bool = False) -> None:
+    """Fit this worker's threads to `n` (plan.fitted_threads), before a stage is built or runs.
+
+    The variables reach the libraries loaded from now on: torch imported by the stage itself
+    reads OMP_NUM_THREADS when it starts. torch already imported (by the model's unpickling, the
+    worker's preimports) is set directly; a stage that needs torch (batch_format torch) imports
+    it here; any other stage never pays for a torch import. Set once per change: a stage that
+    calls torch.set_num_threads itself (in its constructor, say) keeps its own choice."""
+    if _threads[0] == n:
+        return
+    _threads[0] = n
+    for var in THREAD_ENV:
+        os.environ[var] = str(n)
+    if needs_torch or "torch" in sys.modules:
+        import torch  # already loaded (or the stage needs it): no import cost paid for others
+
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+
+def _apply_stage_threads(stage: Any) -> None:
+    if not stage.shorthand:  # the shorthand (model: + predict:) keeps its workers' defaults
+        apply_threads(stage.threads, needs_torch=stage.batch_format == "torch")
+
+
+# ---------------------------------------------------------------------------------------------
 # segments: one or more stages over a shard's block
 
 
@@ -302,6 +335,7 @@ class _StageFn:
         from .refs import resolve_ref
 
         self.stage = stage
+        _apply_stage_threads(stage)  # before the model is built or the constructor runs
         model = payload.model if payload is not None else None
         if isinstance(model, PerWorker):
             model = model.build()
@@ -393,6 +427,7 @@ def _chain(task: SegmentTask, fns: list, block: Any, offset: int, stats: dict, b
     """One block through every stage of the segment, each in its own batch size."""
     for fn in fns:
         st = fn.stage
+        _apply_stage_threads(st)  # fused stages, and a worker's other segments, may differ
         t0, c0 = time.perf_counter(), time.process_time()
         n = block_rows(block)
         size = st.batch_size or n or 1

@@ -63,10 +63,11 @@ class Dataset:
                     fn_constructor_kwargs: dict | None = None, concurrency: int | tuple | None = None,
                     num_cpus: float | None = None, num_gpus: float | None = None,
                     resources: dict | None = None, model: Any = None, timeout: float | None = None,
-                    name: str | None = None) -> "Dataset":
+                    name: str | None = None, num_threads: int | None = None) -> "Dataset":
         """One more stage: `fn(batch)` as tasks, or a class as an actor pool (Ray Data's meanings).
         `model` (a ModelSpec mapping, e.g. {"factory": "pkg.mod:load"}) is built once in the driver
-        and passed as the first constructor argument."""
+        and passed as the first constructor argument. `num_threads`: torch (and BLAS) threads in
+        the stage's workers (default: `num_cpus` rounded, at least 1)."""
         stage: dict[str, Any] = {"name": name or self._stage_name(fn), "fn": fn,
                                  "batch_format": _RAY_FORMATS.get(batch_format, batch_format)}
         if batch_size not in (None, "default"):
@@ -74,7 +75,7 @@ class Dataset:
         for key, value in (("fn_args", fn_args), ("fn_kwargs", fn_kwargs), ("fn_constructor_args", fn_constructor_args),
                            ("fn_constructor_kwargs", fn_constructor_kwargs), ("num_cpus", num_cpus),
                            ("num_gpus", num_gpus), ("resources", resources), ("model", model),
-                           ("timeout", timeout)):
+                           ("timeout", timeout), ("num_threads", num_threads)):
             if value is not None:
                 stage[key] = list(value) if key.endswith("_args") else value
         if concurrency is not None:

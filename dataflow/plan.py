@@ -10,7 +10,8 @@ model object: what a worker needs (`Stage`, picklable and small) travels apart f
 once in the object store (the stage's `Payload`: its model and its large arguments).
 
 Decisions here are pure functions: how stages fuse, how many actors a pool starts with, how much
-CPU each actor reserves so that the task stages keep a slot.
+CPU each actor reserves so that the task stages keep a slot, how many threads a stage's torch
+(and BLAS) runs with in its worker.
 """
 
 from __future__ import annotations
@@ -36,12 +37,18 @@ class Stage:
     num_cpus: float | None = None
     num_gpus: float | None = None
     resources: tuple = ()             # sorted (name, amount) pairs: hashable, comparable
+    num_threads: int | None = None    # torch/BLAS threads in its worker; None: fitted to num_cpus
     has_model: bool = False
     # The one-stage shorthand (`model:` + `predict:`): the model is called the old way
     # (make_predictor), one output row per input row, with keep_columns and output_column.
     shorthand: bool = False
     keep_columns: tuple = ()
     output_column: str = "prediction"
+
+    @property
+    def threads(self) -> int:
+        """The torch (and BLAS) threads its worker runs with (see `fitted_threads`)."""
+        return fitted_threads(self.num_cpus, self.num_threads)
 
     @property
     def resource_key(self) -> tuple:
@@ -113,7 +120,8 @@ def compile_stages(spec: Any) -> list[Stage]:
             name=st.name, fn=by_name(st.fn), kind="pool" if _fn_is_class(st.fn) else "tasks",
             batch_size=st.batch_size, batch_format=st.batch_format, timeout=st.timeout,
             concurrency=st.concurrency, num_cpus=st.num_cpus, num_gpus=st.num_gpus,
-            resources=tuple(sorted(st.resources.items())), has_model=st.model is not None))
+            resources=tuple(sorted(st.resources.items())), num_threads=st.num_threads,
+            has_model=st.model is not None))
     return out
 
 
@@ -145,6 +153,17 @@ def segments(stages: list[Stage], fuse: bool = True) -> list[Segment]:
         else:
             groups.append([st])
     return [Segment(i, g[0].kind, tuple(g)) for i, g in enumerate(groups)]
+
+
+def fitted_threads(num_cpus: float | None, num_threads: int | None = None) -> int:
+    """Threads for torch's intra-op pool (and BLAS) in a stage's worker: `num_threads` when the
+    stage gives it, else its share of the cores, `num_cpus` (1 when not given, as a task's
+    default) rounded half up, at least 1. torch's own default is one thread per core in EVERY
+    process: two workers on two cores then run four threads that fight over two cores (measured:
+    0.49 of the limit on the ResNet-18 pipeline, issue 18)."""
+    if num_threads is not None:
+        return num_threads
+    return max(1, math.floor((1.0 if num_cpus is None else num_cpus) + 0.5))
 
 
 def pool_bounds(stage: Stage, workers: int) -> tuple[int, int]:

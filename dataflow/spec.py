@@ -428,6 +428,8 @@ class StageSpec(_Spec):
     num_cpus: Amount = None
     num_gpus: Amount = None
     resources: Resources = {}
+    # torch (and BLAS) threads in the stage's worker; default: num_cpus rounded, at least 1.
+    num_threads: PositiveInt | None = None
     timeout: Duration | None = None
 
 

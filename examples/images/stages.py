@@ -95,7 +95,9 @@ def normalize(pixels: np.ndarray) -> np.ndarray:
 
 def fitted_threads(num_threads: int | None, env: Mapping[str, str]) -> int | None:
     """The torch thread count a worker should use: the one asked for, or else the runtime's
-    OMP_NUM_THREADS (the share of cores a scheduler gives the worker), or None: torch's default.
+    OMP_NUM_THREADS (the share of cores a scheduler gives the worker: dataflow sets it in each
+    stage's worker to the stage's fitted threads, Ray to the task's num_cpus), or None: torch's
+    default.
 
     Set explicitly even when OMP_NUM_THREADS is set, because torch reads the variable only when
     it starts, and a worker forked from a process that had already imported torch never sees it."""

@@ -85,3 +85,37 @@ not_a_function = 42
 
 def broken_weights():
     raise RuntimeError("disk on fire")
+
+
+def torch_threads(batch: dict, column: str = "threads") -> dict:
+    """Passes the batch on with what its worker's torch and OMP_NUM_THREADS say (torch imported
+    here, on first use: the stage itself does not need it)."""
+    import torch
+
+    n = len(batch["id"])
+    return {**batch, column: np.full(n, torch.get_num_threads()),
+            f"{column}_env": np.full(n, int(os.environ.get("OMP_NUM_THREADS", "0")))}
+
+
+class TorchThreads:
+    """As torch_threads, as an actor pool; `set_in_init` sets torch's threads in the constructor
+    (a stage's own choice, which the worker's fitting must leave alone)."""
+
+    def __init__(self, column: str = "pool_threads", set_in_init: int | None = None):
+        import torch
+
+        if set_in_init is not None:
+            torch.set_num_threads(set_in_init)
+        self.column = column
+
+    def __call__(self, batch: dict) -> dict:
+        return torch_threads(batch, self.column)
+
+
+def torch_loaded(batch: dict) -> dict:
+    """Whether torch is loaded in this worker, and its OMP_NUM_THREADS (touches no torch)."""
+    import sys
+
+    n = len(batch["id"])
+    return {"id": batch["id"], "threads_env": np.full(n, int(os.environ.get("OMP_NUM_THREADS", "0"))),
+            "torch_loaded": np.full(n, "torch" in sys.modules)}
