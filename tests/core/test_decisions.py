@@ -232,6 +232,22 @@ def test_worker_death_while_blocked_in_a_nested_get(retries):
     assert board.ledger.available == board.ledger.total   # nothing released twice (ledger checks)
 
 
+@pytest.mark.parametrize("statuses, num, expired, answer", [
+    (["ready", "pending"], 2, False, "wait"),
+    (["ready", "pending"], 2, True, "timed_out"),
+    (["ready", "pending"], 1, True, "ready"),          # a wait for one: answered, not timed out
+    (["failed", None], 2, False, "ready"),             # failed and freed objects are answers too
+])
+def test_a_nested_request_is_answered_when_ready_or_timed_out(statuses, num, expired, answer):
+    board = make_board()
+    oids = [bytes([i]) * 20 for i in range(len(statuses))]
+    for oid, status in zip(oids, statuses):
+        if status is not None:
+            board.objects[oid] = Obj(status)
+    got, done = B.request_answer(board, oids, num, expired)
+    assert got == answer and done == [s != "pending" for s in statuses]
+
+
 def test_death_requeues_a_pipelined_task_without_spending_its_retries():
     board = make_board(cpus=1, workers=1)
     a, b, worker = pipelined_pair(board, retries=2)

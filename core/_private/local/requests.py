@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from core._private.local import messages as M
 from core._private.local.worker_pool import WorkerProc
 from core._private.refs import ObjectRef
-from core._private.tasks.board import worker_blocks, worker_unblocks
+from core._private.tasks.board import request_answer, worker_blocks, worker_unblocks
 from core._private.tasks.transitions import Reply
 from core.exceptions import CoreError, GetTimeoutError, ObjectLostError
 
@@ -94,17 +94,17 @@ class Requests:
 
     def _try_answer(self, req: Pending, *, expired: bool = False) -> bool:
         worker, req_id, op, oids, num, _deadline = req
-        objects = self.board.objects
-        done = [objects.get(o) is None or objects[o].status != "pending" for o in oids]
-        if sum(done) < num and not expired:
+        answer, done = request_answer(self.board, oids, num, expired)
+        if answer == "wait":
             return False
         if op == M.WAIT:
             self._reply(worker, req_id, True, done)
             return True
-        if sum(done) < num:
+        if answer == "timed_out":
             self._reply(worker, req_id, False, GetTimeoutError(
                 f"{len(oids) - sum(done)} of {len(oids)} objects not ready after the timeout"))
             return True
+        objects = self.board.objects
         locs = []
         for oid in oids:
             try:

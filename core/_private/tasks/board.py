@@ -3,7 +3,8 @@ scheduling (that is `scheduler.plan`).
 
     submit ──► register, enqueue          object ready ──► deps_ready
     DONE ────► finished (+ retry_decision) worker died ──► worker_died / actor_worker_died
-    cancel ──► cancel                     nested get ───► worker_blocks / worker_unblocks
+    cancel ──► cancel                     nested get ───► request_answer (ready, timed out, wait),
+                                                          worker_blocks / worker_unblocks
 
 Each function changes the records it is handed (`Board`, tasks, workers' scheduling fields)
 and returns the instructions (`transitions.py`) the I/O layer must carry out. None sends,
@@ -13,7 +14,7 @@ spawns, signals or touches the object store.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, Literal
 
 from core._private.tasks.resources import ResourceLedger, unhold
 from core._private.tasks.retry import retry_decision, spend_retry
@@ -224,6 +225,20 @@ def worker_blocks(board: Board, worker: Any) -> list:
     return out
 
 
+Answer = Literal["wait", "ready", "timed_out"]
+
+
+def request_answer(board: Board, oids: list[bytes], num: int, expired: bool) -> tuple[Answer, list[bool]]:
+    """A nested get/wait: "ready" once `num` of `oids` are no longer pending (a freed one counts:
+    reading it says so), "timed_out" when its deadline passed first, else "wait". Also which
+    ones are done (the answer to a wait)."""
+    objects = board.objects
+    done = [o not in objects or objects[o].status != "pending" for o in oids]
+    if sum(done) >= num:
+        return "ready", done
+    return ("timed_out" if expired else "wait"), done
+
+
 def worker_unblocks(board: Board, worker: Any) -> None:
     worker.blocked -= 1
     if worker.actor_id is None and worker.blocked == 0 and worker.inflight:
@@ -254,4 +269,4 @@ def fail_all(tasks: list[Task], error: BaseException) -> list:
 
 __all__ = ["Board", "register", "enqueue", "count_deps", "deps_ready", "requeue_front", "finished",
            "failed_run", "complete", "worker_died", "cancel", "worker_blocks", "worker_unblocks",
-           "reclaim", "fail_all", "Fail"]
+           "reclaim", "fail_all", "request_answer", "Fail"]
