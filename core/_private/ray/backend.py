@@ -114,10 +114,6 @@ class RayBackend:
     def remove_local_ref(self, oid: bytes) -> None:
         self.client.table.remove(oid)
 
-    def ray_ref(self, ref: ObjectRef) -> Any:
-        """The `ray.ObjectRef` behind one of our refs (for code mixing core and plain Ray)."""
-        return self.client.ray_ref(ref.binary)
-
     def put(self, value: Any) -> ObjectRef:
         return self.client.put(value)
 
