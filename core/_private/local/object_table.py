@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Any, Callable
+from typing import Callable
 
 from core._private.objects.store import ObjectStore
 from core._private.refs import ObjectRef

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from core._private.tasks.resources import ResourceLedger, unhold
 from core._private.tasks.retry import retry_decision, spend_retry
 from core._private.tasks.state import Actor, Obj, Stream, Task
-from core._private.tasks.transitions import Fail, Interrupt, Reclaim, Spawn, transition
+from core._private.tasks.transitions import Interrupt, Reclaim, Spawn, transition
 from core.exceptions import ActorDiedError, TaskCancelledError, WorkerCrashedError
 
 
@@ -269,4 +269,4 @@ def fail_all(tasks: list[Task], error: BaseException) -> list:
 
 __all__ = ["Board", "register", "enqueue", "count_deps", "deps_ready", "requeue_front", "finished",
            "failed_run", "complete", "worker_died", "cancel", "worker_blocks", "worker_unblocks",
-           "reclaim", "fail_all", "request_answer", "Fail"]
+           "reclaim", "fail_all", "request_answer"]
