@@ -28,6 +28,9 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from core.exceptions import ConfigError
+from core.units import parse_size as parse_size_bytes
+
 from .exceptions import SpecError, SpecIssue
 from .refs import resolve_ref
 from .refs import did_you_mean as _did_you_mean
@@ -119,25 +122,16 @@ def _ref(value: Any) -> str | Callable:
     return value
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
-
-
 def parse_size(value: Any) -> int:
-    """Bytes from `2GB` (10^9), `2GiB` / `2G` (2^30), or an integer."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str):
-        m = _SIZE.match(value)
-        if m:
-            unit = (m.group(2) or "").upper()
-            if unit in _UNITS:
-                size = int(float(m.group(1)) * _UNITS[unit])
-                if size > 0:
-                    return size
-    raise _fail("size", 'must be a size in bytes such as 2GB, 512MiB or 1000000', value)
+    """Bytes from a positive size, with core's one meaning of each unit (`core.units`): K/M/G/T
+    and KiB/MiB/GiB/TiB are powers of 2 (`2G` = 2 GiB), KB/MB/GB/TB powers of 10 (`2GB` =
+    2*10^9), a plain number is bytes. core's ConfigError becomes the spec's message; the file,
+    line and key path are added where the issue is reported."""
+    try:
+        return parse_size_bytes(value, "size", minimum=1)
+    except ConfigError as exc:
+        raise _fail("size", "must be a size in bytes such as 2GB, 512MiB or 1000000 (2G = 2 GiB, "
+                            "2GB = 2*10^9)", value) from exc
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")

@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 
+import core.units
 from dataflow import SpecError
 from dataflow import spec as S
 
@@ -74,6 +75,11 @@ def test_good_spec_values(tmp_path):
      r'p\.yaml:14: runtime\.num_cpus: must be a positive integer, got -1'),
     ("num_cpus: 2", "object_store_memory: lots",
      r'p\.yaml:14: runtime\.object_store_memory: must be a size in bytes such as 2GB'),
+    ("num_cpus: 2", "object_store_memory: 3X",
+     r'p\.yaml:14: runtime\.object_store_memory: must be a size in bytes such as 2GB, 512MiB or 1000000 '
+     r'\(2G = 2 GiB, 2GB = 2\*10\^9\), got "3X"$'),
+    ("num_cpus: 2", "object_store_memory: 0",
+     r'p\.yaml:14: runtime\.object_store_memory: must be a size in bytes .*, got 0$'),
     ("num_cpus: 2", "on_error: ignore",
      r'p\.yaml:14: runtime\.on_error: must be one of fail, skip, quarantine, got "ignore"'),
     ("num_cpus: 2", "max_retries: many",
@@ -233,9 +239,11 @@ def test_set_unknown_key(tmp_path):
 
 
 @pytest.mark.parametrize("text,size", [("2GB", 2 * 10**9), ("512MiB", 512 * 2**20), ("1G", 2**30),
-                                       (1000, 1000), ("1.5GB", 1_500_000_000)])
+                                       (1000, 1000), ("1.5GB", 1_500_000_000), ("2 g", 2 * 2**30),
+                                       ("2Gi", 2 * 2**30), ("1000", 1000)])
 def test_sizes(text, size):
-    assert S.parse_size(text) == size
+    # core.units' meanings: K/M/G/T and KiB.. powers of 2, KB/MB/GB/TB powers of 10.
+    assert S.parse_size(text) == size == core.units.parse_size(text, "x")
 
 
 @pytest.mark.parametrize("text,seconds", [(30, 30.0), ("30s", 30.0), ("5m", 300.0), ("500ms", 0.5), ("1h", 3600.0)])
