@@ -416,7 +416,7 @@ class Pipeline:
         """Stages: one task per shard when every stage fuses, else the streaming executor."""
         from ._task import SegmentTask, run_segment
         from .executor import Executor, default_max_in_flight
-        from .plan import actor_cpus, pool_bounds, starved_stages
+        from .plan import actor_cpus, pool_bounds, starved_stages, task_cpus
         from .streaming import StreamExecutor
 
         s = self.spec
@@ -468,13 +468,13 @@ class Pipeline:
         starved = starved_stages(segs, total, workers)
         if starved:
             raise RunError(starved[0])
-        has_tasks = any(seg.kind == "tasks" for seg in segs)
+        tasks_need = task_cpus(segs)
         pools = [seg for seg in segs if seg.kind == "pool"]
         reserved = {}
         used = 0.0
         for seg in pools:
             hi = pool_bounds(seg.head, workers)[1]
-            reserved[seg.index] = actor_cpus(seg.head, hi, total.get("CPU", 1.0), used, has_tasks)
+            reserved[seg.index] = actor_cpus(seg.head, hi, total.get("CPU", 1.0), used, tasks_need)
             used += reserved[seg.index] * hi
 
         def pool_options(seg):

@@ -176,17 +176,25 @@ def pool_bounds(stage: Stage, workers: int) -> tuple[int, int]:
     return int(c[0]), int(c[1])
 
 
+def task_cpus(segs: list[Segment]) -> float:
+    """CPU the largest task of the plan's task stages needs (a task's default: 1); 0 without any."""
+    return max((1.0 if seg.head.num_cpus is None else seg.head.num_cpus
+                for seg in segs if seg.kind == "tasks"), default=0.0)
+
+
 def actor_cpus(stage: Stage, pool_max: int, total_cpus: float, reserved_elsewhere: float,
-               task_stages: bool) -> float:
+               task_cpus: float) -> float:
     """CPU each actor of a pool reserves in the session. An actor reserves CPU only when its stage
-    asks (`num_cpus`), and never so much that the task stages lose their last slot: a pool as
-    large as the machine (2 actors x 1 CPU on 2 CPUs) would otherwise starve the stages before
-    and after it, and the run would never finish (what Ray Data 2.60 does). The actors then
-    share the CPUs with the tasks (the OS schedules them), which is what the user asked for."""
+    asks (`num_cpus`), and never so much that the largest task of the task stages (`task_cpus`,
+    see `task_cpus()`) cannot be scheduled: a pool as large as the machine (2 actors x 1 CPU on
+    2 CPUs) would otherwise starve the stages before and after it, and the run would never
+    finish (what Ray Data 2.60 does); so would a 2-CPU task beside pools holding 1 of 2 CPUs.
+    The actors then share the CPUs with the tasks (the OS schedules them), which is what the
+    user asked for."""
     want = stage.num_cpus or 0.0
     if not want:
         return 0.0
-    room = total_cpus - reserved_elsewhere - (1.0 if task_stages else 0.0)
+    room = total_cpus - reserved_elsewhere - task_cpus
     if want * pool_max <= room:
         return want
     return max(0.0, math.floor(100 * room / pool_max) / 100) if room > 0 else 0.0

@@ -121,9 +121,15 @@ def test_consecutive_stateless_stages_with_the_same_resources_fuse():
 
 def test_a_pool_as_large_as_the_machine_leaves_the_tasks_a_cpu():
     pool = P.Stage("m", "m:C", "pool", concurrency=2, num_cpus=1)
-    assert P.actor_cpus(pool, 2, total_cpus=2, reserved_elsewhere=0, task_stages=True) == 0.5
-    assert P.actor_cpus(pool, 2, total_cpus=8, reserved_elsewhere=0, task_stages=True) == 1
-    assert P.actor_cpus(P.Stage("m", "m:C", "pool"), 2, 2, 0, True) == 0
+    assert P.actor_cpus(pool, 2, total_cpus=2, reserved_elsewhere=0, task_cpus=1) == 0.5
+    assert P.actor_cpus(pool, 2, total_cpus=8, reserved_elsewhere=0, task_cpus=1) == 1
+    assert P.actor_cpus(P.Stage("m", "m:C", "pool"), 2, 2, 0, 1) == 0
+    # A task stage asking for 2 CPUs on 2: the pool's actors reserve nothing (else it never runs).
+    half = P.Stage("m", "m:C", "pool", concurrency=1, num_cpus=0.5)
+    two = P.Stage("t", "m:f", "tasks", num_cpus=2)
+    segs = P.segments([P.Stage("r", "m:f", "tasks"), half, two])
+    assert P.task_cpus(segs) == 2 and P.task_cpus(P.segments([half])) == 0
+    assert P.actor_cpus(half, 1, 2, 0, P.task_cpus(segs)) == 0
 
 
 def test_pool_grows_while_blocks_wait_and_shrinks_when_nothing_can_come():

@@ -52,6 +52,8 @@ def test_each_stage_worker_sees_its_fitted_threads_and_the_override(tmp_path):
     ds = (dataflow.read_parquet(data, columns=["id", "x"], runtime={"num_cpus": 2})
           # tasks, no num_cpus: 1 thread (torch's default here would be one per core)
           .map_batches(torch_threads, fn_kwargs={"column": "tasks"})
+          # tasks asking for 2 CPUs (all of them: the pools then reserve none): 2 threads
+          .map_batches(torch_threads, fn_kwargs={"column": "tasks2"}, num_cpus=2)
           # an actor pool at 0.5 CPU per actor: 1 thread
           .map_batches(TorchThreads, fn_constructor_kwargs={"column": "pool"}, concurrency=1, num_cpus=0.5)
           # a constructor that sets its own threads keeps them
@@ -60,20 +62,13 @@ def test_each_stage_worker_sees_its_fitted_threads_and_the_override(tmp_path):
           # the override, then a stage fused with it (same resources) that has none: 3, then 1
           .map_batches(torch_threads, fn_kwargs={"column": "override"}, num_threads=3)
           .map_batches(torch_threads, fn_kwargs={"column": "fused"}))
-    assert [len(seg.stages) for seg in ds.pipeline().segments()] == [1, 1, 1, 2]
+    assert [len(seg.stages) for seg in ds.pipeline().segments()] == [1, 1, 1, 1, 2]
     out = ds.to_pandas()
     assert len(out) == 100
     seen = {c: sorted(set(out[c])) for c in out.columns if c not in ("id", "x")}
-    assert seen == {"tasks": [1], "tasks_env": [1], "pool": [1], "pool_env": [1],
-                    "own": [2], "own_env": [1], "override": [3], "override_env": [3],
-                    "fused": [1], "fused_env": [1]}
-
-    # Tasks asking for 2 CPUs: 2 threads. (Alone: with the pools above holding 1 of the 2 CPUs,
-    # a 2-CPU task could never be scheduled.)
-    two = dataflow.read_parquet(data, columns=["id", "x"], runtime={"num_cpus": 2}).map_batches(
-        torch_threads, fn_kwargs={"column": "tasks2"}, num_cpus=2)
-    out = two.to_pandas()
-    assert sorted(set(out["tasks2"])) == [2] and sorted(set(out["tasks2_env"])) == [2]
+    assert seen == {"tasks": [1], "tasks_env": [1], "tasks2": [2], "tasks2_env": [2],
+                    "pool": [1], "pool_env": [1], "own": [2], "own_env": [1],
+                    "override": [3], "override_env": [3], "fused": [1], "fused_env": [1]}
 
 
 def test_a_stage_without_torch_does_not_import_it(tmp_path):
