@@ -1,15 +1,14 @@
 """The local engine: the driver side of a session on one machine, a thin front over its parts.
 
-    user thread ── put/get/wait/submit/cancel ──┐            ┌──────────────┐ Tasks/Reply/Function
-                                                ▼            │ worker       │◄──────────────────┐
-      LocalEngine (this file): the Runtime; one lock        │ processes ×N │ Done/Yield/Request│
-        │ state: tasks.board.Board (tasks, queues, actors,  └──────┬───────┘ Put/Submit/Refs   │
-        │        ledger) + object_table.ObjectTable                │ pool io thread (select)    │
-        │ decisions: tasks.scheduler.plan, tasks.board,            ▼                           │
-        │            tasks.actors, tasks.retry ──► instructions   inbox.Inbox ─► requests     │
-        └────────────► carrier.Carrier carries them out ──────────────────────────────────────┘
-                                                │
-                        ObjectStore (inline │ shared segments │ spilled)
+    user thread ── put/get/wait/submit/cancel/kill ──► LocalEngine (this file): the Runtime
+                                                            │ one lock
+      state    tasks.board.Board (tasks, queues, actors, ledger), object_table.ObjectTable
+      decide   tasks.scheduler.plan, tasks.board, tasks.actors, tasks.retry ──► instructions
+      do       carrier.Carrier ──► Tasks/Function/Reply/Reclaim/Exit, spawns, signals ──┐
+                                                                                        ▼
+      pool io thread (select) ──► inbox.Inbox, requests.Requests ◄── Done/Yield/Put/  workers ×N
+                                                                     Submit/Refs/Request
+      bytes: ObjectStore (inline │ shared segments │ spilled)
 
 All state is guarded by one lock. Two threads touch it: the caller's (API calls) and the pool's
 io thread (worker messages, timeouts, deaths, through `Inbox.on_io`). Socket writes never block
