@@ -25,6 +25,18 @@ def preload_workers() -> None:
     core.preload_workers([*TASK_MODULES, "pandas"])
 
 
+def store_stats() -> dict:
+    """Object-store bytes in use, from core's public API ({} without a session): the report's
+    memory chart. Called from the recorder's sampler thread; core gives no spilled-bytes figure."""
+    import core
+
+    if not core.is_initialized():
+        return {}
+    total = core.cluster_resources().get("object_store_memory", 0)
+    free = core.available_resources().get("object_store_memory", 0)
+    return {"used": max(0, total - free)}
+
+
 class TaskFailure(Exception):
     """A task did not produce a result: it raised, its worker died, or it was cancelled.
     `.cause` is the task's own exception when there is one."""

@@ -156,7 +156,7 @@ class Pipeline:
         self.last_report = None
         # Every run keeps its record (a few events per shard; its sampler is the run's one memory
         # sampler): Summary.stats() reads it, and the HTML report draws it when asked.
-        recorder = self._recorder(token)
+        recorder = self._recorder(token, store=bool(html_report))
         summary.record = self.last_record = recorder.record
         sink = stager = None
         finished = False
@@ -239,12 +239,16 @@ class Pipeline:
                 recorder.finish("done")
 
     # -- internals --------------------------------------------------------------------------
-    def _recorder(self, token: str) -> Any:
+    def _recorder(self, token: str, store: bool = False) -> Any:
+        """The run's recorder, started. `store`: sample the object store too (for the report's
+        memory chart; a call into core per tick, so only when the page is asked for)."""
+        from .backends import store_stats
         from .recorder import RunRecorder
 
         stages = [st.name for st in self.spec.stages] if self.spec.stages else ["predict"]
         run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{token[:6]}"  # a name, sorts by start
-        return RunRecorder(self.spec.name, run_id, stages=stages).start()
+        return RunRecorder(self.spec.name, run_id, stages=stages,
+                           store_stats=store_stats if store else None).start()
 
     def _record(self, event: Any, summary: Summary, progress: Progress, sink: Any,
                 recorder: Any = None) -> None:

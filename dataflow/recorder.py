@@ -104,7 +104,7 @@ class RunRecord:
     quarantined: list[QuarantinedRow] = field(default_factory=list)
     quarantined_total: int = 0                 # rows, including those beyond the kept ones
     errors: list[str] = field(default_factory=list)            # run-level errors
-    store_measured: bool = False               # samples carry object-store figures (store_stats given)
+    spill_measured: bool = False               # samples carry spilled bytes (store_stats gave them)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -136,7 +136,7 @@ class RunRecorder:
                  store_stats: Callable[[], dict] | None = None, interval: float = 0.5,
                  sample: bool = True, rise: float = 0.05, pss_every: float = 10.0):
         self.record = RunRecord(pipeline=pipeline, run_id=run_id, started_at=time.time(),
-                                stages=list(stages or []), store_measured=store_stats is not None)
+                                stages=list(stages or []))
         self._t0 = time.perf_counter()
         self._lock = threading.Lock()
         self._open: dict[tuple[str, int, int], tuple[float, str]] = {}  # (stage, shard, attempt) -> (start, path)
@@ -256,6 +256,7 @@ class RunRecorder:
                 store = {}
         t = self.now()
         with self._lock:
+            self.record.spill_measured = self.record.spill_measured or "spilled" in store
             self.record.samples.append(Sample(t, self._rows_done, pss, int(store.get("used", 0)),
                                               int(store.get("spilled", 0))))
 
@@ -342,7 +343,7 @@ def stats_text(record: RunRecord, stage_lines: dict[str, str] | None = None) -> 
     lines.append(f"Run {record.pipeline} ({record.run_id}): {record.status}, {done:,} rows in "
                  f"{record.wall:.2f}s ({rate:,.0f} rows/s)")
     peak = f"{peak_pss / 2**20:.1f} MiB" if record.samples else "n/a"
-    spill = f"{spilled / 2**20:.1f} MiB" if record.store_measured and record.samples else "n/a"
+    spill = f"{spilled / 2**20:.1f} MiB" if record.spill_measured else "n/a"
     lines.append(f"* Peak memory (PSS, driver + workers): {peak}; spilled: {spill}; "
                  f"quarantined rows: {record.quarantined_total:,}")
     return "\n".join(lines)

@@ -15,10 +15,9 @@ of a real pipeline run from a file:// URL.
 Each Chromium runs in its own session (process group) with a fresh profile folder: at the end
 the whole group is killed, whatever happened, and the folder removed.
 
-WIRING: the recorder is fed from outside the pipeline here (a Progress subclass turns the
-pipeline's shard hooks into `RunRecorder.block` calls; times are the driver's, lanes are packed
-slots as the hooks give no worker). Once the executor feeds a RunRecorder itself
-(`Pipeline.run(report=...)` / `dataflow run --report`), `_real_run` becomes one call to that.
+The page is the one `Pipeline.run(html_report=...)` writes (as `dataflow run --html-report`
+does): the run's own recorder, fed by the executor's shard events, lanes by worker pid, the
+object store sampled for the memory chart.
 """
 
 from __future__ import annotations
@@ -36,9 +35,6 @@ import psutil
 import pytest
 
 from dataflow import Pipeline
-from dataflow.progress import Silent
-from dataflow.recorder import RunRecord, RunRecorder
-from dataflow.report import write_report
 from tests.dataflow import helpers
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -50,40 +46,9 @@ BROWSER_TIMEOUT = 90
 
 
 # -- the run ---------------------------------------------------------------------------------
-class RecordingProgress(Silent):
-    """The pipeline's progress hooks, turned into recorder events."""
-
-    def __init__(self, recorder: RunRecorder, paths: dict[int, str]):
-        super().__init__()
-        self.recorder, self.paths = recorder, paths
-
-    def shard_done(self, index, rows_in, rows_out, seconds, sums, quarantined=0):
-        super().shard_done(index, rows_in, rows_out, seconds, sums, quarantined)
-        self.recorder.block("predict", index, seconds=seconds, path=self.paths[index], rows_in=rows_in,
-                            rows_out=rows_out, outcome="quarantined" if quarantined else "ok")
-
-    def shard_retry(self, index, attempt, error):
-        self.recorder.block("predict", index, attempt=attempt, outcome="retried", path=self.paths[index],
-                            error=error)
-
-    def shard_failed(self, index, attempts, error):
-        self.recorder.block("predict", index, attempt=attempts, outcome="failed", path=self.paths[index],
-                            error=error)
-
-
-def _store_stats() -> dict:
-    """Object store bytes in use, from core's public API (the sampler thread calls this)."""
-    import core
-
-    if not core.is_initialized():
-        return {}
-    total = core.cluster_resources().get("object_store_memory", 0)
-    free = core.available_resources().get("object_store_memory", 0)
-    return {"used": max(0, total - free)}
-
-
-def _real_run(tmp_path) -> tuple[RunRecord, dict, list]:
-    """6 shards of 20,000 rows; shard 2 has a row the model rejects (on_error: skip, one retry)."""
+def _real_run(tmp_path) -> tuple:
+    """6 shards of 20,000 rows; shard 2 has a row the model rejects (on_error: skip, one retry).
+    Returns (the report's path, the summary as a dict, the shards)."""
     data = helpers.make_dataset(tmp_path / "data", shards=6, rows=20_000, bad={2: [7]})
     pipe = Pipeline(source={"parquet": data},
                     model={"factory": f"{H}:fragile_model", "args": {"payload_mb": 16}},
@@ -92,12 +57,8 @@ def _real_run(tmp_path) -> tuple[RunRecord, dict, list]:
                     runtime={"num_cpus": 2, "object_store_memory": "256MB",
                              "spill": str(tmp_path / "spill"), "max_retries": 1, "on_error": "skip"})
     shards = pipe.plan()
-    recorder = RunRecorder("report_e2e", "e2e1", stages=["predict"], store_stats=_store_stats,
-                           interval=0.1)
-    with recorder:
-        summary = pipe.run(progress=RecordingProgress(recorder, {s.index: s.path for s in shards}))
-    record = recorder.finish(summary.status)
-    return record, summary.to_dict(), shards
+    summary = pipe.run(html_report=tmp_path / "report.html")
+    return pipe.last_report, summary.to_dict(), shards
 
 
 # -- chromium --------------------------------------------------------------------------------
@@ -175,10 +136,10 @@ class Dom(HTMLParser):
 
 # -- the test --------------------------------------------------------------------------------
 def test_report_of_a_real_run_renders_offline_in_chromium(tmp_path, profile):
-    record, summary, shards = _real_run(tmp_path)
+    report, summary, shards = _real_run(tmp_path)
     assert summary["status"] == "partial" and summary["shards_done"] == 5
     assert [f["index"] for f in summary["failed"]] == [2]
-    report = write_report(record, summary, tmp_path / "report.html")
+    assert report == tmp_path / "report.html"
 
     # The charts rendered, one bar per attempt, every shard of the run on the timeline.
     net_log = os.path.join(profile, "net-log.json")
