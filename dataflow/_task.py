@@ -268,7 +268,7 @@ def call_with_timeout(fn, arg, timeout: float | None):
 # threads: each stage's worker runs torch (and BLAS) with its share of the cores
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-_threads: list = [None]   # what this process last applied (a worker runs the stages of many segments)
+_applied_threads: int | None = None   # what this process last applied (a worker runs many stages)
 
 
 def apply_threads(n: int, needs_torch: bool = False) -> None:
@@ -278,10 +278,13 @@ def apply_threads(n: int, needs_torch: bool = False) -> None:
     reads OMP_NUM_THREADS when it starts. torch already imported (by the model's unpickling, the
     worker's preimports) is set directly; a stage that needs torch (batch_format torch) imports
     it here; any other stage never pays for a torch import. Set once per change: a stage that
-    calls torch.set_num_threads itself (in its constructor, say) keeps its own choice."""
-    if _threads[0] == n:
+    calls torch.set_num_threads itself (in its constructor, say) keeps its own choice. numpy's
+    own BLAS, loaded in every worker before any stage, keeps the threads it started with; the
+    inline backend runs the stages in the driver, whose threads (and environment) are then set."""
+    global _applied_threads
+    if _applied_threads == n:
         return
-    _threads[0] = n
+    _applied_threads = n
     for var in THREAD_ENV:
         os.environ[var] = str(n)
     if needs_torch or "torch" in sys.modules:
