@@ -176,6 +176,14 @@ def test_fast_tasks_go_in_batches_and_a_new_worker_is_planned_when_none_is_idle(
     assert board2.ledger.available["CPU"] == 3                   # its share is taken already
 
 
+def test_no_worker_is_planned_once_the_session_is_closing():
+    board = make_board(cpus=4, workers=1)
+    board.workers[1].inflight.append(make_task("busy"))
+    submit(board, make_task("late"))
+    board.closing = True
+    assert S.plan(board, lambda task: "now") == [] and board.ledger.available == board.ledger.total
+
+
 def test_gpu_ids_are_handed_out_by_the_plan_and_given_back_when_done():
     board = make_board(cpus=2, gpus=2)
     a, b = make_task("a", need={"CPU": 1, "GPU": 1}), make_task("b", need={"CPU": 1, "GPU": 1})

@@ -49,6 +49,8 @@ class Carrier:
             elif kind is Fail:
                 self.table.fail(ins.task, ins.error)
             elif kind is Spawn:
+                if self.board.closing:
+                    continue              # shutting down: pool.close would not see the worker
                 if ins.actor is None:
                     self.pool.spawn(actor_id=None)
                 else:

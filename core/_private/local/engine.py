@@ -423,6 +423,10 @@ class LocalEngine:
 
     # ── shutdown ────────────────────────────────────────────────────────────────────────────
     def shutdown(self) -> None:
+        with self.locked:
+            # From here no decision spawns a worker: one spawned while pool.close() lists the
+            # workers (a death handled by the io thread meanwhile) would be left running.
+            self.board.closing = True
         self.pool.close()
         if self._background is not None:
             self._background.shutdown(wait=False, cancel_futures=True)

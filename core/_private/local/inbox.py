@@ -155,7 +155,7 @@ class Inbox:
             self.table.decref(oid)
         worker.borrowed.clear()
         engine.requests.drop(worker)
-        closing = engine.pool.closing
+        closing = self.board.closing or engine.pool.closing
         if worker.actor_id is None:
             engine.carrier.carry(worker_died(self.board, worker, how, closing))
         else:

@@ -43,6 +43,7 @@ class Board:
         self.pending_actors: deque[Actor] = deque()  # waiting for their resources, in order
         self.owing: set = set()        # workers back from a nested get, their share not yet taken
         self.room_wait = False         # a task waits for room to restore its arguments
+        self.closing = False           # the session is shutting down: no new worker
 
 
 # ─── submit ────────────────────────────────────────────────────────────────────────────────────

@@ -133,7 +133,7 @@ def plan(board: Board, admission: Callable[[Any], Admission]) -> list:
         else:
             live = sum(1 for w in workers if w.alive and w.actor_id is None) + spawning
             starting = sum(1 for w in workers if w.alive and w.actor_id is None and not w.started) + spawning
-            if not should_spawn(0, starting, live, board.max_workers, len(queue)):
+            if board.closing or not should_spawn(0, starting, live, board.max_workers, len(queue)):
                 break
             worker = None
             spawning += 1
