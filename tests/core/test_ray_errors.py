@@ -4,7 +4,6 @@ exception classes are built here, no Ray instance is started."""
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import pytest
 
@@ -26,10 +25,9 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
 
 @pytest.fixture(scope="module")
 def ray():
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
+    from core._private.ray.config import import_ray
 
-    return ray
+    return import_ray()
 
 
 def _system_errors(rx) -> list[tuple[BaseException, type, str]]:

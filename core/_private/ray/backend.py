@@ -28,6 +28,8 @@ import shutil
 import tempfile
 from typing import Any
 
+import psutil
+
 from core._private.ray import worker
 from core._private.ray.client import RayClient
 from core._private.ray.config import (
@@ -97,9 +99,11 @@ class RayBackend:
         loggers = [logging.getLogger(n) for n in _QUIET_LOGGERS]
         for logger in loggers:
             logger.addFilter(quiet)
+        children_before = _child_pids()
         try:
             ray.init(**kwargs)
         except Exception as exc:
+            _stop_what_a_failed_start_left(ray, children_before)
             self._remove_temp_dir()
             raise CoreError(f"cannot start or reach Ray at address={self.address!r}: "
                             f"{type(exc).__name__}: {first_line(exc)}") from exc
@@ -195,3 +199,23 @@ class RayBackend:
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None
+
+
+def _child_pids() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _stop_what_a_failed_start_left(ray: Any, children_before: set[int]) -> None:
+    """A `ray.init` that fails half way (say the GCS starts but the driver cannot reach it) leaves
+    the processes it started running: shut Ray down, then kill what is still ours and new."""
+    try:
+        ray.shutdown()
+    except Exception:  # noqa: BLE001 - best effort after a failed start
+        pass
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in children_before]
+    for process in left:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(left, timeout=10)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from typing import Any
 
 from core._private.objects.spill import parse_spill_config
@@ -34,7 +35,8 @@ def import_ray(address: str | None = None) -> Any:
     `import core` never imports it."""
     # Read by ray at import time: a local instance then uses the loopback address for everything.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if address == LOCAL_RAY:
+    imported_before = "ray" in sys.modules
+    if address == LOCAL_RAY and not imported_before:
         # Token auth stays on (Ray's default for a new local instance), without its banner.
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
@@ -43,7 +45,20 @@ def import_ray(address: str | None = None) -> Any:
         raise CoreError("core.init(address=...) runs on Ray, which is not installed; install the extra "
                         "with `pip install 'ddsf[ray]'` (or `pip install ray`), or call core.init() "
                         "without address for the local engine") from exc
+    if address == LOCAL_RAY and imported_before:
+        _export_auth_mode()
     return ray
+
+
+def _export_auth_mode() -> None:
+    """Give the processes a local instance starts (GCS, raylet) the auth mode this driver read when
+    `ray` was first imported: the GCS reads RAY_AUTH_MODE from the environment at its start, the
+    driver only at import, and a mismatch fails the start with "InvalidAuthToken"."""
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+    except ImportError:  # another Ray version: leave the environment as it is
+        return
+    os.environ["RAY_AUTH_MODE"] = "token" if is_token_auth_enabled() else "disabled"
 
 
 def spilling_config(spill: Any) -> dict | None:
