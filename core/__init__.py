@@ -13,6 +13,7 @@ Importing `core` is cheap: the engine, numpy and ray are loaded when first used.
 from core import exceptions
 from core._private.api import (
     available_resources,
+    build,
     cancel,
     cluster_resources,
     free,
@@ -33,6 +34,7 @@ __all__ = [
     "ObjectRef",
     "ObjectRefGenerator",
     "available_resources",
+    "build",
     "cancel",
     "cluster_resources",
     "exceptions",

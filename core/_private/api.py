@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import atexit
 import threading
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from core._private import runtime
 from core._private.actor import ActorClass, ActorHandle
@@ -142,6 +142,17 @@ def put(value: Any) -> ObjectRef:
     if isinstance(value, ObjectRef):
         raise TypeError("core.put() of an ObjectRef is not allowed; pass the ref itself, or put [ref]")
     return runtime.require().put(value)
+
+
+def build(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> ObjectRef:
+    """Like `put(fn(*args, **kwargs))`, with the value written once: for a model's weights.
+
+    The local engine runs `fn` where its workers are forked from, so every worker inherits the
+    value's pages instead of reading a copy from the store; on Ray (or without workers to fork)
+    it runs in the driver and its value is put once. `fn` and its arguments must pickle."""
+    if not callable(fn):
+        raise TypeError(f"core.build() takes a callable and its arguments, got {type(fn).__name__}")
+    return runtime.require().build(fn, args, kwargs)
 
 
 def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None, writable: bool = False) -> Any:

@@ -74,7 +74,16 @@ class Runtime(Protocol):
 
     def memory_summary(self) -> str: ...
 
+    def build(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> ObjectRef:
+        """`fn(*args, **kwargs)` stored as an object, its value written once (core.build)."""
+        ...
+
     def shutdown(self) -> None: ...
+
+
+def driver_only(call: str) -> CoreError:
+    """The error a task or actor gets when it calls what only the driver's session can answer."""
+    return CoreError(f"{call} belongs to the driver; call it there, not inside a task")
 
 
 # The slot. Read directly (`runtime._current`) by ObjectRef.__init__, which runs for every ref.

@@ -422,6 +422,10 @@ class LocalEngine:
         return render(self.store.entries(), counts, self.store.usage())
 
     # ── shutdown ────────────────────────────────────────────────────────────────────────────
+    def build(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> ObjectRef:
+        """core.build: run in the driver and put once (without a zygote to inherit from)."""
+        return self.put(fn(*args, **kwargs))
+
     def shutdown(self) -> None:
         with self.locked:
             # From here no decision spawns a worker: one spawned while pool.close() lists the

@@ -299,16 +299,19 @@ class WorkerClient:
         self.request(M.KILL, M.KillArgs(actor_id))
 
     def free(self, refs: Any) -> None:
-        raise CoreError("core.free() belongs to the driver; call it there, not inside a task")
+        raise runtime.driver_only("core.free()")
 
     def cluster_resources(self) -> dict:
-        raise CoreError("core.cluster_resources() belongs to the driver; call it there, not inside a task")
+        raise runtime.driver_only("core.cluster_resources()")
 
     def available_resources(self) -> dict:
-        raise CoreError("core.available_resources() belongs to the driver; call it there, not inside a task")
+        raise runtime.driver_only("core.available_resources()")
 
     def memory_summary(self) -> str:
-        raise CoreError("core.memory_summary() belongs to the driver; call it there, not inside a task")
+        raise runtime.driver_only("core.memory_summary()")
+
+    def build(self, fn: Any, args: tuple, kwargs: dict) -> ObjectRef:
+        raise runtime.driver_only("core.build()")
 
     def shutdown(self) -> None:
         pass  # the session is the driver's: the worker exits when the driver tells it to

@@ -157,6 +157,10 @@ class RayBackend:
     def available_resources(self) -> dict:
         return our_resources(self.client.ray.available_resources())
 
+    def build(self, fn: Any, args: tuple, kwargs: dict) -> ObjectRef:
+        """core.build on Ray: the value is made in the driver and put once into Ray's store."""
+        return self.client.put(fn(*args, **kwargs))
+
     def memory_summary(self) -> str:
         """Our objects as Ray sees them: id, size, where (inline = Ray's in-process store,
         shared = its plasma store, spilled), our ref count, what made it; then Ray's totals."""
