@@ -90,6 +90,13 @@ class CoreBackend:
 
         return core.put(value)
 
+    def build(self, fn: Callable, *args: Any) -> Any:
+        """`fn(*args)` stored once: on the local engine made where the workers are forked from,
+        so they inherit its pages (core.build)."""
+        import core
+
+        return core.build(fn, *args)
+
     def warm(self, modules: list[str]) -> None:
         """One fire-and-forget import task per worker."""
         for _ in range(self.workers()):
@@ -205,6 +212,9 @@ class InlineBackend:
 
     def put(self, value: Any) -> Any:
         return value
+
+    def build(self, fn: Callable, *args: Any) -> Any:
+        return fn(*args)
 
     def resources(self) -> dict:
         return {"CPU": 1.0}

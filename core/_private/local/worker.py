@@ -313,6 +313,9 @@ class WorkerClient:
     def build(self, fn: Any, args: tuple, kwargs: dict) -> ObjectRef:
         raise runtime.driver_only("core.build()")
 
+    def timeline(self, path: str | None = None) -> list[dict]:
+        raise runtime.driver_only("core.timeline()")
+
     def shutdown(self) -> None:
         pass  # the session is the driver's: the worker exits when the driver tells it to
 

@@ -91,6 +91,9 @@ class RayWorkerRuntime:
     def build(self, fn: Any, args: tuple, kwargs: dict) -> ObjectRef:
         raise runtime.driver_only("core.build()")
 
+    def timeline(self, path: str | None = None) -> list[dict]:
+        raise runtime.driver_only("core.timeline()")
+
     def shutdown(self) -> None:
         """Nothing to stop: Ray owns this process."""
 
