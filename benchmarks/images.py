@@ -11,7 +11,10 @@
                 actors hold both and the decode tasks never run)
     dataflow    python -m dataflow run on the image_classify pipeline (stages: decode →
                 classify, a pool of 2 → top5 → Parquet); skipped, saying why, when this dataflow
-                cannot run `stages:` yet
+                cannot run `stages:` yet. Its torch threads are fitted: each actor's share of the
+                cores (num_cpus 0.5 → 1 thread)
+    dataflow-2t the same run with `num_threads: 2` on the classify stage: torch's own default
+                here (one thread per core, in each of the 2 actors), to price fitted threads
 
 Every contender runs the same functions (examples/images/stages.py) on the same files and maps
 the same weights file (examples/images/resnet.py, seeded). "The limit" is the better of the two
@@ -46,7 +49,8 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results")
 WORK = os.path.join(RESULTS, "images")
 PIPELINE_CANDIDATES = (os.path.join(ROOT, "pipelines", "image_classify.yaml"),
                        os.path.join(ROOT, "examples", "images", "image_classify.yaml"))
-CONTENDERS = ("limit-1x2", "limit-2x1", "default-2x", "ray", "dataflow")
+CONTENDERS = ("limit-1x2", "limit-2x1", "default-2x", "ray", "dataflow", "dataflow-2t")
+DATAFLOWS = ("dataflow", "dataflow-2t")
 LIMITS = ("limit-1x2", "limit-2x1")
 BATCH = 32
 IMAGES_PER_FILE = 64
@@ -195,8 +199,9 @@ def dataflow_spec(data: str, weights: str, env: dict) -> tuple[str | None, str]:
 
 
 def command(name: str, files_json: str, weights: str, out: str, spec: str | None) -> list[str]:
-    if name == "dataflow":
-        return [sys.executable, "-m", "dataflow", "run", spec, "--set", f"sink.parquet={out}/", "--restart"]
+    if name in DATAFLOWS:
+        threads = ["--set", "stages.1.num_threads=2"] if name == "dataflow-2t" else []
+        return [sys.executable, "-m", "dataflow", "run", spec, "--set", f"sink.parquet={out}/", "--restart", *threads]
     return [sys.executable, os.path.abspath(__file__), "--contender", name, "--files", files_json,
             "--weights", weights, "--out", out]
 
@@ -217,11 +222,11 @@ def run(contenders: list[str], images: int, rounds: int) -> dict:
     with open(files_json, "w") as f:
         json.dump(files, f)
     spec = None
-    if "dataflow" in contenders:
+    if any(c in DATAFLOWS for c in contenders):
         spec, why = dataflow_spec(os.path.dirname(files[0]), weights, env)
         if spec is None:
             print(f"  dataflow: skipped: {why}", flush=True)
-            contenders = [c for c in contenders if c != "dataflow"]
+            contenders = [c for c in contenders if c not in DATAFLOWS]
     runs: dict[str, list[dict]] = {name: [] for name in contenders}
     for i in range(rounds):
         for name in contenders[i % len(contenders):] + contenders[:i % len(contenders)]:
@@ -264,6 +269,9 @@ def report(res: dict) -> list[str]:
     if "default-2x" in r and "limit-2x1" in r:
         lines.append(f"  torch default threads / fitted (2 processes): "
                      f"{r['default-2x']['images_per_s'] / r['limit-2x1']['images_per_s']:.2f}")
+    if "dataflow-2t" in r and "dataflow" in r:
+        lines.append(f"  dataflow, torch default threads / fitted: "
+                     f"{r['dataflow-2t']['images_per_s'] / r['dataflow']['images_per_s']:.2f}")
     return lines
 
 
