@@ -11,7 +11,7 @@ results and memory stays flat whatever the number of shards. The executor decide
 it writes nothing: the caller (pipeline.py) turns each `ShardDone` into exactly one sink write.
 
 Decisions are small pure functions over `RunState` (what to submit next, whether a failure is
-retried); the loop around them does the I/O. A task past its deadline (`predict.timeout` times
+retried; with an `OrderWindow`, only shards close enough to the first one not yet delivered start); the loop around them does the I/O. A task past its deadline (`predict.timeout` times
 its number of batches, plus a grace period) is cancelled and counted as a failure, so a batch
 stuck outside Python (where the worker's own alarm cannot reach) does not hang the run.
 """
@@ -71,6 +71,8 @@ class RunState:
     in_flight: dict = field(default_factory=dict)  # handle -> _InFlight
     attempts: dict = field(default_factory=dict)   # shard index -> attempts started
     stopped: bool = False
+    order: "OrderWindow | None" = None             # preserve_order: the window of shards started
+    positions: dict = field(default_factory=dict)  # shard index -> position in the input (with order)
 
     @property
     def finished(self) -> bool:
@@ -82,7 +84,12 @@ def to_submit(state: RunState) -> list:
     if state.stopped:
         return []
     free = max(0, state.max_in_flight - len(state.in_flight))
-    return [state.queue.popleft() for _ in range(min(free, len(state.queue)))]
+    out = []
+    while len(out) < free and state.queue:
+        if state.order is not None and not state.order.admits(state.positions[state.queue[0].index]):
+            break
+        out.append(state.queue.popleft())
+    return out
 
 
 def on_failure(state: RunState, shard: Any) -> Literal["retry", "give_up"]:
@@ -91,6 +98,29 @@ def on_failure(state: RunState, shard: Any) -> Literal["retry", "give_up"]:
         state.queue.appendleft(shard)
         return "retry"
     return "give_up"
+
+
+@dataclass
+class OrderWindow:
+    """Input order with a bound on what waits: a shard at `position` (in the input order) may start
+    only while it is fewer than `size` positions past `next`, the first shard not yet delivered.
+    So at most `size - 1` finished shards are ever held ahead of the one the consumer waits for;
+    `ahead_high` is the most that were."""
+
+    size: int
+    next: int = 0
+    done: set = field(default_factory=set)        # delivered positions past `next`
+    ahead_high: int = 0
+
+    def admits(self, position: int) -> bool:
+        return position < self.next + max(1, self.size)
+
+    def delivered(self, position: int) -> None:
+        self.done.add(position)
+        while self.next in self.done:
+            self.done.remove(self.next)
+            self.next += 1
+        self.ahead_high = max(self.ahead_high, len(self.done))
 
 
 def default_max_in_flight(workers: int) -> int:
@@ -123,9 +153,13 @@ class Executor:
     poll: float = 0.5
     shared: tuple = ()              # more arguments after model_ref (each stage's payload ref)
     options: dict | None = None     # the task's resources (num_cpus, num_gpus, resources)
+    order_window: int | None = None  # keep input order, at most order_window - 1 shards done ahead
 
     def run(self, shards: list) -> Iterator[Event]:
         state = RunState(queue=deque(shards), max_in_flight=self.max_in_flight, max_retries=self.max_retries)
+        if self.order_window is not None:
+            state.order = OrderWindow(self.order_window)
+            state.positions = {sh.index: i for i, sh in enumerate(shards)}
         self.state = state
         try:
             while not state.finished:
@@ -141,6 +175,7 @@ class Executor:
                     except TaskFailure as exc:
                         yield from self._failed(state, flight, str(exc), exc.cause)
                     else:
+                        self._delivered(state, flight.shard)
                         yield ShardDone(flight.shard, result, flight.attempt)
                 yield from self._expired(state)
         finally:
@@ -162,9 +197,14 @@ class Executor:
         if on_failure(state, flight.shard) == "retry":
             yield ShardRetry(flight.shard, error, flight.attempt)
             return
+        self._delivered(state, flight.shard)
         yield ShardFailed(flight.shard, error, flight.attempt, cause)
         if self.fail_fast:
             state.stopped = True
+
+    def _delivered(self, state: RunState, shard: Any) -> None:
+        if state.order is not None:
+            state.order.delivered(state.positions[shard.index])
 
     def _expired(self, state: RunState) -> Iterator[Event]:
         now = time.monotonic()

@@ -15,13 +15,30 @@ segment's buffer (its queue plus what is in flight towards it) is below `buffer`
 segments are served first, so blocks drain before new ones are made. A fast segment with free
 slots and room downstream never waits for a slow one.
 
-Decisions (`can_submit`, `pick_actor`, `on_failure`, `plan.pool_target`) are pure functions over
-`StreamState`; the loop does the I/O. A failed block is retried in the segment that failed, from
-its input block, up to `max_retries`; a dead actor is restarted by core and its blocks retried.
+Decisions (`can_submit`, `pick_actor`, `on_failure`, `block_limit`, `live_bottleneck`,
+`plan.pool_target`) are pure functions over `StreamState`; the loop does the I/O. A failed block
+is retried in the segment that failed, from its input block, up to `max_retries`; a dead actor is
+restarted by core and its blocks retried.
+
+Deadlines: when every stage of a segment has a `timeout`, a block in it may run for timeout x
+its batches (plus a grace) and no longer. The worker's own alarm interrupts Python code; the
+driver's deadline catches the rest (C code, a thread, a signal blocked): a task past it is
+cancelled (its worker killed), an actor past it is killed and replaced, and its other blocks go
+back to the queue with no attempt spent. The block that ran over fails or is retried as any
+failure. An actor runs its calls one after the other, so a call's clock starts when the one
+before it on the same actor lands.
+
+Order: with `order_window` (Dataset.iter_batches(preserve_order=True)), the first segment starts
+a shard only while it is fewer than `order_window` shards past the first one not yet yielded, so
+at most `order_window - 1` finished shards ever wait ahead of it (`StreamState.ahead_high`).
+
+Live figures: every `tick` seconds the loop yields a `StagesUpdate` (rows in/out, blocks queued
+and in flight, busy time, actors, which stage holds the others back) for the progress lines.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -29,7 +46,7 @@ from typing import Any, Iterator, Literal, NamedTuple
 
 from .backends import TaskFailure
 from .exceptions import RunError
-from .executor import ShardDone, ShardFailed, ShardRetry
+from .executor import DEADLINE_GRACE, OrderWindow, ShardDone, ShardFailed, ShardRetry
 from .plan import Segment, gpu_devices, pool_bounds, pool_target
 
 
@@ -59,6 +76,17 @@ def stage_blocks(stage_stats: dict, pid: int, peak_memory: int, landed: float) -
     return out[::-1]
 
 
+POOL_GRACE = 5.0  # seconds on top of a pool call's timeout x batches: its block is already in the store
+
+
+class StagesUpdate(NamedTuple):
+    """The live per-stage figures (streaming.StreamExecutor.live_report), for progress lines.
+    `shard` is None: consumers that read `event.shard` of every event pass it by."""
+
+    stages: list
+    shard: Any = None
+
+
 @dataclass
 class Item:
     """One shard on its way through the segments."""
@@ -71,6 +99,19 @@ class Item:
     quarantine: list = field(default_factory=list)
     first_error: str = ""
     blocks: list = field(default_factory=list)    # StageBlocks of the segments done
+    rows: int = 0                                   # rows of the input block (the shard's, at first)
+    position: int = 0                               # in the input order
+
+
+@dataclass
+class Flight:
+    """One block in flight in a segment."""
+
+    item: Item
+    actor: Any = None                 # the pool's actor running it (None: a task)
+    block: Any = None                 # the ref of the block it makes (None for the last segment)
+    submitted: float = 0.0            # time.monotonic()
+    deadline: float | None = None     # time.monotonic() past which it is given up; None: unbounded or not started
 
 
 @dataclass
@@ -78,6 +119,7 @@ class Pool:
     actors: list = field(default_factory=list)      # handles
     load: dict = field(default_factory=dict)        # id(handle) -> calls in flight
     ready: dict = field(default_factory=dict)       # ready ref -> handle
+    calls: dict = field(default_factory=dict)       # id(handle) -> deque of its calls' meta handles, in order
     lo: int = 1
     hi: int = 1
     started: int = 0                                # actors started (for device assignment)
@@ -89,10 +131,11 @@ class SegState:
     max_in_flight: int
     buffer: int                                     # blocks allowed between the previous segment and this one
     queue: deque = field(default_factory=deque)
-    in_flight: dict = field(default_factory=dict)   # meta handle -> (Item, actor or None)
+    in_flight: dict = field(default_factory=dict)   # meta handle -> Flight
     pool: Pool | None = None
     ready: bool = False                             # its stages' payloads are in the store
     held_back: int = 0                              # loop turns with work and a slot, but no room downstream
+    holding: bool = False                           # held back at the last turn
     blocks: int = 0
     stats: dict = field(default_factory=dict)       # stage -> _task.STAT_FIELDS, summed
     pids: set = field(default_factory=set)
@@ -109,6 +152,7 @@ class StreamState:
     segs: list[SegState]
     max_retries: int
     stopped: bool = False
+    order: OrderWindow | None = None                # preserve_order: the window of shards started
 
     @property
     def finished(self) -> bool:
@@ -125,8 +169,33 @@ def room_downstream(state: StreamState, k: int) -> bool:
 
 def can_submit(state: StreamState, k: int) -> bool:
     s = state.segs[k]
+    if k == 0 and state.order is not None and s.queue and not state.order.admits(s.queue[0].position):
+        return False
     return (not state.stopped and s.ready and bool(s.queue) and len(s.in_flight) < s.slots
             and room_downstream(state, k))
+
+
+def block_limit(seg: Segment, rows: int, read_batch: int | None, quarantine: bool) -> tuple[float, int] | None:
+    """(seconds, batches) a block of `rows` rows may take in `seg` by its stages' timeouts, grace
+    not included; None when a stage of the segment has no timeout (its time is unbounded)."""
+    if any(st.timeout is None for st in seg.stages):
+        return None
+    total, batches = 0.0, 0
+    for i, st in enumerate(seg.stages):
+        size = st.batch_size or (read_batch if i == 0 and read_batch else None) or max(rows, 1)
+        n = max(1, math.ceil(rows / size))
+        # Bisecting a failing batch calls the stage about 2 log2(n) times more.
+        factor = 2 * max(1, math.ceil(math.log2(max(size, 2)))) if quarantine else 1
+        total += st.timeout * n * factor
+        batches += n
+    return total, batches
+
+
+def live_bottleneck(state: StreamState) -> int | None:
+    """The segment holding the others back now: the one whose input waits longest for a slot
+    (queue per slot, past the first segment); None when no block waits between segments."""
+    waiting = [(len(s.queue) / max(1, s.slots), k) for k, s in enumerate(state.segs) if k and s.queue]
+    return max(waiting)[1] if waiting else None
 
 
 def pick_actor(pool: Pool) -> Any:
@@ -143,7 +212,8 @@ def on_failure(state: StreamState, item: Item) -> Literal["retry", "give_up"]:
 
 @dataclass
 class StreamExecutor:
-    """Runs shards through `segments` on `backend`; yields the executor's events."""
+    """Runs shards through `segments` on `backend`; yields the executor's events (and, every
+    `tick` seconds, a StagesUpdate)."""
 
     backend: Any
     segments: list[Segment]
@@ -158,6 +228,9 @@ class StreamExecutor:
     workers: int = 1
     poll: float = 0.5
     state: StreamState | None = None
+    order_window: int | None = None  # keep input order, at most order_window - 1 shards done ahead
+    tick: float = 0.5                # seconds between StagesUpdate events; 0: none
+    started: float = field(default_factory=time.monotonic)
 
     def run(self, shards: list) -> Iterator[Any]:
         segs = []
@@ -169,7 +242,10 @@ class StreamExecutor:
                          stats={st.name: [0, 0, 0.0, 0.0, 0] for st in seg.stages})
             segs.append(s)
         state = self.state = StreamState(segs, self.max_retries)
-        state.segs[0].queue.extend(Item(sh) for sh in shards)
+        if self.order_window is not None:
+            state.order = OrderWindow(self.order_window)
+        state.segs[0].queue.extend(Item(sh, rows=sh.num_rows, position=i) for i, sh in enumerate(shards))
+        self.started = last_tick = time.monotonic()
         try:
             while not state.finished:
                 self._payloads_landed(state)
@@ -180,9 +256,13 @@ class StreamExecutor:
                 handles += [r for s in state.segs if s.pool for r in s.pool.ready]
                 if not handles:
                     self._wait_payloads(state)
-                    continue
-                for handle in self.backend.wait(handles, timeout=self.poll):
-                    yield from self._landed(state, handle)
+                else:
+                    for handle in self.backend.wait(handles, timeout=self.poll):
+                        yield from self._landed(state, handle)
+                    yield from self._expired(state)
+                if self.tick and time.monotonic() - last_tick >= self.tick:
+                    last_tick = time.monotonic()
+                    yield StagesUpdate(self.live_report())
         finally:
             for s in state.segs:
                 for handle in list(s.in_flight):
@@ -233,7 +313,17 @@ class StreamExecutor:
         pool.started += 1
         pool.actors.append(actor)
         pool.load[id(actor)] = 0
+        pool.calls[id(actor)] = deque()
         pool.ready[self.backend.call(actor, "ready")] = actor
+
+    def _remove_actor(self, s: SegState, actor: Any) -> None:
+        pool = s.pool
+        pool.actors.remove(actor)
+        pool.load.pop(id(actor), None)
+        pool.calls.pop(id(actor), None)
+        for ref in [r for r, a in pool.ready.items() if a is actor]:
+            pool.ready.pop(ref)
+        self.backend.kill(actor)
 
     def _scale_pools(self, state: StreamState) -> None:
         upstream_done = True
@@ -246,8 +336,7 @@ class StreamExecutor:
                     self._add_actor(s)
                 if len(pool.actors) > want:
                     for a in [a for a in pool.actors if not pool.load.get(id(a), 0)][:len(pool.actors) - want]:
-                        pool.actors.remove(a)
-                        self.backend.kill(a)
+                        self._remove_actor(s, a)
             upstream_done = upstream_done and not s.queue and not s.in_flight
 
     # -- submitting -------------------------------------------------------------------------
@@ -259,6 +348,7 @@ class StreamExecutor:
             task = self.make_task(item.shard, s.seg)
             n = 1 if task.last else 2
             actor = None
+            now = time.monotonic()
             if s.pool is not None:
                 actor = pick_actor(s.pool)
                 s.pool.load[id(actor)] += 1
@@ -273,9 +363,26 @@ class StreamExecutor:
                 out = self.backend.submit(run_segment, task, self.backend.as_arg(item.block), *payloads,
                                           options=opts)
             meta, block = (out, None) if n == 1 else (out[0], out[1])
-            s.in_flight[meta] = (item, actor, block)
-        if s.queue and len(s.in_flight) < s.slots and not room_downstream(state, k):
+            flight = s.in_flight[meta] = Flight(item, actor, block, submitted=now)
+            if actor is not None:
+                calls = s.pool.calls[id(actor)]
+                calls.append(meta)
+                if len(calls) == 1:  # the actor is idle: this call starts now
+                    flight.deadline = self._deadline(s, flight, now)
+            else:
+                flight.deadline = self._deadline(s, flight, now)
+        s.holding = bool(s.queue) and len(s.in_flight) < s.slots and not room_downstream(state, k)
+        if s.holding:
             s.held_back += 1
+
+    def _deadline(self, s: SegState, flight: Flight, start: float) -> float | None:
+        task = self.make_task(flight.item.shard, s.seg)
+        limit = block_limit(s.seg, flight.item.rows, (task.read or {}).get("batch_size"),
+                            task.on_error == "quarantine")
+        if limit is None:
+            return None
+        # A task may wait for a worker and read its shard first; a pool call's block is in the store.
+        return start + limit[0] + (POOL_GRACE if flight.actor is not None else DEADLINE_GRACE)
 
     # -- results ----------------------------------------------------------------------------
     def _landed(self, state: StreamState, handle: Any) -> Iterator[Any]:
@@ -294,9 +401,11 @@ class StreamExecutor:
                 break
         else:
             return
-        item, actor, block = s.in_flight.pop(handle)
+        flight = s.in_flight.pop(handle)
+        item, actor, block = flight.item, flight.actor, flight.block
         if actor is not None and id(actor) in s.pool.load:
             s.pool.load[id(actor)] -= 1
+            self._next_call(s, actor, handle)
         try:
             result = self.backend.result(handle)
         except TaskFailure as exc:
@@ -317,22 +426,91 @@ class StreamExecutor:
             item.quarantine.append(meta.quarantine)
         item.first_error = item.first_error or meta.first_error
         if last:
+            self._delivered(state, item)
             yield ShardDone(item.shard, _merge(result, item), item.attempts.get(item.seg, 1))
             return
         item.block = block
+        item.rows = meta.rows_out
         item.seg += 1
         state.segs[item.seg].queue.append(item)
+
+    def _next_call(self, s: SegState, actor: Any, handle: Any) -> None:
+        """A call of `actor` landed: the next one queued on it starts now (its clock too)."""
+        calls = s.pool.calls.get(id(actor))
+        if not calls:
+            return
+        if handle in calls:
+            calls.remove(handle)
+        if calls:
+            nxt = s.in_flight.get(calls[0])
+            if nxt is not None and nxt.deadline is None:
+                nxt.deadline = self._deadline(s, nxt, time.monotonic())
+
+    def _delivered(self, state: StreamState, item: Item) -> None:
+        if state.order is not None:
+            state.order.delivered(item.position)
 
     def _failed(self, state: StreamState, item: Item, error: str, cause: Any) -> Iterator[Any]:
         attempt = item.attempts.get(item.seg, 1)
         if on_failure(state, item) == "retry":
             yield ShardRetry(item.shard, error, attempt)
             return
+        self._delivered(state, item)
         yield ShardFailed(item.shard, error, attempt, cause)
         if self.fail_fast:
             state.stopped = True
 
+    def _expired(self, state: StreamState) -> Iterator[Any]:
+        """Blocks past their deadline: a task is cancelled (its worker killed); an actor is killed
+        and replaced, its other blocks queued again with no attempt spent."""
+        now = time.monotonic()
+        for s in state.segs:
+            for handle, flight in list(s.in_flight.items()):
+                if flight.deadline is None or now <= flight.deadline or handle not in s.in_flight:
+                    continue
+                st, item = s.seg.head, flight.item
+                limit = block_limit(s.seg, item.rows, None, False)
+                what = f"timeout {st.timeout:g} s x {limit[1] if limit else 1} batches"
+                del s.in_flight[handle]
+                if flight.actor is None:
+                    self.backend.cancel(handle, force=True)  # stuck outside Python: kill the worker
+                    done = "its task was cancelled"
+                else:
+                    self._replace_actor(state, s, flight.actor)
+                    done = "its actor was killed and replaced"
+                yield from self._failed(state, item, f"stage {s.seg.name}: shard {item.shard.index}: a block ran "
+                                        f"past its deadline ({what}, plus grace); {done}", None)
+
+    def _replace_actor(self, state: StreamState, s: SegState, actor: Any) -> None:
+        others = [h for h in s.pool.calls.get(id(actor), ()) if h in s.in_flight]
+        for h in reversed(others):  # queued behind the stuck call: not their fault
+            flight = s.in_flight.pop(h)
+            flight.item.attempts[s.seg.index] -= 1
+            s.queue.appendleft(flight.item)
+        self._remove_actor(s, actor)
+        if not state.stopped and len(s.pool.actors) < s.pool.lo:
+            self._add_actor(s)
+
     # -- reporting --------------------------------------------------------------------------
+    def live_report(self) -> list[dict]:
+        """stage_report() as the run goes, with each stage's blocks queued and in flight, its
+        actors now, and `bottleneck`: the stage whose input waits the longest for a slot."""
+        if self.state is None:
+            return []
+        out = self.stage_report()
+        hot = live_bottleneck(self.state)
+        by_name = {}
+        for k, s in enumerate(self.state.segs):
+            for st in s.seg.stages:
+                by_name[st.name] = (k, s)
+        for entry in out:
+            k, s = by_name[entry["name"]]
+            entry.update(queued=len(s.queue), in_flight=len(s.in_flight), backpressure=s.holding,
+                         bottleneck=k == hot,
+                         actors=len(s.pool.actors) if s.pool is not None else 0,
+                         elapsed=round(time.monotonic() - self.started, 3))
+        return out
+
     def stage_report(self) -> list[dict]:
         """One entry per stage: rows in/out, blocks, busy seconds, actors, and which stage holds
         the others back."""

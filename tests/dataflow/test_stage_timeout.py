@@ -1,0 +1,84 @@
+"""A stage's `timeout` on a real session, where the worker's own alarm cannot interrupt the call:
+the driver gives the block up at its deadline, kills the actor and replaces it, and the block
+fails (or is retried) as any failure; what was committed stays committed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from dataflow import RunError
+from dataflow import plan as P
+from dataflow import streaming
+from tests.dataflow import helpers
+from tests.dataflow.test_stages import H, output, pipeline
+
+
+class Hang:
+    """Passes batches on; on the shard $HANG_SHARD it notes $HANG_MARKER and then sleeps with
+    SIGALRM blocked (as C code that never returns to Python would: the worker's alarm cannot
+    reach it). With $HANG_ONCE it hangs only while the marker does not exist yet."""
+
+    def __init__(self):
+        pass
+
+    def __call__(self, batch: dict) -> dict:
+        shard = int(batch["id"][0]) // 100
+        marker = os.environ.get("HANG_MARKER", "")
+        if str(shard) == os.environ.get("HANG_SHARD") and not (os.environ.get("HANG_ONCE") and os.path.exists(marker)):
+            with open(marker, "w") as f:
+                f.write(str(os.getpid()))
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+            time.sleep(600)
+        return {"id": batch["id"], "mean": batch["image"].reshape(len(batch["id"]), -1).mean(axis=1)}
+
+
+def stages(timeout="1s"):
+    return [{"name": "parse", "fn": f"{H}:images", "fn_kwargs": {"size": 2}},
+            {"name": "hang", "fn": "tests.dataflow.test_stage_timeout:Hang", "concurrency": 1, "timeout": timeout},
+            {"name": "post", "fn": f"{H}:fail_on_bad"}]
+
+
+def test_block_limit_is_timeout_times_batches_only_when_every_stage_has_one():
+    timed = P.Stage("a", "m:C", "pool", batch_size=100, timeout=2.0)
+    assert streaming.block_limit(P.Segment(0, "pool", (timed,)), 250, None, False) == (6.0, 3)
+    untimed = P.Stage("b", "m:f", "tasks")
+    assert streaming.block_limit(P.Segment(0, "tasks", (timed, untimed)), 250, None, False) is None
+
+
+def test_a_hanging_actor_call_fails_the_run_naming_stage_and_shard(tmp_path, monkeypatch):
+    marker = tmp_path / "started"
+    monkeypatch.setenv("HANG_MARKER", str(marker))
+    monkeypatch.setenv("HANG_SHARD", "2")
+    data = helpers.make_dataset(tmp_path / "data", shards=4, rows=100)
+    p = pipeline(tmp_path, data, stages(), max_retries=0)
+    with pytest.raises(RunError, match=r"shard 2 .*stage hang: shard 2: a block ran past its deadline "
+                                       r"\(timeout 1 s x 1 batches, plus grace\); its actor was killed"):
+        p.run()
+    assert marker.exists()  # the call really started, and hung
+    summary = p.last_summary
+    assert summary.status == "failed" and 2 not in [sh for sh in p.committed()]
+    committed = p.committed()
+    # nothing committed is lost: a rerun (no hang) computes only the rest, and every row is there once
+    monkeypatch.delenv("HANG_SHARD")
+    again = pipeline(tmp_path, data, stages(), max_retries=0).run()
+    assert again.status == "done" and again.shards_skipped == len(committed)
+    assert output(tmp_path)["id"].to_pylist() == list(range(400))
+
+
+def test_a_hanging_actor_call_is_retried_on_a_new_actor(tmp_path, monkeypatch):
+    marker = tmp_path / "started"
+    monkeypatch.setenv("HANG_MARKER", str(marker))
+    monkeypatch.setenv("HANG_SHARD", "1")
+    monkeypatch.setenv("HANG_ONCE", "1")
+    data = helpers.make_dataset(tmp_path / "data", shards=3, rows=100)
+    summary = pipeline(tmp_path, data, stages(), max_retries=1).run()
+    assert marker.exists()
+    assert summary.status == "done" and summary.rows == 300
+    out = output(tmp_path)
+    assert out["id"].to_pylist() == list(range(300))
+    np.testing.assert_allclose(out["y"].to_numpy(), (np.arange(300) % 7) * 2)
