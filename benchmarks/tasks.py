@@ -8,7 +8,10 @@ Measures, for each engine (Ray only when `ray` is installed):
   3. throughput: 10,000 no-op tasks submitted, then gathered (tasks/s)
   4. 100 tasks each taking a ref to an 800 MB array: wall time and peak memory, as the sum of
      PSS over the driver and every process it started (the array must not be copied per task)
-and prints each figure with the ratio core/Ray and the issue's target.
+and prints each figure with the ratio core/Ray and the issue's target. Then, core alone:
+  5. the timeline's cost: 10,000 no-op tasks with `init(timeline=True)` and with
+     `timeline=False`, alternated over a few rounds in the same run: median throughput of each
+     and their ratio, and the driver's CPU time per task.
 """
 
 from __future__ import annotations
@@ -103,6 +106,36 @@ def run_engine(name: str, api, init_kwargs: dict, sizes: dict) -> dict:
     return out
 
 
+def timeline_cost(n: int, rounds: int) -> dict:
+    """`n` no-op tasks with the timeline recording and without: sessions started alternately
+    (off, on, then on, off, ...) so that drift of a shared machine hits both. Reports the median
+    throughput of each, and the driver's CPU time per task (the recording's cost lands there,
+    and CPU time is less noisy than wall time on a busy machine)."""
+    import core
+
+    def noop():
+        return None
+
+    tput: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}
+    for r in range(rounds):
+        for on in ((False, True) if r % 2 == 0 else (True, False)):
+            core.init(num_cpus=2, timeline=on)
+            f = core.remote(noop)
+            core.get([f.remote() for _ in range(500)])   # both workers up and warm
+            t, c = time.perf_counter(), time.process_time()
+            core.get([f.remote() for _ in range(n)])
+            tput[on].append(n / (time.perf_counter() - t))
+            cpu[on].append((time.process_time() - c) / n * 1e6)
+            core.shutdown()
+    med = statistics.median
+    out = {"throughput_timeline_off": med(tput[False]), "throughput_timeline_on": med(tput[True]),
+           "timeline_on_over_off": med(tput[True]) / med(tput[False]),
+           "driver_cpu_us_per_task_off": med(cpu[False]), "driver_cpu_us_per_task_on": med(cpu[True])}
+    print("  core timeline: " + ", ".join(f"{k}={v:.4g}" for k, v in out.items()), flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
@@ -153,6 +186,14 @@ def main() -> None:
         ratio = f"{c / r:.3f}" if r else "-"
         print(f"{key:<32}{c:>12.4g}{(r if r is not None else float('nan')):>12.4g}{ratio:>10}  {target}")
     print(f"{'array_gb':<32}{results['core']['array_gb']:>12.4g}")
+
+    cost = timeline_cost(sizes["throughput"], rounds=2 if args.quick else 6)
+    print()
+    print(f"{'core timeline (median)':<32}{'off':>12}{'on':>12}{'on/off':>10}  target")
+    print(f"{'throughput_tasks_per_s':<32}{cost['throughput_timeline_off']:>12.4g}"
+          f"{cost['throughput_timeline_on']:>12.4g}{cost['timeline_on_over_off']:>10.3f}  >= 0.98 (<= 2% cost)")
+    cpu_on, cpu_off = cost["driver_cpu_us_per_task_on"], cost["driver_cpu_us_per_task_off"]
+    print(f"{'driver_cpu_us_per_task':<32}{cpu_off:>12.4g}{cpu_on:>12.4g}{cpu_on / cpu_off:>10.3f}")
 
 
 if __name__ == "__main__":

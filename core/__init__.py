@@ -26,6 +26,7 @@ from core._private.api import (
     put,
     remote,
     shutdown,
+    timeline,
     wait,
 )
 from core._private.refs import ObjectRef, ObjectRefGenerator
@@ -48,5 +49,6 @@ __all__ = [
     "put",
     "remote",
     "shutdown",
+    "timeline",
     "wait",
 ]

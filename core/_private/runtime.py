@@ -78,6 +78,11 @@ class Runtime(Protocol):
         """`fn(*args, **kwargs)` stored as an object, its value written once (core.build)."""
         ...
 
+    def timeline(self, path: str | None = None) -> list[dict]:
+        """The session's task events as Chrome trace events (core.timeline), written to `path`
+        as a trace file too when given."""
+        ...
+
     def shutdown(self) -> None: ...
 
 

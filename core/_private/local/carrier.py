@@ -9,13 +9,15 @@
 
 What a dispatch cannot send after all goes back: arguments that no longer fit (`NoRoomNow`, or
 admission says wait) to the head of the queue, a lost argument to its rebuild, a failed one
-fails the task.
+fails the task. With the session's timeline on, each task sent is recorded
+(`tasks/timeline.py`: START, with its worker and its arguments' bytes).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from time import monotonic
 from typing import Any
 
 from core._private.local import messages as M
@@ -26,6 +28,7 @@ from core._private.tasks.board import Board, requeue_front
 from core._private.tasks.resources import unhold
 from core._private.tasks.scheduler import Admission, admit
 from core._private.tasks.state import Task
+from core._private.tasks.timeline import START
 from core._private.tasks.transitions import (Dispatch, Fail, Interrupt, KillWorker, Reclaim, Reply, Spawn,
                                              StopWorker, transition)
 from core.exceptions import ObjectLostError
@@ -123,8 +126,22 @@ class Carrier:
         if msgs:
             self._send_functions(worker, batch)
             worker.chan.send(M.Tasks(M.TASKS, msgs))
+            if board.timeline is not None:
+                self._record(worker, msgs)
         elif worker.actor_id is None and not inflight:
             unhold(board.ledger, worker, board.owing)
+
+    def _record(self, worker: WorkerProc, msgs: list) -> None:
+        """The timeline's START of each task just sent (one clock read for the batch)."""
+        rec = self.board.timeline
+        rec.workers.setdefault(worker.wid, worker)
+        now = monotonic()
+        wid = worker.wid
+        append = rec.events.append
+        for m in msgs:
+            a = m["args"]         # the common case inline: small arguments, no ref among them
+            size = len(a[1]) if a[0] == "inline" and not a[2] else arg_bytes(a)
+            append((START, now, m["task_id"], m["name"], m["kind"], wid, size))
 
     def _send_functions(self, worker: WorkerProc, batch: list[Task]) -> None:
         """The functions the worker has not seen yet, once each, before the tasks using them."""
@@ -180,6 +197,19 @@ class Carrier:
         except ObjectLostError as exc:
             exc.oid = oid  # type: ignore[attr-defined]
             raise
+
+
+def arg_bytes(args: tuple) -> int:
+    """Bytes of a task message's arguments: the inline blob (or the stored one) and each ref
+    argument's object, as located (("inline", bytes) or ("shared", segment, size))."""
+    n = len(args[1]) if args[0] == "inline" else _loc_size(args[1][1])
+    for _, loc in args[2]:
+        n += _loc_size(loc)
+    return n
+
+
+def _loc_size(loc: tuple) -> int:
+    return len(loc[1]) if loc[0] == "inline" else loc[2]
 
 
 def interrupt(ins: Interrupt) -> None:

@@ -38,6 +38,7 @@ from core._private.refs import IdSource, ObjectRef, ObjectRefGenerator
 from core._private.tasks import actors as A
 from core._private.tasks import board as B
 from core._private.tasks import scheduler as S
+from core._private.tasks import timeline as TL
 from core._private.tasks.resources import ResourceLedger
 from core._private.tasks.state import Obj, Task
 from core._private.tasks.transitions import Interrupt, KillWorker
@@ -67,7 +68,7 @@ class _Locked:
 class LocalEngine:
     def __init__(self, *, num_cpus: float | None, num_gpus: float | None,
                  resources: dict | None, object_store_memory: int | None, spill: Any,
-                 inline_threshold: int, zygote: Any = None) -> None:
+                 inline_threshold: int, zygote: Any = None, timeline: bool | int = True) -> None:
         self.inline_threshold = inline_threshold
         cpus = float(os.cpu_count() or 1) if num_cpus is None else float(num_cpus)
         gpus = float(num_gpus or 0)
@@ -91,6 +92,8 @@ class LocalEngine:
         self.workers = self.pool.workers       # wid -> WorkerProc, kept by the pool
         self.board = B.Board(self.resources, self.workers, pool_size=max(1, int(cpus)),
                              max_workers=max(4, int(cpus) * 4))
+        if timeline:   # True: the default bound; a number: that many events at most
+            self.board.timeline = TL.Recorder(TL.DEFAULT_MAX_EVENTS if timeline is True else int(timeline))
         self.table = ObjectTable(self.board, self.store, self.cond, self.pool.wake)
         self.locked = _Locked(self._lock, self.table.apply_ref_events)
         self.carrier = Carrier(self.board, self.table, self.store, self.pool)
@@ -420,6 +423,30 @@ class LocalEngine:
         with self.locked:
             counts = {oid: (o.count, o.task.name if o.task else "put") for oid, o in self.board.objects.items()}
         return render(self.store.entries(), counts, self.store.usage())
+
+    def timeline(self, path: str | None = None) -> list[dict]:
+        """core.timeline: the session's task events as Chrome trace events (tasks/timeline.py),
+        written to `path` too when given."""
+        rec = self.board.timeline
+        if rec is None:
+            raise CoreError("this session records no timeline: it was started with "
+                            "core.init(timeline=False); start it with timeline=True")
+        with self.locked:
+            events = list(rec.events)
+            workers = list(rec.workers.items())
+            actors = {aid: a.name for aid, a in self.board.actors.items()}
+        lanes = {}
+        for wid, w in workers:       # pids read outside the lock (a zygote's child may be forking)
+            pid = w.proc.pid
+            if w.actor_id is None:
+                label = f"worker {pid}"
+            else:
+                label = f"actor {TL.short_name(actors.get(w.actor_id, '?'))} {pid}"
+            lanes[wid] = TL.Lane(pid, label)
+        out = TL.chrome_events(events, lanes, os.getpid(), rec.t0, time.monotonic())
+        if path is not None:
+            TL.write_trace(path, out)
+        return out
 
     # ── shutdown ────────────────────────────────────────────────────────────────────────────
     def build(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> ObjectRef:

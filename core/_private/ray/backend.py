@@ -12,7 +12,7 @@ driver calls this.
 
 This module owns the session: starting (or connecting to) Ray with the options config.py
 translates, the private temp folder of a Ray instance we start, the driver-only calls
-(`free`, `cluster_resources`, `memory_summary`) and shutdown. Everything else is the `RayClient`
+(`free`, `cluster_resources`, `memory_summary`, `timeline`) and shutdown. Everything else is the `RayClient`
 it holds, which a worker's runtime (worker.py) holds too. `core.init` puts it in the runtime
 slot (runtime.py) and `core.shutdown` takes it out.
 
@@ -43,6 +43,7 @@ from core._private.ray.config import (
 )
 from core._private.ray.errors import first_line
 from core._private.refs import ObjectRef
+from core._private.tasks.timeline import write_trace
 from core._private.taskspec import TaskSpec
 from core.exceptions import CoreError
 from core.units import format_bytes
@@ -188,6 +189,19 @@ class RayBackend:
         lines.append(f"Ray object store: {format_bytes(total)} capacity across the cluster "
                      f"({format_bytes(free)} not reserved; Ray counts usage per node, see `ray memory`)")
         return "\n".join(lines)
+
+    def timeline(self, path: str | None = None) -> list[dict]:
+        """core.timeline on Ray: Ray's own task events (`ray.timeline()`), passed through as Ray
+        gives them (Chrome trace events too, with Ray's lanes, names and args, and times in
+        microseconds of the wall clock), written as a trace file like the local engine's."""
+        try:
+            events = list(self.client.ray.timeline())
+        except Exception as exc:  # noqa: BLE001 - Ray Client and some clusters cannot give it
+            raise CoreError(f"Ray gave no timeline for the session at {self.address!r}: "
+                            f"{type(exc).__name__}: {first_line(exc)}") from exc
+        if path is not None:
+            write_trace(path, events)
+        return events
 
     def shutdown(self) -> None:
         if self._closed:

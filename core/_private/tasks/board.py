@@ -8,17 +8,21 @@ scheduling (that is `scheduler.plan`).
 
 Each function changes the records it is handed (`Board`, tasks, workers' scheduling fields)
 and returns the instructions (`transitions.py`) the I/O layer must carry out. None sends,
-spawns, signals or touches the object store.
+spawns, signals or touches the object store. With the session's timeline on
+(`board.timeline`, `timeline.Recorder`) submit, DONE, retry and death also append one tuple to
+it: the only clock these decisions read.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from time import monotonic
 from typing import Any, Literal
 
 from core._private.tasks.resources import ResourceLedger, unhold
 from core._private.tasks.retry import retry_decision, spend_retry
 from core._private.tasks.state import Actor, Obj, Stream, Task
+from core._private.tasks.timeline import DIED, END, RETRY, SUBMIT, Recorder, error_text
 from core._private.tasks.transitions import Interrupt, Reclaim, Spawn, transition
 from core.exceptions import ActorDiedError, TaskCancelledError, WorkerCrashedError
 
@@ -44,6 +48,7 @@ class Board:
         self.owing: set = set()        # workers back from a nested get, their share not yet taken
         self.room_wait = False         # a task waits for room to restore its arguments
         self.closing = False           # the session is shutting down: no new worker
+        self.timeline: Recorder | None = None   # the task events, when the session records them
 
 
 # ─── submit ────────────────────────────────────────────────────────────────────────────────────
@@ -59,6 +64,13 @@ def register(board: Board, task: Task, owner: Any = None) -> list:
         objects[oid] = obj
         board.by_return[oid] = task
     board.tasks[task.task_id] = task
+    rec = board.timeline
+    if rec is not None:
+        wid = None
+        if owner is not None:
+            wid = owner.wid
+            rec.workers.setdefault(wid, owner)
+        rec.events.append((SUBMIT, monotonic(), task.task_id, task.name, wid))
     if task.streaming:
         board.streams[task.task_id] = Stream()
     if task.kind == "actor_method":
@@ -127,6 +139,10 @@ def requeue_front(board: Board, worker: Any, tasks: list[Task]) -> None:
 def finished(board: Board, worker: Any, task_id: bytes, error: Any, seconds: float) -> Task | None:
     """A worker reports a task done: take it off the worker, note its time, give back what it
     held. Returns the task (None if nobody waits for it any more)."""
+    rec = board.timeline
+    if rec is not None:
+        rec.events.append((END, monotonic(), task_id, worker.wid, seconds,
+                           None if error is None else error_text(error)))
     inflight = worker.inflight
     if inflight and inflight[0].task_id == task_id:
         inflight.popleft()
@@ -153,6 +169,8 @@ def failed_run(board: Board, task: Task, error: BaseException, app_error: bool) 
     back of its queue) or fail it."""
     if app_error and retry_decision(task, "app_error", error) == "retry":
         spend_retry(task)
+        if board.timeline is not None:
+            board.timeline.events.append((RETRY, monotonic(), task.task_id))
         enqueue(board, task)
         return []
     return [transition(task, "failed", error)]
@@ -170,11 +188,14 @@ def worker_died(board: Board, worker: Any, how: str, closing: bool) -> list:
     unhold(board.ledger, worker, board.owing)
     out: list = []
     again: list[Task] = []
+    rec = board.timeline
     for task in worker.inflight:
         if task.gpu_ids:
             board.ledger.give_gpus(task.gpu_ids)
             task.gpu_ids = []
         verdict = retry_decision(task, "worker_died")
+        if rec is not None and verdict != "requeue":   # a requeued one never started
+            rec.events.append((DIED, monotonic(), task.task_id, worker.wid, verdict))
         if verdict == "requeue":                 # queued behind the running one: never started
             transition(task, "queued")
             again.append(task)

@@ -1,0 +1,302 @@
+"""core.timeline(): the session's task events as a Chrome trace (core/_private/tasks/timeline.py).
+
+First the conversion and the recording decisions, with no process: recorded tuples in, trace
+events out (lanes, bars lined up per worker, retries and deaths marked). Then real sessions:
+tasks, an actor, a retried error and a worker's death, written to a file that is checked
+against the trace-event schema below (what Perfetto and chrome://tracing read).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from types import SimpleNamespace
+
+import jsonschema
+import pytest
+
+import core
+from core._private.runtime import current
+from core._private.tasks import board as B
+from core._private.tasks import timeline as TL
+from core._private.tasks.resources import ResourceLedger
+from core._private.tasks.state import Task
+from core.exceptions import CoreError, TaskError, WorkerCrashedError
+
+_NUMBER = {"type": "number"}
+_EVENT_ARGS = {"type": "object"}
+# Chrome's trace-event format, the parts we write: "M" metadata naming lanes, "X" complete
+# events (one per task attempt), "i" instant events (submits). Times in microseconds.
+TRACE_SCHEMA = {
+    "type": "object",
+    "required": ["traceEvents"],
+    "properties": {
+        "displayTimeUnit": {"enum": ["ms", "ns"]},
+        "traceEvents": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "ph", "pid", "tid"],
+                "properties": {"name": {"type": "string"}, "ph": {"enum": ["M", "X", "i"]},
+                               "pid": {"type": "integer"}, "tid": {"type": "integer"}},
+                "allOf": [
+                    {"if": {"properties": {"ph": {"const": "X"}}},
+                     "then": {"required": ["ts", "dur", "cat", "args"],
+                              "properties": {
+                                  "ts": {"type": "number", "minimum": 0}, "dur": {"type": "number", "minimum": 0},
+                                  "args": {"type": "object",
+                                           "required": ["task_id", "function", "kind", "outcome", "attempt",
+                                                        "arg_bytes", "sent_us"],
+                                           "properties": {
+                                               "task_id": {"type": "string", "pattern": "^[0-9a-f]{40}$"},
+                                               "function": {"type": "string"},
+                                               "kind": {"enum": ["task", "actor_create", "actor_method"]},
+                                               "outcome": {"enum": ["ok", "error", "retried", "worker died",
+                                                                    "worker died, retried", "running"]},
+                                               "attempt": {"type": "integer", "minimum": 1},
+                                               "arg_bytes": {"type": "integer", "minimum": 0},
+                                               "sent_us": _NUMBER, "run_s": _NUMBER,
+                                               "error": {"type": "string"}}}}}},
+                    {"if": {"properties": {"ph": {"const": "i"}}},
+                     "then": {"required": ["ts", "s", "args"],
+                              "properties": {"ts": {"type": "number", "minimum": 0}, "s": {"enum": ["t", "p", "g"]},
+                                             "args": _EVENT_ARGS}}},
+                    {"if": {"properties": {"ph": {"const": "M"}}},
+                     "then": {"required": ["args"],
+                              "properties": {"name": {"enum": ["process_name", "process_sort_index"]}}}},
+                ],
+            },
+        },
+    },
+}
+
+
+class _Worker(SimpleNamespace):
+    """The fields of a WorkerProc the decisions read (hashable, as a worker is)."""
+
+    __hash__ = object.__hash__
+
+
+def _tid(n: int) -> bytes:
+    return n.to_bytes(20, "big")
+
+
+# ── the conversion, pure ──────────────────────────────────────────────────────────────────────
+def test_a_batch_sent_at_once_lines_up_on_its_worker_lane():
+    t0 = 100.0
+    events = [(TL.SUBMIT, 100.001, _tid(1), "f", None), (TL.SUBMIT, 100.002, _tid(2), "f", None),
+              (TL.START, 100.010, _tid(1), "f", "task", 7, 40), (TL.START, 100.010, _tid(2), "f", "task", 7, 40),
+              (TL.END, 100.020, _tid(1), 7, 0.002, None), (TL.END, 100.020, _tid(2), 7, 0.003, None)]
+    out = TL.chrome_events(events, {7: TL.Lane(4242, "worker 4242")}, driver_pid=1, t0=t0, now=101.0)
+    bars = [e for e in out if e["ph"] == "X"]
+    assert [(b["pid"], b["ts"], b["dur"]) for b in bars] == [(4242, 10000.0, 2000.0), (4242, 12000.0, 3000.0)]
+    assert bars[0]["args"] == {"task_id": _tid(1).hex(), "function": "f", "kind": "task", "outcome": "ok",
+                               "attempt": 1, "arg_bytes": 40, "sent_us": 10000.0, "run_s": 0.002}
+    names = {e["pid"]: e["args"]["name"] for e in out if e["name"] == "process_name"}
+    assert names == {1: "driver 1", 4242: "worker 4242"}
+    submits = [e for e in out if e["ph"] == "i"]
+    assert [(s["pid"], s["ts"], s["args"]["task_id"]) for s in submits] == [(1, 1000.0, _tid(1).hex()),
+                                                                          (1, 2000.0, _tid(2).hex())]
+
+
+def test_a_bar_never_outlasts_its_result_nor_starts_before_it_was_sent():
+    # The worker says it ran 5 s, the result came 1 ms after sending: the bar ends at the result.
+    events = [(TL.START, 1.0, _tid(1), "f", "task", 0, 0), (TL.END, 1.001, _tid(1), 0, 5.0, None)]
+    [bar] = [e for e in TL.chrome_events(events, {}, 1, 0.0, 2.0) if e["ph"] == "X"]
+    assert bar["ts"] == 1_000_000.0 and bar["dur"] == pytest.approx(1000.0)
+
+
+def test_retries_deaths_and_running_tasks_are_marked():
+    lanes = {0: TL.Lane(10, "worker 10"), 1: TL.Lane(11, "worker 11"), 2: TL.Lane(12, "actor C 12")}
+    events = [
+        (TL.START, 1.0, _tid(1), "flaky", "task", 0, 8), (TL.END, 1.5, _tid(1), 0, 0.5, "ValueError: no"),
+        (TL.RETRY, 1.5, _tid(1)),
+        (TL.START, 1.6, _tid(1), "flaky", "task", 1, 8), (TL.END, 1.7, _tid(1), 1, 0.1, None),
+        (TL.START, 2.0, _tid(2), "boom", "task", 1, 8), (TL.DIED, 2.5, _tid(2), 1, "retry"),
+        (TL.START, 2.6, _tid(2), "boom", "task", 0, 8), (TL.DIED, 2.7, _tid(2), 0, "fail"),
+        (TL.START, 3.0, _tid(3), "C.m", "actor_method", 2, 8),
+    ]
+    bars = [e for e in TL.chrome_events(events, lanes, 1, 0.0, now=4.0) if e["ph"] == "X"]
+    got = [(b["name"], b["pid"], b["args"]["attempt"], b["args"]["outcome"]) for b in bars]
+    assert got == [("flaky", 10, 1, "retried"), ("flaky", 11, 2, "ok"), ("boom", 11, 1, "worker died, retried"),
+                   ("boom", 10, 2, "worker died"), ("C.m", 12, 1, "running")]
+    assert bars[0]["args"]["error"] == "ValueError: no"
+    assert bars[-1]["dur"] == pytest.approx(1e6)      # still running: up to the call
+
+
+def test_a_task_taken_back_before_it_ran_has_no_bar():
+    # Sent behind a busy worker, reclaimed, then sent again elsewhere: one bar, attempt 1.
+    events = [(TL.START, 1.0, _tid(1), "f", "task", 0, 0), (TL.START, 2.0, _tid(1), "f", "task", 1, 0),
+              (TL.END, 2.5, _tid(1), 1, 0.1, None)]
+    bars = [e for e in TL.chrome_events(events, {}, 1, 0.0, 3.0) if e["ph"] == "X"]
+    assert [(b["pid"], b["args"]["attempt"]) for b in bars] == [(-2, 1)]   # worker #1 (no pid known)
+
+
+def test_the_decisions_record_submit_end_retry_and_death_when_on():
+    board = B.Board(ResourceLedger({"CPU": 2.0}), {}, pool_size=2, max_workers=8)
+    B.register(board, Task(_tid(1), "task", "f", b"fn", ("inline", b""), [], [], [_tid(1)]))
+    assert board.timeline is None          # off: nothing kept anywhere
+    board.timeline = rec = TL.Recorder(max_events=100)
+    worker = _Worker(wid=3, actor_id=None, inflight=deque(), held_need={}, holding=False, blocked=0,
+                     proc=SimpleNamespace(pid=99))
+    task = Task(_tid(2), "task", "g", b"fn", ("inline", b""), [], [], [_tid(2)], max_retries=1,
+                retry_exceptions=True)
+    B.register(board, task)
+    B.enqueue(board, task)
+    board.queue.clear()
+    task.state = "running"
+    worker.inflight.append(task)
+    B.finished(board, worker, task.task_id, TaskError("g", ValueError("bad"), "tb"), 0.25)
+    B.failed_run(board, task, TaskError("g", ValueError("bad"), "tb"), True)
+    board.queue.clear()
+    task.state = "running"
+    worker.inflight.append(task)
+    B.worker_died(board, worker, "signal 9", closing=True)
+    kinds = [e[0] for e in rec.events]
+    assert kinds == [TL.SUBMIT, TL.END, TL.RETRY, TL.DIED]
+    assert rec.events[1][2:5] == (task.task_id, 3, 0.25) and rec.events[1][5].startswith("ValueError")
+    assert rec.events[3][4] == "fail"
+
+
+def test_the_recorder_is_bounded():
+    rec = TL.Recorder(max_events=3)
+    for i in range(10):
+        rec.events.append((TL.SUBMIT, float(i), _tid(i), "f", None))
+    assert [e[1] for e in rec.events] == [7.0, 8.0, 9.0]
+
+
+# ── real sessions ─────────────────────────────────────────────────────────────────────────────
+@core.remote
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def add(self, k):
+        self.n += k
+        return os.getpid()
+
+
+def test_a_sessions_trace_file_has_one_bar_per_attempt_on_its_workers_lane(session, tmp_path):
+    marker = tmp_path / "failed-once"
+
+    @core.remote
+    def square(x):
+        return x * x
+
+    @core.remote(max_retries=1, retry_exceptions=True)
+    def flaky(path):
+        if not os.path.exists(path):
+            open(path, "w").close()
+            raise ValueError("first attempt fails")
+        return os.getpid()
+
+    @core.remote(max_retries=1)
+    def dies():
+        os._exit(3)
+
+    big = core.put(bytes(300_000))
+
+    @core.remote
+    def size(blob):
+        return len(blob)
+
+    assert core.get([square.remote(i) for i in range(20)]) == [i * i for i in range(20)]
+    assert core.get(size.remote(big)) == 300_000
+    flaky_pid = core.get(flaky.remote(str(marker)))
+    counter = Counter.remote()
+    actor_pid = core.get([counter.add.remote(1) for _ in range(3)])[0]
+    with pytest.raises(WorkerCrashedError):
+        core.get(dies.remote())
+
+    path = tmp_path / "trace.json"
+    events = core.timeline(str(path))
+    on_disk = json.loads(path.read_text())
+    jsonschema.validate(on_disk, TRACE_SCHEMA)
+    assert on_disk["traceEvents"] == events
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".trace-")]   # the temp file renamed
+
+    lanes = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
+    bars = [e for e in events if e["ph"] == "X"]
+    by_fn: dict[str, list] = {}
+    for b in bars:
+        by_fn.setdefault(b["name"], []).append(b)
+        assert lanes[b["pid"]] in (f"worker {b['pid']}", f"actor Counter {b['pid']}")   # a lane per worker pid
+        assert b["ts"] >= b["args"]["sent_us"] >= 0 and b["dur"] >= 0
+    assert len(by_fn["square"]) == 20 and {b["args"]["outcome"] for b in by_fn["square"]} == {"ok"}
+    assert len({b["args"]["task_id"] for b in by_fn["square"]}) == 20
+    assert by_fn["size"][0]["args"]["arg_bytes"] >= 300_000      # the stored argument counted
+    assert [(b["args"]["attempt"], b["args"]["outcome"]) for b in by_fn["flaky"]] == [(1, "retried"), (2, "ok")]
+    assert "first attempt fails" in by_fn["flaky"][0]["args"]["error"]
+    assert lanes[by_fn["flaky"][1]["pid"]] == f"worker {flaky_pid}"
+    assert [b["args"]["outcome"] for b in by_fn["dies"]] == ["worker died, retried", "worker died"]
+    assert [b["pid"] for b in by_fn["Counter"] + by_fn["Counter.add"]] == [actor_pid] * 4
+    assert lanes[actor_pid] == f"actor Counter {actor_pid}"
+    for lane in {b["pid"] for b in bars}:          # one task at a time per worker: no overlap
+        spans = sorted((b["ts"], b["ts"] + b["dur"]) for b in bars if b["pid"] == lane)
+        assert all(a_end <= b_start + 1e-3 for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+    submits = [e for e in events if e["ph"] == "i"]
+    assert {e["args"]["task_id"] for e in submits} >= {b["args"]["task_id"] for b in by_fn["square"]}
+    assert {e["pid"] for e in submits} == {os.getpid()} and lanes[os.getpid()] == f"driver {os.getpid()}"
+
+
+def test_submits_inside_a_task_are_marked_on_that_workers_lane(session):
+    @core.remote
+    def child(x):
+        return x + 1
+
+    @core.remote
+    def parent():
+        return os.getpid(), core.get([child.remote(i) for i in range(3)])
+
+    pid, values = core.get(parent.remote())
+    assert values == [1, 2, 3]
+    submits = [e for e in core.timeline() if e["ph"] == "i" and e["name"] == "submit child"]
+    assert [e["pid"] for e in submits] == [pid] * 3
+
+
+def test_timeline_off_records_nothing_and_says_how_to_turn_it_on(make_session):
+    make_session(num_cpus=1, timeline=False)
+    assert current().board.timeline is None
+
+    @core.remote
+    def f():
+        return 1
+
+    assert core.get(f.remote()) == 1
+    with pytest.raises(CoreError, match=r"timeline=False.*timeline=True"):
+        core.timeline()
+
+
+def test_a_number_bounds_the_events_kept(make_session):
+    make_session(num_cpus=1, timeline=5)
+
+    @core.remote
+    def f():
+        return 1
+
+    core.get([f.remote() for _ in range(10)])
+    assert len(current().board.timeline.events) == 5
+
+
+@pytest.mark.parametrize("bad", [0, -1, "yes", 2.5])
+def test_a_bad_timeline_option_is_refused(bad):
+    with pytest.raises(CoreError, match="timeline must be True, False or a number"):
+        core.init(timeline=bad)
+    assert not core.is_initialized()
+
+
+def test_timeline_inside_a_task_is_the_drivers(session):
+    @core.remote(max_retries=0)
+    def asks():
+        core.timeline()
+
+    with pytest.raises(TaskError, match=r"core\.timeline\(\) belongs to the driver"):
+        core.get(asks.remote())
+
+
+def test_without_a_session_timeline_does_not_start_one():
+    assert not core.is_initialized()
+    with pytest.raises(CoreError, match=r"call core\.init\(\) first"):
+        core.timeline()
+    assert not core.is_initialized()
