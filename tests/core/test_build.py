@@ -1,16 +1,79 @@
-"""core.build(fn, *args): a value made once and stored as an object (a model's weights)."""
+"""core.build(fn, *args): a value made once and stored as an object (a model's weights).
+
+With a zygote (init(worker_preload=...)) the factory runs there and the workers forked after it
+find the value in their own memory (pages shared with the zygote and each other); everyone else
+reads one copy in the store, written once by the zygote. Without one, it runs in the driver and
+is put once."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+
 import numpy as np
+import psutil
 import pytest
 
 import core
-from core.exceptions import CoreError
+from core._private.runtime import current as current_runtime
+from core.exceptions import CoreError, ObjectLostError, TaskError
+from tests.services import descendants
+
+MB = 1 << 20
 
 
 def make_weights(n: int, fill: float) -> dict:
     return {"w": np.full(n, fill), "name": "tiny"}
+
+
+def failing_factory(n: int) -> None:
+    raise ValueError(f"no weights for n={n}")
+
+
+_keep_running = threading.Event()
+
+
+def factory_leaving_a_thread(n: int) -> np.ndarray:
+    threading.Thread(target=_keep_running.wait, daemon=True).start()  # as torch's OpenMP pool
+    return np.full(n, 3.0)
+
+
+@core.remote
+def total(weights: dict) -> float:
+    return float(weights["w"].sum())
+
+
+@core.remote
+def inherited(weights: dict) -> bool:
+    """The argument is the very object the zygote built (found in memory, not read from the store)."""
+    from core._private.local import worker
+
+    return any(v is weights for v in worker.BUILT.values())
+
+
+@core.remote
+def built_here() -> int:
+    from core._private.local import worker
+
+    return len(worker.BUILT)
+
+
+@core.remote
+def pid() -> int:
+    return os.getpid()
+
+
+@core.remote
+class Holder:
+    def total(self, weights: dict) -> float:
+        return float(weights["w"].sum())
+
+    def built_here(self) -> int:
+        from core._private.local import worker
+
+        return len(worker.BUILT)
 
 
 @pytest.fixture
@@ -20,6 +83,24 @@ def session():
     core.shutdown()
 
 
+@pytest.fixture
+def forked(make_session):
+    """A session whose workers are forked from a zygote; nothing left behind afterwards."""
+    make_session(num_cpus=2, worker_preload=["numpy"])
+    yield current_runtime()
+    core.shutdown()
+    assert not descendants()
+
+
+def _store_used() -> int:
+    return current_runtime().store.usage()["used"]
+
+
+def _materialized() -> int:
+    return current_runtime().store.stats.get("materialized_objects", 0)
+
+
+# ── without a zygote: made in the driver, put once ──────────────────────────────────────────────
 def test_build_gives_a_ref_to_the_value(session):
     ref = core.build(make_weights, 1000, fill=0.5)
     value = core.get(ref)
@@ -27,10 +108,6 @@ def test_build_gives_a_ref_to_the_value(session):
 
 
 def test_tasks_read_a_built_value(session):
-    @core.remote
-    def total(weights: dict) -> float:
-        return float(weights["w"].sum())
-
     ref = core.build(make_weights, 100, fill=2.0)
     assert core.get([total.remote(ref) for _ in range(4)]) == [200.0] * 4
 
@@ -47,3 +124,153 @@ def test_build_belongs_to_the_driver(session):
 def test_build_takes_a_callable(session):
     with pytest.raises(TypeError, match="takes a callable"):
         core.build(42)
+
+
+def test_a_factory_error_in_the_driver_names_the_factory(session):
+    with pytest.raises(ValueError, match="no weights for n=3") as info:
+        core.build(failing_factory, 3)
+    assert isinstance(info.value, TaskError) and "failing_factory" in str(info.value)
+
+
+# ── with a zygote: made where the workers fork from ─────────────────────────────────────────────
+def test_tasks_and_an_actor_find_the_value_in_their_own_memory(forked):
+    ref = core.build(make_weights, 100_000, fill=2.0)
+    assert core.get([total.remote(ref) for _ in range(6)]) == [200_000.0] * 6
+    assert all(core.get([inherited.remote(ref) for _ in range(6)]))
+    actor = Holder.remote()                   # forked after the build
+    assert core.get(actor.total.remote(ref)) == 200_000.0
+    assert core.get(actor.built_here.remote()) == 1
+    assert _store_used() == 0 and _materialized() == 0, "nobody needed a copy in the store"
+    summary = core.memory_summary()
+    assert f"{ref.hex()}" in summary and "inherited" in summary.splitlines()[1]
+    assert "1 inherited" in summary
+
+
+def test_workers_forked_before_the_build_are_replaced_or_read_one_copy(forked):
+    actor = Holder.remote()                   # forked before the build: it cannot be replaced
+    before = set(core.get([pid.remote() for _ in range(4)]))
+    assert core.get(actor.built_here.remote()) == 0
+    ref = core.build(make_weights, 100_000, fill=1.0)
+    after = set(core.get([pid.remote() for _ in range(4)]))
+    assert not before & after, "idle task workers were replaced by forks made after the build"
+    assert all(core.get([inherited.remote(ref) for _ in range(4)]))
+    assert [core.get(actor.total.remote(ref)) for _ in range(3)] == [100_000.0] * 3
+    assert _materialized() == 1, "the actor reads the copy the zygote wrote into the store, once"
+
+
+def test_the_drivers_get_reads_one_copy_written_by_the_zygote(forked):
+    ref = core.build(make_weights, 100_000, fill=0.5)
+    assert _store_used() == 0
+    for _ in range(3):
+        assert float(core.get(ref)["w"].sum()) == 50_000.0
+    assert _materialized() == 1
+    assert "inherited" in core.memory_summary().splitlines()[1]   # still the zygote's too
+
+
+def test_free_drops_it_from_the_zygote(forked):
+    ref = core.build(make_weights, 1000, fill=1.0)
+    assert core.get(total.remote(ref)) == 1000.0
+    core.free([ref])
+    assert ref.hex() not in core.memory_summary()
+    with pytest.raises(ObjectLostError, match="freed"):
+        core.get(ref)
+    actor = Holder.remote()                   # forked after the free: it does not carry it
+    assert core.get(actor.built_here.remote()) == 0
+
+
+def test_dropping_the_last_ref_drops_it_from_the_zygote(forked):
+    ref = core.build(make_weights, 1000, fill=1.0)
+    core.get(total.remote(ref))
+    del ref
+    deadline = time.monotonic() + 10
+    while forked.pool.zygote.held and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not forked.pool.zygote.held
+    assert core.get(Holder.remote().built_here.remote()) == 0
+
+
+def test_the_factorys_error_reaches_the_caller(forked):
+    with pytest.raises(ValueError, match="no weights for n=7") as info:
+        core.build(failing_factory, 7)
+    assert isinstance(info.value, TaskError) and "failing_factory" in str(info.value)
+    ref = core.build(make_weights, 10, fill=1.0)   # the zygote carries on
+    assert core.get(total.remote(ref)) == 10.0
+
+
+def test_an_unpicklable_factory_is_named(forked):
+    lock = threading.Lock()
+
+    def with_a_lock() -> object:
+        return lock
+
+    with pytest.raises(CoreError, match=r"core.build\(.*with_a_lock\).*cannot be pickled"):
+        core.build(with_a_lock)
+
+
+def test_a_factory_leaving_threads_is_put_once_and_forks_stop(forked):
+    ref = core.build(factory_leaving_a_thread, 1_000_000)
+    assert _materialized() == 1 and _store_used() >= 8_000_000, "in the store, written by the zygote"
+    assert not forked.pool.zygote.forks
+    assert core.get([touch.remote(ref) for _ in range(4)]) == [3_000_000] * 4
+    assert float(core.get(ref).sum()) == 3_000_000.0
+    assert _materialized() == 1
+    assert "inherited" not in core.memory_summary()
+    # workers started from now on are fresh interpreters (still the zygote's children)
+    actor = Holder.remote()
+    assert core.get(actor.built_here.remote()) == 0
+    again = core.build(make_weights, 10, fill=2.0)  # built in the driver, put once
+    assert core.get(total.remote(again)) == 20.0
+
+
+def test_a_task_retried_after_its_worker_was_killed_still_sees_the_value(forked, tmp_path):
+    marker = tmp_path / "first-try"
+
+    @core.remote(max_retries=1)
+    def dies_once(weights: dict, path: str) -> float:
+        if not os.path.exists(path):
+            open(path, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return float(weights["w"].sum())
+
+    ref = core.build(make_weights, 1000, fill=4.0)
+    assert core.get(dies_once.remote(ref, str(marker))) == 4000.0
+    assert all(core.get([inherited.remote(ref) for _ in range(4)]))
+
+
+def test_objects_the_zygote_held_are_lost_with_it(forked):
+    ref = core.build(make_weights, 1000, fill=1.0)
+    zygote = forked.pool.zygote
+    os.kill(zygote.proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while zygote.alive and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(ObjectLostError, match=ref.hex()):
+        core.get(ref)
+    again = core.build(make_weights, 10, fill=1.0)   # no zygote now: made in the driver
+    assert core.get(total.remote(again)) == 10.0
+
+
+def _pss(pids: list[int]) -> int:
+    return sum(psutil.Process(p).memory_full_info().pss for p in pids)
+
+
+@core.remote
+def touch(weights: np.ndarray) -> int:
+    return int(weights.sum()) + os.getpid() * 0   # reads every page
+
+
+def test_one_copy_of_the_weights_across_the_zygote_and_its_workers(forked):
+    size = 200 * MB
+    zygote_pid = forked.pool.zygote.proc.pid
+    before = _pss([zygote_pid, *core.get([pid.remote() for _ in range(2)])])
+    ref = core.build(np.full, size // 8, 0.5)
+    pids = set()
+    while len(pids) < 2:                      # both workers touched it
+        pids |= set(core.get([pid.remote() for _ in range(2)]))
+        core.get([touch.remote(ref) for _ in range(4)])
+    pids = {w.proc.pid for w in forked.pool.workers.values() if w.alive}
+    assert len(pids) == 2
+    core.get([touch.remote(ref) for _ in range(8)])
+    grown = _pss([zygote_pid, *pids]) - before
+    assert grown < 1.5 * size, f"{grown / MB:.0f} MB for a {size / MB:.0f} MB value in 3 processes"
+    assert _store_used() == 0

@@ -25,6 +25,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from core._private.local.builder import Builder
 from core._private.local.carrier import Carrier, interrupt
 from core._private.local.inbox import Inbox
 from core._private.local.object_table import DRIVER, ObjectTable
@@ -66,6 +67,8 @@ class _Locked:
 
 
 class LocalEngine:
+    _builder: Builder | None = None
+
     def __init__(self, *, num_cpus: float | None, num_gpus: float | None,
                  resources: dict | None, object_store_memory: int | None, spill: Any,
                  inline_threshold: int, zygote: Any = None, timeline: bool | int = True) -> None:
@@ -450,8 +453,11 @@ class LocalEngine:
 
     # ── shutdown ────────────────────────────────────────────────────────────────────────────
     def build(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> ObjectRef:
-        """core.build: run in the driver and put once (without a zygote to inherit from)."""
-        return self.put(fn(*args, **kwargs))
+        """core.build: made in the zygote, inherited by the workers forked after it (builder.py);
+        without a zygote, made here and put once."""
+        if self._builder is None:      # made by the first build (most sessions build nothing)
+            self._builder = Builder(self)
+        return self._builder.build(fn, args, kwargs)
 
     def shutdown(self) -> None:
         with self.locked:

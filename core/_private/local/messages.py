@@ -4,6 +4,8 @@
     worker ─► driver   Hello  Done   Yield     Request  Put  Submit  Refs
     either way         Batch (several messages in one frame)
     driver ◄► zygote   ZygoteImport  ZygoteSpawn  ZygotePid  ZygoteExit (own socket, own table)
+                       ZygoteBuild ─► ZygoteBuilt   ZygoteMaterialize ─► ZygoteMaterialized
+                       ZygoteDrop  (core.build: values the zygote holds for its forks)
 
 A message is a `NamedTuple` whose first field is its kind: it *is* its wire tuple, with names.
 `encode(msg)` gives the plain tuple that is pickled (no class travels, so the frames are as small
@@ -92,6 +94,7 @@ CANCEL = "cancel"            # -> None
 KILL = "kill"                # -> None
 CREATE_ACTOR = "create_actor"  # -> the actor's id
 RESOURCES = "resources"      # -> (total, available)
+COPY = "copy"                # -> location in the store of a built object this worker lacks
 
 
 class GetArgs(NamedTuple):
@@ -129,9 +132,15 @@ class ResourcesArgs(NamedTuple):
     pass
 
 
-RequestArgs = Union[GetArgs, WaitArgs, CreateArgs, CancelArgs, KillArgs, CreateActorArgs, ResourcesArgs]
+class CopyArgs(NamedTuple):
+    oid: bytes
+
+
+RequestArgs = Union[GetArgs, WaitArgs, CreateArgs, CancelArgs, KillArgs, CreateActorArgs, ResourcesArgs,
+                    CopyArgs]
 REQUEST_ARGS: dict[str, type] = {GET: GetArgs, WAIT: WaitArgs, CREATE: CreateArgs, CANCEL: CancelArgs,
-                                 KILL: KillArgs, CREATE_ACTOR: CreateActorArgs, RESOURCES: ResourcesArgs}
+                                 KILL: KillArgs, CREATE_ACTOR: CreateActorArgs, RESOURCES: ResourcesArgs,
+                                 COPY: CopyArgs}
 
 
 # ─── driver -> worker ───────────────────────────────────────────────────────────────────────────
@@ -295,9 +304,52 @@ class ZygoteExit(NamedTuple):
     returncode: int
 
 
-ZygoteMessage = Union[ZygoteImport, ZygoteSpawn, ZygotePid, ZygoteExit]
+class ZygoteBuild(NamedTuple):
+    """driver -> zygote: run a factory and keep its value as object `oid`; the serialized
+    (fn, args, kwargs) ride along in a memfd (SCM_RIGHTS), whatever their size."""
+    kind: Literal["build"]
+    oid: bytes
+    name: str
+
+
+class ZygoteBuilt(NamedTuple):
+    """zygote -> driver: the factory ran. `size`: the value's serialized size; `error`: None, or
+    the TaskError to raise as (pickled, text) (zygote.unpack_error); `threads`: it left threads
+    running, so the zygote no longer forks (the driver has it write the value into the store at
+    once, then drop it)."""
+    kind: Literal["built"]
+    oid: bytes
+    size: int
+    error: tuple | None
+    threads: bool
+
+
+class ZygoteMaterialize(NamedTuple):
+    """driver -> zygote: write the value of `oid` into segment `segment` (`size` bytes)."""
+    kind: Literal["materialize"]
+    oid: bytes
+    segment: str
+    size: int
+
+
+class ZygoteMaterialized(NamedTuple):
+    kind: Literal["materialized"]
+    oid: bytes
+    error: tuple | None           # as ZygoteBuilt.error
+
+
+class ZygoteDrop(NamedTuple):
+    """driver -> zygote: forget `oid` (freed): workers forked from now on do not carry it."""
+    kind: Literal["drop"]
+    oid: bytes
+
+
+ZygoteMessage = Union[ZygoteImport, ZygoteSpawn, ZygotePid, ZygoteExit, ZygoteBuild, ZygoteBuilt,
+                      ZygoteMaterialize, ZygoteMaterialized, ZygoteDrop]
 _ZYGOTE_CLASSES: dict[str, Any] = {"import": ZygoteImport, "spawn": ZygoteSpawn, "pid": ZygotePid,
-                                   "exit": ZygoteExit}
+                                   "exit": ZygoteExit, "build": ZygoteBuild, "built": ZygoteBuilt,
+                                   "materialize": ZygoteMaterialize, "materialized": ZygoteMaterialized,
+                                   "drop": ZygoteDrop}
 
 
 def decode_zygote(raw: tuple) -> ZygoteMessage:

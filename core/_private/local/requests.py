@@ -6,6 +6,7 @@
                   board.worker_blocks (Reclaim pipelined tasks, its CPU freed) ──► pending list
     every io round: answer what became ready (or timed out) ──► Reply, board.worker_unblocks
     Request(create) ──► a thread reserves room in the store (it may wait for spilling) ──► Reply
+    Request(copy)   ──► a thread has a built object written into the store once ──► Reply
     Request(cancel|kill) ──► Reply at once, the work on a thread (it takes the engine's lock)
 """
 
@@ -65,6 +66,8 @@ class Requests:
             elif op == M.CREATE_ACTOR:
                 self._reply(worker, req_id, True, engine.create_actor_from_wire(args.spec, args.fn_blob,
                                                                                 args.max_restarts))
+            elif op == M.COPY:      # a built object this worker lacks: the zygote writes it once
+                engine.background(self._copy_for, worker, req_id, args.oid)
             elif op == M.RESOURCES:
                 self._reply(worker, req_id, True, (dict(self.board.ledger.total), self.board.ledger.snapshot()))
             else:
@@ -76,6 +79,12 @@ class Requests:
         try:
             room = self.engine.collecting_if_full(lambda: self.engine.store.create(oid, size))
             self._reply(worker, req_id, True, room)
+        except BaseException as exc:  # noqa: BLE001
+            self._reply(worker, req_id, False, exc)
+
+    def _copy_for(self, worker: WorkerProc, req_id: int, oid: bytes) -> None:
+        try:
+            self._reply(worker, req_id, True, self.engine.store.locate(oid, worker.wid, copy=True))
         except BaseException as exc:  # noqa: BLE001
             self._reply(worker, req_id, False, exc)
 

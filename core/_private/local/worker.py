@@ -13,6 +13,12 @@ task that dropped or kept them.
 
 Cancellation: the driver writes the task id to the control pipe and sends SIGINT; the handler
 raises KeyboardInterrupt only if that id is the task running now.
+
+Built objects (`core.build`): the zygote keeps their values in `BUILT`, and a worker it forks
+afterwards finds them there, in pages it shares with the zygote and its siblings (the driver
+sends the location ("inherited", oid, size)). A worker without one (forked before the build, or
+started fresh), or asking for a writable copy, reads the copy in the store (COPY), which the
+zygote writes once.
 """
 
 from __future__ import annotations
@@ -44,6 +50,11 @@ from core._private.refs import IdSource, ObjectRef, return_id
 from core._private.taskspec import ArgPlaceholder, TaskSpec, pack_args, return_ids
 from core._private.tasks.scheduler import FAST_TASK, demand
 from core.exceptions import ActorDiedError, CoreError, TaskCancelledError, TaskError
+
+# oid -> value made by core.build in the zygote (filled there, inherited by its forks; the same
+# object for every task of this worker, as a model built before a pool forks: read it, do not
+# change it)
+BUILT: dict[bytes, Any] = {}
 
 BATCH_FLUSH = 64          # results per DONE batch when more tasks are queued
 FLUSH_INTERVAL = 0.002    # seconds: never sit on finished results longer than this
@@ -199,6 +210,12 @@ class WorkerClient:
             return deserialize(view, writable=writable)
         if kind == "error":
             raise loc[1]
+        if kind == "inherited":
+            value = BUILT.get(oid)
+            if value is not None and not writable:
+                return value
+            # not forked after the build after all, or a private copy asked for: the store's copy
+            return self.materialize(oid, self.request(M.COPY, M.CopyArgs(oid)), writable=writable)
         raise RuntimeError(f"unknown object location {kind!r}")
 
     def store_value(self, oid: bytes, value: Any) -> tuple:
@@ -350,7 +367,7 @@ def _resolve_args(client: WorkerClient, args_spec: tuple) -> tuple[tuple, dict]:
     return args, kwargs
 
 
-def _error_payload(name: str, exc: BaseException) -> Any:
+def error_payload(name: str, exc: BaseException) -> Any:
     if isinstance(exc, (KeyboardInterrupt, _Cancelled)):
         return TaskCancelledError(f"task {name} was cancelled")
     if isinstance(exc, (ActorDiedError, TaskCancelledError)):
@@ -392,7 +409,7 @@ class TaskRunner:
             if isinstance(exc, SystemExit):
                 raise
             results = None
-            error = _error_payload(name, exc)
+            error = error_payload(name, exc)
         finally:
             client.current_task = None
             if saved_env is not None:
@@ -561,7 +578,7 @@ def main(argv: list[str]) -> None:
             began = time.monotonic()
             if task["task_id"] in client.cancelled:
                 client.cancelled.discard(task["task_id"])
-                client.queue(M.Done(M.DONE, task["task_id"], None, _error_payload(task["name"], _Cancelled()), 0.0))
+                client.queue(M.Done(M.DONE, task["task_id"], None, error_payload(task["name"], _Cancelled()), 0.0))
             else:
                 try:
                     runner.run(task)

@@ -52,6 +52,8 @@ class WorkerProc:
         self.borrowed: set[bytes] = set()
         self.bytes_received = 0
         self.function_bytes = 0       # function/class code shipped to it (once per function)
+        # built objects (core.build) in its own memory: forked by the zygote after they were made
+        self.inherits: frozenset[bytes] = getattr(proc, "inherits", frozenset())
 
 
 OnIo = Callable[[list[tuple[WorkerProc, M.Message]], list[WorkerProc]], None]

@@ -13,6 +13,19 @@ in a few milliseconds and shares those pages with its siblings.
     stop_forking() ── write side shut ──►  reap and report its workers, then exit with the last
     close()  ── socket closed, wait (pidfd)
 
+    core.build (the values its forks inherit, in worker.BUILT):
+    build(oid, blob) ── ("build", oid) + memfd of (fn, args, kwargs) ──►  value = fn(...); BUILT[oid]
+          ◄── ("built", oid, size, error, threads) ────  (size: what a copy in the store takes)
+    materialize(oid, segment) ── ("materialize", ...) ──►  serialize BUILT[oid] into the segment
+          ◄── ("materialized", oid, error) ─────────────
+    drop(oid) ── ("drop", oid) ──►  del BUILT[oid]: later forks do not carry it
+
+A factory that leaves threads running (torch's OpenMP pool, counted in /proc/self/task before
+and after) makes forking the zygote unsafe: a lock held by one of them would stay held in every
+child. The zygote then starts its later workers as fresh interpreters (posix_spawn, which only
+execs), still its children, and reports `threads`: the driver has the value written into the
+store at once (one copy) and dropped, and builds later values itself.
+
 The zygote is forked from the driver while the driver is still single-threaded (the dataflow CLI
 starts it first thing), spawned as a fresh interpreter otherwise: forking a process that runs
 threads can leave a lock held forever in the child. It dies with the driver
@@ -35,10 +48,13 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from core._private.local import messages as M
 from core._private.local import worker
+from core._private.objects import shm
+from core._private.objects.serialization import deserialize, serialize
+from core.exceptions import CoreError, ObjectLostError, TaskError
 
 _MAX_MESSAGE = 1 << 16
 _DRAIN_S = 2.0  # how long the zygote, told to stop, waits for its workers to exit
@@ -53,6 +69,7 @@ class ZygoteChild:
         self._pid: int | None = None
         self.returncode: int | None = None
         self._kill_pending = False
+        self.inherits: frozenset[bytes] = frozenset()   # built values it was forked with
 
     @property
     def pid(self) -> int:
@@ -95,6 +112,11 @@ class Zygote:
         self._by_pid: dict[int, ZygoteChild] = {}
         self._early_exits: dict[int, int] = {}            # pid -> code, seen before its pid message
         self.alive = True
+        self.held: dict[bytes, str] = {}    # built values it keeps (asked for, not dropped) -> name
+        self.forks = True                   # False once a factory left threads running in it
+        self.on_exit: list[Callable[[], None]] = []       # called (reader thread) when it dies
+        self._replies: dict[tuple[str, bytes], Any] = {}  # (kind, oid) -> built/materialized
+        self._send = threading.Lock()       # what a fork inherits is what was sent before it
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock = ours
         try:
@@ -124,12 +146,75 @@ class Zygote:
                 raise BrokenPipeError("the zygote has exited")
             self._children[wid] = child
         try:
-            socket.send_fds(self._sock, [pickle.dumps(M.encode(M.ZygoteSpawn("spawn", wid, args)))], list(fds))
+            with self._send:
+                # forked after every build sent so far (the zygote serves its socket in order)
+                child.inherits = frozenset(self.held) if self.forks else frozenset()
+                socket.send_fds(self._sock, [pickle.dumps(M.encode(M.ZygoteSpawn("spawn", wid, args)))], list(fds))
         except OSError:
             with self.cond:
                 self._children.pop(wid, None)
             raise
         return child
+
+    # ── core.build ─────────────────────────────────────────────────────────────────────────
+    def build(self, oid: bytes, name: str, blob: bytes) -> M.ZygoteBuilt:
+        """Have the zygote run the factory pickled in `blob` and keep its value as `oid`; waits
+        for it. The reply's `error` is the factory's (the caller raises it). Raises CoreError if
+        the zygote dies meanwhile."""
+        fd = os.memfd_create("core-build", os.MFD_CLOEXEC)
+        try:
+            _write_all(fd, blob)
+            with self._send:
+                if not self.alive:
+                    raise CoreError(f"core.build({name}): the zygote has exited")
+                self.held[oid] = name
+                socket.send_fds(self._sock, [pickle.dumps(M.encode(M.ZygoteBuild("build", oid, name)))], [fd])
+        except OSError as exc:
+            self.held.pop(oid, None)
+            raise CoreError(f"core.build({name}): the zygote is gone ({exc})") from exc
+        finally:
+            os.close(fd)
+        reply = self._await(("built", oid))
+        if reply is None:
+            self.held.pop(oid, None)
+            raise CoreError(f"core.build({name}): the zygote died while running it (the factory may "
+                            f"have crashed the process, or run out of memory)")
+        if reply.error is not None:
+            self.held.pop(oid, None)
+        if reply.threads:
+            self.forks = False
+        return reply
+
+    def materialize(self, oid: bytes, segment: str, size: int) -> None:
+        """Have the zygote write the value of `oid` into `segment` (the store's copy); waits."""
+        name = self.held.get(oid, "?")
+        try:
+            with self._send:
+                self._sock.send(pickle.dumps(M.encode(M.ZygoteMaterialize("materialize", oid, segment, size))))
+        except OSError:
+            pass                                  # gone: _await says so
+        reply = self._await(("materialized", oid))
+        if reply is None:
+            raise ObjectLostError(f"object {oid.hex()} (made by core.build({name})) is lost: the zygote "
+                                  f"that held it exited")
+        if reply.error is not None:
+            raise unpack_error(reply.error, name)
+
+    def drop(self, oid: bytes) -> None:
+        """Forget a built value (freed): workers forked from now on do not carry it."""
+        with self._send:
+            if self.held.pop(oid, None) is None:
+                return
+            try:
+                self._sock.send(pickle.dumps(M.encode(M.ZygoteDrop("drop", oid))))
+            except OSError:
+                pass
+
+    def _await(self, key: tuple[str, bytes]) -> Any:
+        """The reply for `key`, or None when the zygote exited without sending it."""
+        with self.cond:
+            self.cond.wait_for(lambda: key in self._replies or not self.alive)
+            return self._replies.pop(key, None)
 
     def stop_forking(self) -> None:
         """No more workers: the zygote exits as soon as its workers have (it still reports their
@@ -169,6 +254,8 @@ class Zygote:
                     self._on_pid(msg.wid, msg.pid)
                 elif msg.kind == "exit":
                     self._on_exit(msg.pid, msg.returncode)
+                elif msg.kind in ("built", "materialized"):
+                    self._replies[(msg.kind, msg.oid)] = msg
                 self.cond.notify_all()
 
     def _on_pid(self, wid: int, pid: int) -> None:
@@ -202,6 +289,35 @@ class Zygote:
             self._children.clear()
             self._by_pid.clear()
             self.cond.notify_all()
+        for callback in self.on_exit:  # what it held is lost
+            callback()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _pack_error(exc: BaseException) -> tuple[bytes | None, str]:
+    """An error for a reply: pickled apart from the message (so a driver that cannot unpickle it
+    still reads the rest, and its text), and small enough for one packet."""
+    text = str(exc)[:8000]
+    try:
+        blob = pickle.dumps(exc)
+    except Exception:  # noqa: BLE001 - the text is what is left
+        blob = None
+    return (blob if blob is not None and len(blob) < 40000 else None), text
+
+
+def unpack_error(packed: tuple[bytes | None, str], name: str) -> BaseException:
+    blob, text = packed
+    if blob is not None:
+        try:
+            return pickle.loads(blob)
+        except Exception:  # noqa: BLE001 - e.g. an exception class this process cannot import
+            pass
+    return TaskError.for_cause(name, RuntimeError(text), text)
 
 
 def _single_threaded() -> bool:
@@ -294,6 +410,7 @@ def serve(fd: int, preload: list[str]) -> None:
     worker.extend_sys_path()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     sock = socket.socket(fileno=fd)
+    sock.set_inheritable(False)  # not passed on to workers it spawns fresh (see _spawn_fresh)
     _import(preload)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
@@ -325,7 +442,11 @@ def _serve_one(sock: socket.socket, own_fds: tuple[int, int]) -> bool:
     if msg.kind == "import":
         _import(msg.modules)
         return True
+    if msg.kind in ("build", "materialize", "drop"):
+        return _serve_built(sock, msg, fds)
     wid, args = msg.wid, msg.args
+    if not _forks_safe:
+        return _spawn_fresh(sock, wid, args, fds)
     # Objects made so far go to the permanent generation, which the workers' collections skip:
     # a collection touches every object it scans, and in a fork each touched page is a copy.
     gc.freeze()
@@ -336,6 +457,96 @@ def _serve_one(sock: socket.socket, own_fds: tuple[int, int]) -> bool:
         os.close(fd)
     try:
         sock.send(pickle.dumps(M.encode(M.ZygotePid("pid", wid, pid))))
+    except OSError:
+        return False
+    return True
+
+
+_forks_safe = True  # False once a factory left threads running here (see the module's docstring)
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
+def _serve_built(sock: socket.socket, msg: Any, fds: list[int]) -> bool:
+    """core.build's messages: run a factory and keep its value, copy one into the store, drop one."""
+    global _forks_safe
+    if msg.kind == "drop":
+        worker.BUILT.pop(msg.oid, None)
+        return True
+    if msg.kind == "materialize":
+        reply: tuple = M.ZygoteMaterialized("materialized", msg.oid, _write_into(msg.oid, msg.segment, msg.size))
+    else:
+        before = _threads()
+        size, error = 0, None
+        try:
+            with open(fds.pop(0), "rb") as f:
+                f.seek(0)                       # the driver's writes moved the shared offset
+                fn, args, kwargs = deserialize(f.read())
+            value = fn(*args, **kwargs)
+            size = serialize(value).total_size  # what a copy in the store takes (never written here)
+            worker.BUILT[msg.oid] = value
+            del value
+        except BaseException as exc:  # noqa: BLE001 - the driver raises it
+            error = _pack_error(worker.error_payload(msg.name, exc))
+        threads = _threads() > before
+        if threads:
+            _forks_safe = False
+        reply = M.ZygoteBuilt("built", msg.oid, size, error, threads)
+    for fd in fds:
+        os.close(fd)
+    try:
+        sock.send(pickle.dumps(M.encode(reply)))
+    except OSError:
+        return False
+    return True
+
+
+def _write_into(oid: bytes, segment: str, size: int) -> tuple | None:
+    """Serialize a built value straight into a store segment (its one copy there)."""
+    try:
+        ser = serialize(worker.BUILT[oid])
+        if ser.total_size > size:
+            raise CoreError(f"its layout takes {ser.total_size} bytes now, {size} when it was built")
+        mm = shm.map_segment(segment, "write", size)
+        try:
+            dest = memoryview(mm)
+            ser.write_to(dest[:ser.total_size])
+            dest.release()
+        finally:
+            mm.close()
+        return None
+    except BaseException as exc:  # noqa: BLE001 - the driver raises it
+        how = "it was dropped" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+        return _pack_error(ObjectLostError(f"object {oid.hex()} (core.build) could not be written into "
+                                           f"the store by the zygote: {how}"))
+
+
+def _spawn_fresh(sock: socket.socket, wid: int, args: list[str], fds: list[int]) -> bool:
+    """A worker as a fresh interpreter, still this process's child (reaped and reported as the
+    forked ones): once threads run here, posix_spawn (which only execs) is safe where fork is not."""
+    for fd in fds:
+        os.set_inheritable(fd, True)
+    cmd = [sys.executable, "-c", "import sys; from core._private.local.worker import main; main(sys.argv[1:])",
+           *(str(fd) for fd in fds), *args]
+    try:
+        pid = os.posix_spawn(sys.executable, cmd, os.environ)
+    except OSError:
+        pid = -1
+    finally:
+        for fd in fds:
+            os.close(fd)
+    msgs = [M.ZygotePid("pid", wid, pid)]
+    if pid < 0:  # a worker that exited at once (no such process: its exit is reported first)
+        pid = -1_000_000 - wid
+        msgs = [M.ZygoteExit("exit", pid, 1), M.ZygotePid("pid", wid, pid)]
+    try:
+        for m in msgs:
+            sock.send(pickle.dumps(M.encode(m)))
     except OSError:
         return False
     return True

@@ -1,7 +1,7 @@
 """`core.memory_summary()`: the text `ray memory` would show, for this session.
 
-One line per live object: full hex id, size, where it lives (inline, shared, or spilled with its
-URL), how many references hold it and what made it; then totals. Spill URLs are printed without
+One line per live object: full hex id, size, where it lives (inline, shared, spilled with its
+URL, or inherited: made by `core.build` in the zygote, whose forked workers share its pages), how many references hold it and what made it; then totals. Spill URLs are printed without
 credentials (`s3://key:secret@bucket` never appears).
 """
 
@@ -28,11 +28,15 @@ def render(entries: list[EntryInfo], counts: dict[bytes, tuple[int, str]], usage
         where = e.where + (" (pinned)" if e.pinned else "")
         location = redact(e.spill_url) if e.where == "spilled" else (e.segment or "")
         lines.append(f"{e.object_id:<40}  {format_bytes(e.size):>10}  {where:<8}  {refs:>4}  {made_by[:24]:<24}  {location}")
-    n = {w: sum(1 for e in entries if e.where == w) for w in ("inline", "shared", "spilled")}
-    b = {w: sum(e.size for e in entries if e.where == w) for w in ("inline", "shared", "spilled")}
+    kinds = ("inline", "shared", "spilled", "inherited")
+    n = {w: sum(1 for e in entries if e.where == w) for w in kinds}
+    b = {w: sum(e.size for e in entries if e.where == w) for w in kinds}
     lines.append("")
+    inherited = (f", {n['inherited']} inherited {format_bytes(b['inherited'])} (the zygote's memory)"
+                 if n["inherited"] else "")
     lines.append(f"objects: {len(entries)} ({n['inline']} inline {format_bytes(b['inline'])}, "
-                 f"{n['shared']} shared {format_bytes(b['shared'])}, {n['spilled']} spilled {format_bytes(b['spilled'])})")
+                 f"{n['shared']} shared {format_bytes(b['shared'])}, {n['spilled']} spilled {format_bytes(b['spilled'])}"
+                 f"{inherited})")
     cap = usage.get("capacity", 0)
     used = usage.get("used", 0)
     lines.append(f"shared memory: {format_bytes(used)} used of {format_bytes(cap)} capacity"

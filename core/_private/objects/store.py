@@ -26,13 +26,20 @@ marked busy (`creating`, `spilling`, `restoring`) so other threads wait or skip 
 racing.
 
 Restored objects keep their spill location, so spilling them again costs no I/O.
+
+Inherited objects (`core.build` on the local engine): the value lives in the zygote, and the
+workers forked after the build have it in their own memory. The store keeps an entry of its size
+(`put_inherited`), never spilled or evicted: `locate` answers ("inherited", oid, size) to a
+holder that has it (`heirs`), and for anyone else (a driver `get`, a worker forked before the build) asks the
+zygote to write it into a segment once (`materializer`, like a restore from spill), after which
+it is read as a shared object. `delete` tells whoever holds it (`inherited_dropped`).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from core._private.objects import shm
 from core._private.objects.segments import Segment, SegmentPool, default_capacity, size_class
@@ -94,6 +101,11 @@ class ObjectStore:
         # segments unlinked for good: the engine tells workers to drop their cached mappings
         self.released_segments = self.pool.released
         self.stats = self.spiller.stats
+        # inherited objects (core.build), wired by the engine: who has one in its own memory,
+        # how to get a copy written into a segment, whom to tell when one is deleted
+        self.heirs: Callable[[bytes, int], bool] = lambda oid, holder: False
+        self.materializer: Callable[[bytes, str, int], None] | None = None
+        self.inherited_dropped: Callable[[bytes], None] | None = None
 
     # ─── writing ────────────────────────────────────────────────────────────────────────────────
     def put(self, oid: bytes, obj: SerializedObject) -> None:
@@ -137,6 +149,37 @@ class ObjectStore:
             self._objects[oid] = entry
             self.table.inline_bytes += len(data)
             self._cond.notify_all()
+
+    def put_inherited(self, oid: bytes, size: int) -> None:
+        """An object whose value lives in the zygote (`size`: its serialized size, what a copy
+        into the store would take). No shared memory is used until someone needs a copy."""
+        with self._cond:
+            self._check_open()
+            if oid in self._objects:
+                raise CoreError(f"object {_hex(oid)} already exists; objects are written once")
+            entry = Entry(oid, size, "inherited")
+            entry.inherited = True
+            self._objects[oid] = entry
+            self._cond.notify_all()
+
+    def lose_inherited(self, reason: str) -> None:
+        """The zygote died: what only it held is lost (`reason`, with the object's id for {}),
+        store copies stay valid."""
+        with self._cond:
+            for entry in self._objects.values():
+                if not entry.inherited:
+                    continue
+                entry.inherited = False
+                if entry.state in ("inherited", "restoring") and entry.seg is None:
+                    entry.lost = reason.format(_hex(entry.oid))
+            self._cond.notify_all()
+
+    def disown(self, oid: bytes) -> None:
+        """The zygote no longer holds `oid`: its copy in the store is the object from now on."""
+        with self._cond:
+            entry = self._objects.get(oid)
+            if entry is not None and entry.seg is not None:
+                entry.inherited = False
 
     def create(self, oid: bytes, size: int) -> tuple[str, int]:
         """Reserve a segment for a worker to fill; returns (segment name, mapped size). The object
@@ -205,12 +248,17 @@ class ObjectStore:
 
         return shm.pinned_view(view, 0, view.nbytes, on_release, readonly=not writable)
 
-    def locate(self, oid: bytes, holder: int, *, wait_for_room: bool = True) -> tuple:
+    def locate(self, oid: bytes, holder: int, *, wait_for_room: bool = True, copy: bool = False) -> tuple:
         """Where a worker finds the object, pinned for `holder`: ("inline", bytes) or
-        ("shared", segment name, size). A spilled object is restored first; with
-        `wait_for_room=False`, a restore that does not fit now raises `NoRoomNow` at once
-        instead of waiting for unpins (the engine then keeps the task queued)."""
+        ("shared", segment name, size), or ("inherited", oid, size), not pinned, for a holder that has
+        the value in its own memory (unless `copy`: it found it had not). A spilled object is
+        restored first (an inherited one written by the zygote); with `wait_for_room=False`, a
+        restore that does not fit now raises `NoRoomNow` at once instead of waiting for unpins
+        (the engine then keeps the task queued)."""
         with self._cond:
+            entry = self._objects.get(oid)
+            if entry is not None and entry.inherited and not entry.lost and not copy and self.heirs(oid, holder):
+                return ("inherited", oid, entry.size)
             entry = self._ready(oid, wait_for_room)
             self.table.pin(entry, holder)
             if entry.state == "inline":
@@ -252,6 +300,9 @@ class ObjectStore:
             if entry.state == "spilled":
                 self._restore(entry, wait_for_room)
                 continue
+            if entry.state == "inherited":
+                self._materialize(entry, wait_for_room)
+                continue
             if entry.state == "shared":
                 if not shm.segment_exists(entry.seg.name, entry.seg.ino):
                     entry.lost = (f"object {_hex(oid)} is lost: its shared-memory segment "
@@ -288,13 +339,17 @@ class ObjectStore:
             self.spiller.delete_emptied()
 
     def delete(self, oid: bytes) -> None:
+        inherited = False
         with self._cond:
             if self._released:
                 self.table.drain()
             entry = self._objects.get(oid)
             if entry is not None:
+                inherited = entry.inherited
                 self.table.drop(entry)
                 self._cond.notify_all()
+        if inherited and self.inherited_dropped is not None:
+            self.inherited_dropped(oid)           # later forks do not carry it
         if self.spiller.emptied:                  # deleted outside the lock (S3: a request)
             self.spiller.delete_emptied()
 
@@ -399,6 +454,41 @@ class ObjectStore:
         entry.seg = seg
         self.stats["restored_bytes"] += entry.size
         self.stats["restored_objects"] += 1
+        self.table.sealed(entry)
+
+    def _materialize(self, entry: Entry, wait_for_room: bool = True) -> None:
+        """Have the zygote write an inherited object into a segment, once (a driver `get`, a
+        worker without it). Lock held; dropped while the zygote writes."""
+        if self.materializer is None:
+            entry.lost = f"object {_hex(entry.oid)} is lost: no process holds its value any more"
+            raise ObjectLostError(entry.lost)
+        entry.state = "restoring"                 # busy: other readers wait for this copy
+        try:
+            seg = self._allocate(entry.size, entry.oid, wait=wait_for_room)
+        except BaseException:
+            entry.state = "inherited"
+            self._cond.notify_all()
+            raise
+        error: BaseException | None = None
+        self._cond.release()
+        try:
+            self.materializer(entry.oid, seg.name, entry.size)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, the lock taken again
+            error = exc
+        finally:
+            self._cond.acquire()
+        if error is not None:
+            self.pool.recycle(seg)
+            entry.state = "inherited"
+            if isinstance(error, ObjectLostError):
+                entry.lost = str(error)
+            if entry.deleted:
+                self.table.release_if_idle(entry)
+            self._cond.notify_all()
+            raise error
+        seg.fresh = False
+        entry.seg = seg
+        self.stats["materialized_objects"] = self.stats.get("materialized_objects", 0) + 1
         self.table.sealed(entry)
 
     # ─── reporting and shutdown ─────────────────────────────────────────────────────────────────

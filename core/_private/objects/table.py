@@ -3,6 +3,10 @@ storage is given back.
 
     Entry.state:  inline ─────────────────────────────────────────────────────► (deleted)
                   creating ──► shared ──(spilling)──► spilled ──► restoring ──► shared ...
+                  inherited ──(materialized: a copy asked for)──► restoring ──► shared ...
+                  (inherited: the value lives in the zygote, made by core.build; workers forked
+                  after it have it. `Entry.inherited` stays set while the zygote holds it, so
+                  the store copy of one that was materialized may be spilled: it is a copy)
     pins:         holder -> count (0 = the driver, a worker id otherwise); pinned or busy
                   objects are neither spilled nor recycled; deleted while pinned or busy, they
                   wait among the zombies until the last unpin or the end of their move
@@ -29,7 +33,7 @@ from core._private.objects.spiller import Spiller
 
 __all__ = ["State", "Entry", "EntryInfo", "ObjectTable"]
 
-State = Literal["inline", "creating", "shared", "spilled", "restoring"]
+State = Literal["inline", "creating", "shared", "spilled", "restoring", "inherited"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,7 @@ class EntryInfo:
     """One object, for `memory_summary`."""
     object_id: str
     size: int
-    where: Literal["inline", "shared", "spilled"]
+    where: Literal["inline", "shared", "spilled", "inherited"]
     spill_url: str | None
     pinned: bool
     pins: dict
@@ -46,7 +50,7 @@ class EntryInfo:
 
 class Entry:
     __slots__ = ("oid", "size", "state", "data", "seg", "loc", "pins", "deleted", "lost",
-                 "spilling", "remote_writer")
+                 "spilling", "remote_writer", "inherited")
 
     def __init__(self, oid: bytes, size: int, state: State):
         self.oid, self.size, self.state = oid, size, state
@@ -58,6 +62,7 @@ class Entry:
         self.lost: str | None = None      # why the data is gone (the ObjectLostError message)
         self.spilling = False
         self.remote_writer = False        # created for a worker to fill (create/seal)
+        self.inherited = False            # held by the zygote (core.build): never spilled or evicted
 
     @property
     def busy(self) -> bool:
@@ -200,7 +205,7 @@ class ObjectTable:
     def infos(self) -> list[EntryInfo]:
         return [EntryInfo(
             object_id=e.oid.hex(), size=e.size,
-            where="spilled" if e.state in ("spilled", "restoring") else e.state,
+            where="inherited" if e.inherited else "spilled" if e.state in ("spilled", "restoring") else e.state,
             spill_url=e.loc.url if e.loc is not None else None,
             pinned=bool(e.pins), pins=dict(e.pins),
             segment=e.seg.name if e.seg is not None else None)
@@ -213,6 +218,9 @@ class ObjectTable:
             "inline_bytes": self.inline_bytes,
             "pinned_bytes": sum(e.size for e in self.objects.values() if e.pins),
             "spilled_bytes": sum(e.size for e in self.objects.values() if e.state == "spilled"),
+            # held by the zygote, counted as its memory (a store copy, if any, is in shared_bytes)
+            "inherited_bytes": sum(e.size for e in self.objects.values() if e.inherited),
+            "num_inherited": sum(1 for e in self.objects.values() if e.inherited),
             "num_inline": counts["inline"],
             "num_shared": counts["shared"],
             "num_spilled": counts["spilled"],
