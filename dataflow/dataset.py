@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 _RAY_FORMATS = {"default": "numpy", None: "numpy"}
+ORDER_BUFFER = 4  # iter_batches(preserve_order=True): finished shards that may wait ahead of the next one
 
 
 def _identity(batch: Any) -> Any:
@@ -153,14 +154,16 @@ class Dataset:
 
     # -- consuming --------------------------------------------------------------------------
     def iter_batches(self, *, batch_size: int | None = 256, batch_format: str | None = "default",
-                     preserve_order: bool = False) -> Iterator[Any]:
-        """Batches of `batch_size` rows as results are ready (completion order; input order with
-        `preserve_order=True`, holding back the shards that finish before an earlier one)."""
+                     preserve_order: bool = False, order_buffer: int = ORDER_BUFFER) -> Iterator[Any]:
+        """Batches of `batch_size` rows as results are ready (completion order). With
+        `preserve_order=True`, input order: at most `order_buffer` finished shards wait ahead of
+        the one it waits for, and the run starts no shard further ahead (a slow shard holds
+        upstream back instead of letting the buffer grow)."""
         from .batches import block_format, block_rows, concat_blocks, slice_block
 
         fmt = _RAY_FORMATS.get(batch_format, batch_format)
         pending: list = []
-        for table in self._tables(preserve_order):
+        for table in self._tables(preserve_order, order_buffer):
             if batch_size is None:
                 yield block_format(table, fmt)
                 continue
@@ -177,28 +180,35 @@ class Dataset:
         if pending and sum(t.num_rows for t in pending):
             yield block_format(concat_blocks(pending), fmt)
 
-    def _tables(self, preserve_order: bool) -> Iterator[Any]:
+    def _tables(self, preserve_order: bool, order_buffer: int | None = None) -> Iterator[Any]:
         pipe = self.pipeline()
         try:
-            yield from self._ordered(pipe, preserve_order)
+            yield from self._ordered(pipe, preserve_order, ORDER_BUFFER if order_buffer is None else order_buffer)
         finally:
             self._last["stages"] = pipe.last_stages
             self._last["record"] = pipe.last_record
             self._last["report"] = None
 
-    def _ordered(self, pipe: Any, preserve_order: bool) -> Iterator[Any]:
+    def _ordered(self, pipe: Any, preserve_order: bool, order_buffer: int) -> Iterator[Any]:
         if not preserve_order:
             yield from pipe.stream(format="pyarrow")
             return
+        if order_buffer < 0:
+            raise ValueError(f"iter_batches(order_buffer=...) must be 0 or more, got {order_buffer}")
         heap: list = []
         expected = None
-        for index, table in pipe.stream(format="pyarrow", with_index=True):
+        self._last["order_buffer_high"] = 0
+        # The executor starts a shard only while it is fewer than order_buffer + 1 shards past the
+        # one awaited, so no more than order_buffer can finish ahead of it (see OrderWindow).
+        window = {"order_window": order_buffer + 1} if _takes(pipe.stream, "order_window") else {}
+        for index, table in pipe.stream(format="pyarrow", with_index=True, **window):
             if expected is None:
                 expected = pipe.last_plan[0].index if pipe.last_plan else 0
             heapq.heappush(heap, (index, id(table), table))
             while heap and heap[0][0] == expected:
                 yield heapq.heappop(heap)[2]
                 expected = _next_index(pipe.last_plan, expected)
+            self._last["order_buffer_high"] = max(self._last["order_buffer_high"], len(heap))
         while heap:
             yield heapq.heappop(heap)[2]
 
@@ -268,6 +278,13 @@ class Dataset:
         except yaml.representer.RepresenterError as exc:
             raise ValueError(f"to_yaml: a value has no YAML form (a {type(exc.args[-1]).__name__}); pass "
                              f"arguments YAML can hold, or the model as {{'factory': 'pkg.module:function'}}") from None
+
+
+def _takes(fn: Any, keyword: str) -> bool:
+    """Whether `fn` takes `keyword` (Pipeline.stream's order_window, until it has it everywhere)."""
+    import inspect
+
+    return keyword in inspect.signature(fn).parameters
 
 
 def _next_index(plan: list | None, index: int) -> int:
