@@ -3,7 +3,8 @@ and an inline backend that runs each task in the driver for debugging (pdb, prin
 
 The executor only needs: start, workers, put, submit, wait, result, cancel, stop. A task's own
 exception reaches the executor as `TaskFailure` with the original error as `.cause`, whatever
-the backend.
+the backend. With `trace=PATH`, `CoreBackend.stop` writes the session's task timeline there
+(`core.timeline`, a Chrome trace) before it shuts the session down, however the run ended.
 """
 
 from __future__ import annotations
@@ -52,11 +53,13 @@ class CoreBackend:
     name = "core"
 
     def __init__(self, *, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
-                 spill=None, address=None):
+                 spill=None, address=None, trace=None):
         self.init_kwargs = {k: v for k, v in dict(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None,
                                                   object_store_memory=object_store_memory,
                                                   spill=spill, address=address).items() if v is not None}
         self.owns_session = False
+        self.trace = trace                       # where stop() writes the session's timeline
+        self.trace_written: str | None = None    # ... once it did
         self._remote: dict[Callable, Any] = {}
         self._warming: list = []
 
@@ -183,9 +186,28 @@ class CoreBackend:
         import core
 
         self._warming.clear()
+        if self.trace is not None and core.is_initialized():
+            self.trace_written = write_trace(self.trace)
         if self.owns_session and core.is_initialized():
             core.shutdown()
         self.owns_session = False
+
+
+def write_trace(path: Any) -> str | None:
+    """The running session's task timeline written to `path` (core.timeline): its path, or None
+    with a warning when the session has none (started with timeline=False, or Ray gave none):
+    a run's trace is a diagnostic, it never fails the run."""
+    import warnings
+
+    import core
+    from core.exceptions import CoreError
+
+    try:
+        core.timeline(str(path))
+    except CoreError as exc:
+        warnings.warn(f"no trace written to {path}: {exc}", RuntimeWarning, stacklevel=2)
+        return None
+    return str(path)
 
 
 class _Done:

@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--html-report", nargs="?", const=True, default=None, metavar="PATH",
                            help="write the run's HTML report (default: "
                                 ".dataflow/reports/<pipeline>-<run id>.html) and print its path")
+            c.add_argument("--trace", metavar="PATH",
+                           help="write the run's task timeline to PATH (Chrome trace JSON: open it in "
+                                "Perfetto or chrome://tracing) and print its path")
     return p
 
 
@@ -127,9 +130,10 @@ def _run(pipe, args) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     progress = Progress(verbose=args.verbose, report=pipe.spec.report)
     try:
-        summary = pipe.run(restart=args.restart, progress=progress, html_report=args.html_report)
+        summary = pipe.run(restart=args.restart, progress=progress, html_report=args.html_report,
+                           trace=args.trace)
     except KeyboardInterrupt:
-        _print_report(pipe)
+        _print_report(pipe, args)
         s = pipe.last_summary
         done = (s.shards_done + s.shards_skipped) if s else 0
         total = s.shards if s else "?"
@@ -139,23 +143,29 @@ def _run(pipe, args) -> int:
             print(json.dumps(s.to_dict()))
         return EXIT_INTERRUPTED
     except RunError as exc:
-        _print_report(pipe)
+        _print_report(pipe, args)
         if exc.summary is not None:
             _print_summary(exc.summary, args)
         print(f"dataflow: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:
-        _print_report(pipe)
+        _print_report(pipe, args)
         return _error(exc, args)
     _print_summary(summary, args)
-    _print_report(pipe)
+    _print_report(pipe, args)
     return summary.exit_code
 
 
-def _print_report(pipe) -> None:
+def _print_report(pipe, args) -> None:
     # On stderr with the summary: stdout stays the JSON result under --json.
     if pipe.last_report is not None:
         print(f"report: {pipe.last_report}", file=sys.stderr)
+    if args.trace:
+        if pipe.last_trace is not None:
+            print(f"trace: {pipe.last_trace}", file=sys.stderr)
+        else:
+            print(f"dataflow: no trace written to {args.trace}: the run's session recorded no task "
+                  f"timeline (the inline backend runs its tasks in the driver)", file=sys.stderr)
 
 
 def _print_summary(summary, args) -> None:

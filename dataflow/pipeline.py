@@ -49,6 +49,7 @@ class Pipeline:
         self.last_stages: list[dict] = []       # per-stage figures of the last stream
         self.last_record = None                 # the recorder.RunRecord of the last run or stream
         self.last_report: Path | None = None    # the HTML report of the last run(html_report=...)
+        self.last_trace: Path | None = None     # the task timeline of the last run(trace=...)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> "Pipeline":
@@ -131,14 +132,20 @@ class Pipeline:
 
     # -- running ----------------------------------------------------------------------------
     def run(self, *, restart: bool = False, progress: Progress | bool | None = None,
-            html_report: str | os.PathLike | bool | None = None) -> Summary:
+            html_report: str | os.PathLike | bool | None = None,
+            trace: str | os.PathLike | None = None) -> Summary:
         """Run to the sink; returns the Summary. Raises RunError when a shard keeps failing with
         `on_error: fail` (its `.summary` tells what was done). Ctrl-C stops the run, keeps the
         committed shards, and re-raises KeyboardInterrupt: run again to resume.
 
         `html_report`: a path, or True for `.dataflow/reports/<pipeline>-<run id>.html` under the
         current folder: the run's HTML report (docs/report.md) is written there, also when the
-        run fails or is interrupted, and its path kept in `last_report`."""
+        run fails or is interrupted, and its path kept in `last_report`.
+
+        `trace`: a path where the session's task timeline (`core.timeline`, a Chrome trace that
+        Perfetto opens) is written as the session ends, also when the run fails or is
+        interrupted; its path is kept in `last_trace` (None if nothing was written: the inline
+        backend runs no tasks)."""
         from connectors import open_sink
 
         s = self.spec
@@ -153,7 +160,7 @@ class Pipeline:
         start = time.monotonic()
         mode = "overwrite" if restart else s.sink.mode
         token = uuid.uuid4().hex
-        self.last_report = None
+        self.last_report = self.last_trace = None
         # Every run keeps its record (a few events per shard; its sampler is the run's one memory
         # sampler): Summary.stats() reads it, and the HTML report draws it when asked.
         recorder = self._recorder(token, store=bool(html_report))
@@ -161,7 +168,7 @@ class Pipeline:
         sink = stager = None
         finished = False
         try:
-            with self._session() as backend:
+            with self._session(trace) as backend:
                 try:
                     shards, model_ref = self._plan_and_put(backend, progress)
                     sink = open_sink(s.sink.uri, format=s.sink.format, mode=mode,
@@ -281,20 +288,24 @@ class Pipeline:
             summary.status = "failed" if self.spec.runtime.on_error == "fail" else "partial"
 
     @contextlib.contextmanager
-    def _session(self) -> Iterator[Any]:
+    def _session(self, trace: str | os.PathLike | None = None) -> Iterator[Any]:
         """A started backend for the whole run. It starts first, and the workers import what the
-        tasks need right away, so that their start-up overlaps planning and building the model."""
+        tasks need right away, so that their start-up overlaps planning and building the model.
+        `trace`: where the backend writes the session's timeline as it stops (`last_trace`)."""
         from .backends import make_backend
 
         rt = self.spec.runtime
         backend = make_backend(rt.backend, num_cpus=rt.num_cpus, num_gpus=rt.num_gpus,
                                resources=dict(rt.resources) or None,
-                               object_store_memory=rt.object_store_memory, spill=rt.spill, address=rt.address)
+                               object_store_memory=rt.object_store_memory, spill=rt.spill, address=rt.address,
+                               **({"trace": trace} if trace is not None else {}))
         backend.start(self._worker_modules())
         try:
             yield backend
         finally:
             backend.stop()
+            written = getattr(backend, "trace_written", None)
+            self.last_trace = Path(written) if written else None
 
     def _worker_modules(self) -> list[str]:
         from .backends import TASK_MODULES
