@@ -8,6 +8,8 @@ import io
 import time
 import uuid
 
+import pytest
+
 from dataflow.executor import ShardDone
 from dataflow.progress import Progress, live_stage_line
 from dataflow.streaming import StagesUpdate
@@ -74,3 +76,24 @@ def test_live_stage_line_marks():
           "actors": 2, "queued": 3, "in_flight": 2, "backpressure": True, "bottleneck": True}
     assert live_stage_line(st) == ("pool: 1,200 rows in, 1,100 out, 3 queued, 2 in flight, busy 0.50 s, "
                                    "2 actors [backpressure] [bottleneck]")
+
+
+def _record_forwards_stage_updates() -> bool:
+    import inspect
+
+    from dataflow import Pipeline
+
+    return "StagesUpdate" in inspect.getsource(Pipeline._record)
+
+
+@pytest.mark.skipif(not _record_forwards_stage_updates(),
+                    reason="Pipeline._record does not hand StagesUpdate to the progress yet (STAGES report)")
+def test_pipeline_run_with_verbose_progress_prints_live_stage_lines(tmp_path):
+    data = helpers.make_dataset(tmp_path / "data", shards=8, rows=100)
+    out = io.StringIO()
+    summary = pipeline(tmp_path, data, STAGES).run(progress=Progress(out, verbose=True, bar=False, stage_every=0))
+    assert summary.status == "done"
+    text = out.getvalue()
+    live_end = text.rindex("queued")  # the last live line comes before the end-of-run lines
+    assert text.index("stage slow: pool:") < live_end and "[bottleneck]" in text[:live_end]
+    assert "stage slow: pool: 800 rows in" in text[live_end:]  # the end-of-run line
