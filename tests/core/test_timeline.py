@@ -8,6 +8,7 @@ against the trace-event schema below (what Perfetto and chrome://tracing read).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from collections import deque
@@ -300,3 +301,22 @@ def test_without_a_session_timeline_does_not_start_one():
     with pytest.raises(CoreError, match=r"call core\.init\(\) first"):
         core.timeline()
     assert not core.is_initialized()
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (the ray extra)")
+def test_on_ray_the_trace_is_rays_own_passed_through(tmp_path, capfd):
+    core.init(address="local-ray", num_cpus=2)
+    try:
+        @core.remote
+        def square(x):
+            return x * x
+
+        assert core.get([square.remote(i) for i in range(3)]) == [0, 1, 4]
+        path = tmp_path / "ray.json"
+        events = core.timeline(str(path))
+    finally:
+        core.shutdown()
+    assert json.loads(path.read_text())["traceEvents"] == events
+    assert any(e["ph"] == "X" and e["name"] == "task:execute" for e in events)
+    assert "In the near future" not in capfd.readouterr().err

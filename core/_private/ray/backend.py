@@ -194,11 +194,16 @@ class RayBackend:
         """core.timeline on Ray: Ray's own task events (`ray.timeline()`), passed through as Ray
         gives them (Chrome trace events too, with Ray's lanes, names and args, and times in
         microseconds of the wall clock), written as a trace file like the local engine's."""
+        state_log = logging.getLogger("ray._private.state")
+        quiet = DropMessages("In the near future, ray.timeline()")   # a notice about Ray's plans
+        state_log.addFilter(quiet)
         try:
             events = list(self.client.ray.timeline())
         except Exception as exc:  # noqa: BLE001 - Ray Client and some clusters cannot give it
             raise CoreError(f"Ray gave no timeline for the session at {self.address!r}: "
                             f"{type(exc).__name__}: {first_line(exc)}") from exc
+        finally:
+            state_log.removeFilter(quiet)
         if path is not None:
             write_trace(path, events)
         return events
