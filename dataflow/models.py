@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import weights
 from .exceptions import ModelError, UnpicklableModelError
+from .plan import Payload
 from .refs import callable_arity, resolve_ref
 
 if TYPE_CHECKING:  # the spec (pydantic) is the driver's; workers import this module too
@@ -91,6 +92,24 @@ def load_model(spec: ModelSpec) -> Shared | PerWorker:
     if spec.generate is not None:
         _generate_file(spec.path, spec.generate)
     return _load_file(spec.path, spec.format, spec.storage_options)
+
+
+def built_where_workers_fork(spec: ModelSpec | None) -> bool:
+    """Whether the spec's model is a factory's value, shared by the workers: what `core.build`
+    makes where the workers are forked from (they inherit it; it is written once). Instances are
+    already in the driver; `setup` models are built per worker; files are mapped or loaded here."""
+    return spec is not None and spec.instance is None and spec.setup is None and spec.factory is not None
+
+
+def build_model(spec: ModelSpec) -> Any:
+    """The factory's model (`load_model(spec)`'s value), for `backend.build`."""
+    return load_model(spec).value  # type: ignore[union-attr]
+
+
+def build_payload(spec: ModelSpec, args: dict) -> Any:
+    """A stage's Payload with the factory's model, built as one object (`backend.build`): its
+    tasks and actors get the model and their arguments together, without a copy."""
+    return Payload(model=build_model(spec), **args)
 
 
 def _generate_file(uri: str, gen: Any) -> None:

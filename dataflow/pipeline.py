@@ -10,14 +10,17 @@
         └─ stream()  _execute ─► each shard's predictions, as they finish (nothing written)
 
     _session:      backend.start (workers forked from a zygote that imported the task's modules) ─► ... ─► backend.stop
-    _plan_and_put: plan (helper thread)  ║  load_model ─► put once (diagnose if it does not pickle)
+    _plan_and_put: plan (helper thread)  ║  a factory's model: backend.build (core.build: made
+                                         ║  where the workers fork from, inherited, written once)
+                                         ║  others: load_model ─► put once (diagnose if it does not pickle)
     _execute:      Executor.run over the shards to do; with a file sink each worker writes its
                    shard's part under a temporary name and the driver commits it (rename and
                    manifest), so the driver never encodes output. The temporary files of a
                    run that died are removed by the next run (resume), a run's own by itself.
 
 The backend starts first, so that the workers' imports run while the driver plans and builds
-the model. After the put the driver drops its own copy of the model: only the object store holds it.
+the model. A factory's model is made by the zygote the workers fork from, never in the driver;
+one the driver loaded is put and then dropped: only the object store holds it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import spec as spec_mod
-from .exceptions import RunError, SpecError
+from .exceptions import ModelError, RunError, SpecError
 from .progress import Progress, Silent
 from .summary import FailedShard, Summary
 
@@ -348,16 +351,20 @@ class Pipeline:
 
     def _put_model(self, backend: Any) -> Any:
         """Build or read the model, and put it once (with stages: each stage's Payload, a list)."""
-        from .models import PerWorker, check_picklable, load_model
+        from .models import PerWorker, build_model, built_where_workers_fork, check_picklable, load_model
 
         s = self.spec
         if s.stages:
             return self._put_payloads(backend)
+        if s.predict.fn is not None and not isinstance(s.predict.fn, str):
+            check_picklable(s.predict.fn, "predict function")
+        if built_where_workers_fork(s.model) and backend.name != "inline":
+            built = _build(backend, build_model, s.model)
+            if built is not None:
+                return built
         source = load_model(s.model)
         payload = source if isinstance(source, PerWorker) else source.value
         del source
-        if s.predict.fn is not None and not isinstance(s.predict.fn, str):
-            check_picklable(s.predict.fn, "predict function")
         if backend.name == "inline":
             check_picklable(payload, "model")  # nothing is pickled inline; fail as core would
         try:
@@ -392,10 +399,16 @@ class Pipeline:
         return futures
 
     def _put_stage(self, backend: Any, i: int) -> Any:
-        from .models import PerWorker, check_picklable, load_model
+        from .models import PerWorker, build_payload, built_where_workers_fork, check_picklable, load_model
         from .plan import Payload, model_specs, payload_args
 
         st, mspec, args = self.spec.stages[i], model_specs(self.spec)[i], payload_args(self.spec)[i]
+        if not isinstance(st.fn, str):
+            check_picklable(st.fn, f"stage {st.name} fn")
+        if built_where_workers_fork(mspec) and backend.name != "inline":
+            built = _build(backend, build_payload, mspec, args)
+            if built is not None:
+                return built
         model = None
         if mspec is not None:
             source = load_model(mspec)
@@ -403,8 +416,6 @@ class Pipeline:
             del source
         payload = Payload(model=model, **args)
         del model
-        if not isinstance(st.fn, str):
-            check_picklable(st.fn, f"stage {st.name} fn")
         if backend.name == "inline":
             check_picklable(payload, f"stage {st.name} model and arguments")
         try:
@@ -552,6 +563,24 @@ class Pipeline:
                                                   rt.on_error == "quarantine"))
         with contextlib.closing(executor.run(shards)) as events:
             yield from events
+
+
+def _build(backend: Any, fn: Any, *args: Any) -> Any:
+    """`backend.build(fn, *args)`: the model made where the workers are forked from, so they
+    inherit it and it is written once (core.build). The factory's own error (a ModelError) is
+    raised with its wording; None if it could not be made there for another reason (the spec or
+    the model does not pickle, the process died): the caller then builds it here and puts it,
+    as without a zygote, which raises the errors it always did (UnpicklableModelError naming the
+    culprit)."""
+    try:
+        return backend.build(fn, *args)
+    except ModelError as exc:
+        cause = getattr(exc, "cause", None)   # core's TaskError keeps the factory's own error
+        if isinstance(cause, ModelError):
+            raise cause.with_traceback(None) from exc
+        raise
+    except Exception:  # noqa: BLE001 - made again here, where its error is diagnosed
+        return None
 
 
 def _stager(sink: Any, backend: Any, token: str) -> Any:
