@@ -58,6 +58,7 @@ TRACE_SCHEMA = {
                                                "attempt": {"type": "integer", "minimum": 1},
                                                "arg_bytes": {"type": "integer", "minimum": 0},
                                                "sent_us": _NUMBER, "run_s": _NUMBER,
+                                               "result_bytes": {"type": "integer", "minimum": 0},
                                                "error": {"type": "string"}}}}}},
                     {"if": {"properties": {"ph": {"const": "i"}}},
                      "then": {"required": ["ts", "s", "args"],
@@ -88,12 +89,14 @@ def test_a_batch_sent_at_once_lines_up_on_its_worker_lane():
     t0 = 100.0
     events = [(TL.SUBMIT, 100.001, _tid(1), "f", None), (TL.SUBMIT, 100.002, _tid(2), "f", None),
               (TL.START, 100.010, _tid(1), "f", "task", 7, 40), (TL.START, 100.010, _tid(2), "f", "task", 7, 40),
-              (TL.END, 100.020, _tid(1), 7, 0.002, None), (TL.END, 100.020, _tid(2), 7, 0.003, None)]
+              (TL.END, 100.020, _tid(1), 7, 0.002, None, 24), (TL.END, 100.020, _tid(2), 7, 0.003, None, None)]
     out = TL.chrome_events(events, {7: TL.Lane(4242, "worker 4242")}, driver_pid=1, t0=t0, now=101.0)
     bars = [e for e in out if e["ph"] == "X"]
     assert [(b["pid"], b["ts"], b["dur"]) for b in bars] == [(4242, 10000.0, 2000.0), (4242, 12000.0, 3000.0)]
     assert bars[0]["args"] == {"task_id": _tid(1).hex(), "function": "f", "kind": "task", "outcome": "ok",
-                               "attempt": 1, "arg_bytes": 40, "sent_us": 10000.0, "run_s": 0.002}
+                               "attempt": 1, "arg_bytes": 40, "sent_us": 10000.0, "run_s": 0.002,
+                               "result_bytes": 24}
+    assert "result_bytes" not in bars[1]["args"]          # not known: left out
     names = {e["pid"]: e["args"]["name"] for e in out if e["name"] == "process_name"}
     assert names == {1: "driver 1", 4242: "worker 4242"}
     submits = [e for e in out if e["ph"] == "i"]
@@ -103,7 +106,7 @@ def test_a_batch_sent_at_once_lines_up_on_its_worker_lane():
 
 def test_a_bar_never_outlasts_its_result_nor_starts_before_it_was_sent():
     # The worker says it ran 5 s, the result came 1 ms after sending: the bar ends at the result.
-    events = [(TL.START, 1.0, _tid(1), "f", "task", 0, 0), (TL.END, 1.001, _tid(1), 0, 5.0, None)]
+    events = [(TL.START, 1.0, _tid(1), "f", "task", 0, 0), (TL.END, 1.001, _tid(1), 0, 5.0, None, None)]
     [bar] = [e for e in TL.chrome_events(events, {}, 1, 0.0, 2.0) if e["ph"] == "X"]
     assert bar["ts"] == 1_000_000.0 and bar["dur"] == pytest.approx(1000.0)
 
@@ -111,9 +114,9 @@ def test_a_bar_never_outlasts_its_result_nor_starts_before_it_was_sent():
 def test_retries_deaths_and_running_tasks_are_marked():
     lanes = {0: TL.Lane(10, "worker 10"), 1: TL.Lane(11, "worker 11"), 2: TL.Lane(12, "actor C 12")}
     events = [
-        (TL.START, 1.0, _tid(1), "flaky", "task", 0, 8), (TL.END, 1.5, _tid(1), 0, 0.5, "ValueError: no"),
+        (TL.START, 1.0, _tid(1), "flaky", "task", 0, 8), (TL.END, 1.5, _tid(1), 0, 0.5, "ValueError: no", None),
         (TL.RETRY, 1.5, _tid(1)),
-        (TL.START, 1.6, _tid(1), "flaky", "task", 1, 8), (TL.END, 1.7, _tid(1), 1, 0.1, None),
+        (TL.START, 1.6, _tid(1), "flaky", "task", 1, 8), (TL.END, 1.7, _tid(1), 1, 0.1, None, 8),
         (TL.START, 2.0, _tid(2), "boom", "task", 1, 8), (TL.DIED, 2.5, _tid(2), 1, "retry"),
         (TL.START, 2.6, _tid(2), "boom", "task", 0, 8), (TL.DIED, 2.7, _tid(2), 0, "fail"),
         (TL.START, 3.0, _tid(3), "C.m", "actor_method", 2, 8),
@@ -129,7 +132,7 @@ def test_retries_deaths_and_running_tasks_are_marked():
 def test_a_task_taken_back_before_it_ran_has_no_bar():
     # Sent behind a busy worker, reclaimed, then sent again elsewhere: one bar, attempt 1.
     events = [(TL.START, 1.0, _tid(1), "f", "task", 0, 0), (TL.START, 2.0, _tid(1), "f", "task", 1, 0),
-              (TL.END, 2.5, _tid(1), 1, 0.1, None)]
+              (TL.END, 2.5, _tid(1), 1, 0.1, None, None)]
     bars = [e for e in TL.chrome_events(events, {}, 1, 0.0, 3.0) if e["ph"] == "X"]
     assert [(b["pid"], b["args"]["attempt"]) for b in bars] == [(-2, 1)]   # worker #1 (no pid known)
 
@@ -149,15 +152,18 @@ def test_the_decisions_record_submit_end_retry_and_death_when_on():
     task.state = "running"
     worker.inflight.append(task)
     B.finished(board, worker, task.task_id, TaskError("g", ValueError("bad"), "tb"), 0.25)
+    worker.inflight.append(task)
+    B.finished(board, worker, task.task_id, None, 0.5, [(("inline", b"abc"), []), (("shared", 4096), [])])
     B.failed_run(board, task, TaskError("g", ValueError("bad"), "tb"), True)
     board.queue.clear()
     task.state = "running"
     worker.inflight.append(task)
     B.worker_died(board, worker, "signal 9", closing=True)
     kinds = [e[0] for e in rec.events]
-    assert kinds == [TL.SUBMIT, TL.END, TL.RETRY, TL.DIED]
+    assert kinds == [TL.SUBMIT, TL.END, TL.END, TL.RETRY, TL.DIED]
     assert rec.events[1][2:5] == (task.task_id, 3, 0.25) and rec.events[1][5].startswith("ValueError")
-    assert rec.events[3][4] == "fail"
+    assert rec.events[1][6] is None and rec.events[2][5:] == (None, 3 + 4096)   # results' bytes
+    assert rec.events[4][4] == "fail"
 
 
 def test_the_recorder_is_bounded():

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from core._private.tasks.resources import ResourceLedger, unhold
 from core._private.tasks.retry import retry_decision, spend_retry
 from core._private.tasks.state import Actor, Obj, Stream, Task
-from core._private.tasks.timeline import DIED, END, RETRY, SUBMIT, Recorder, error_text
+from core._private.tasks.timeline import DIED, END, RETRY, SUBMIT, Recorder, error_text, result_bytes
 from core._private.tasks.transitions import Interrupt, Reclaim, Spawn, transition
 from core.exceptions import ActorDiedError, TaskCancelledError, WorkerCrashedError
 
@@ -136,13 +136,15 @@ def requeue_front(board: Board, worker: Any, tasks: list[Task]) -> None:
 
 
 # ─── DONE ──────────────────────────────────────────────────────────────────────────────────────
-def finished(board: Board, worker: Any, task_id: bytes, error: Any, seconds: float) -> Task | None:
+def finished(board: Board, worker: Any, task_id: bytes, error: Any, seconds: float,
+             results: Any = None) -> Task | None:
     """A worker reports a task done: take it off the worker, note its time, give back what it
-    held. Returns the task (None if nobody waits for it any more)."""
+    held. Returns the task (None if nobody waits for it any more). `results`: the DONE's result
+    locations, read only for the timeline (their sizes)."""
     rec = board.timeline
     if rec is not None:
         rec.events.append((END, monotonic(), task_id, worker.wid, seconds,
-                           None if error is None else error_text(error)))
+                           None if error is None else error_text(error), result_bytes(results)))
     inflight = worker.inflight
     if inflight and inflight[0].task_id == task_id:
         inflight.popleft()

@@ -36,7 +36,8 @@ from typing import Any, Iterable, NamedTuple
 # Event kinds: the first field of each recorded tuple.
 SUBMIT = 0   # (SUBMIT, t, task_id, name, submitter wid or None)
 START = 1    # (START, t, task_id, name, kind, wid, argument bytes)
-END = 2      # (END, t, task_id, wid, seconds, error or None)    error: "Type: first line"
+END = 2      # (END, t, task_id, wid, seconds, error or None, result bytes or None)
+             #                                                    error: "Type: first line"
 RETRY = 3    # (RETRY, t, task_id)                                the END just before is retried
 DIED = 4     # (DIED, t, task_id, wid, verdict)                   its worker died while it ran
 
@@ -52,6 +53,17 @@ class Recorder:
         self.events: deque[tuple] = deque(maxlen=max_events)
         self.workers: dict[int, Any] = {}   # wid -> WorkerProc, noted on its first dispatch
         self.t0 = time.monotonic()          # the session's start: time 0 of the trace
+
+
+def result_bytes(results: Any) -> int | None:
+    """Bytes of a DONE's results, from their locations (("inline", bytes) or ("shared", size),
+    or ("inherited", oid, size)); None when not given (a streaming task's count, an error)."""
+    if not isinstance(results, list):
+        return None
+    n = 0
+    for loc, _contained in results:
+        n += len(loc[1]) if loc[0] == "inline" else loc[-1]
+    return n
 
 
 def error_text(error: Any) -> str:
@@ -98,7 +110,8 @@ def chrome_events(events: Iterable[tuple], lanes: dict[int, Lane], driver_pid: i
     lane_free: dict[int, float] = {}   # wid -> when its last bar ended
     last_bar: dict[bytes, dict] = {}   # task id -> its last X event (a RETRY marks it)
 
-    def bar(start: tuple, end_t: float, seconds: float | None, outcome: str, error: str | None) -> dict:
+    def bar(start: tuple, end_t: float, seconds: float | None, outcome: str, error: str | None,
+            out_bytes: int | None = None) -> dict:
         _, sent, task_id, name, kind, wid, arg_bytes = start
         begin = max(sent, lane_free.get(wid, sent))
         finish = end_t if seconds is None else max(begin, min(begin + seconds, end_t))
@@ -108,6 +121,8 @@ def chrome_events(events: Iterable[tuple], lanes: dict[int, Lane], driver_pid: i
                                 "attempt": n, "arg_bytes": arg_bytes, "sent_us": us(sent)}
         if seconds is not None:
             args["run_s"] = seconds
+        if out_bytes is not None:
+            args["result_bytes"] = out_bytes
         if error is not None:
             args["error"] = error
         ev = {"name": short_name(name), "cat": kind, "ph": "X", "ts": us(begin), "dur": round((finish - begin) * 1e6, 3),
@@ -123,7 +138,7 @@ def chrome_events(events: Iterable[tuple], lanes: dict[int, Lane], driver_pid: i
         elif kind == END:
             start = opened.pop(e[2], None)
             if start is not None:
-                bar(start, e[1], e[4], "ok" if e[5] is None else "error", e[5])
+                bar(start, e[1], e[4], "ok" if e[5] is None else "error", e[5], e[6])
         elif kind == SUBMIT:
             out.append({"name": f"submit {short_name(e[3])}", "cat": "submit", "ph": "i", "s": "t", "ts": us(e[1]),
                         "pid": lane(e[4]), "tid": 0, "args": {"task_id": e[2].hex(), "function": e[3]}})
@@ -165,5 +180,5 @@ def write_trace(path: str | os.PathLike, events: list[dict]) -> None:
         raise
 
 
-__all__ = ["Recorder", "Lane", "short_name", "chrome_events", "write_trace", "error_text", "DEFAULT_MAX_EVENTS",
+__all__ = ["Recorder", "Lane", "short_name", "chrome_events", "write_trace", "error_text", "result_bytes", "DEFAULT_MAX_EVENTS",
            "SUBMIT", "START", "END", "RETRY", "DIED"]
