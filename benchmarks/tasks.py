@@ -187,7 +187,7 @@ def main() -> None:
         print(f"{key:<32}{c:>12.4g}{(r if r is not None else float('nan')):>12.4g}{ratio:>10}  {target}")
     print(f"{'array_gb':<32}{results['core']['array_gb']:>12.4g}")
 
-    cost = timeline_cost(sizes["throughput"], rounds=2 if args.quick else 6)
+    cost = timeline_cost(sizes["throughput"], rounds=4 if args.quick else 6)
     print()
     print(f"{'core timeline (median)':<32}{'off':>12}{'on':>12}{'on/off':>10}  target")
     print(f"{'throughput_tasks_per_s':<32}{cost['throughput_timeline_off']:>12.4g}"

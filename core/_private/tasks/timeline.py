@@ -21,7 +21,8 @@ ended, whichever is later, and lasts `seconds` (cut at the result's arrival): ta
 batch, or pipelined behind a running one, line up instead of overlapping.
 
 Memory is bounded: the recorder keeps the last `max_events` events (`DEFAULT_MAX_EVENTS`, three
-per task: about the last 65,000 tasks in ~40 MB at most); older ones are dropped.
+per task: about the last 65,000 tasks, ~30 MB); older ones are dropped. `chrome_events` is pure;
+`write_trace` is this module's one I/O, called by the runtimes at the edge.
 """
 
 from __future__ import annotations
