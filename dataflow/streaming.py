@@ -76,7 +76,14 @@ def stage_blocks(stage_stats: dict, pid: int, peak_memory: int, landed: float) -
     return out[::-1]
 
 
-POOL_GRACE = 5.0  # seconds on top of a pool call's timeout x batches: its block is already in the store
+# A segment whose model is still being built (or whose actors are starting) lets the segment
+# before it run ahead by this many bytes of blocks, not only `buffer` blocks: the stages before a
+# big model do their work while it loads (the parse of every shard, when blocks are small).
+STARTUP_BUDGET = 256 * 2**20
+POOL_GRACE = 5.0
+# Calls queued on each actor (Ray Data's max_tasks_in_flight_per_actor is 4 too): with quick blocks
+# the actor has its next ones at hand while the driver learns of the last one and sends another.
+CALLS_PER_ACTOR = 4  # seconds on top of a pool call's timeout x batches: its block is already in the store
 
 
 class StagesUpdate(NamedTuple):
@@ -100,6 +107,7 @@ class Item:
     first_error: str = ""
     blocks: list = field(default_factory=list)    # StageBlocks of the segments done
     rows: int = 0                                   # rows of the input block (the shard's, at first)
+    nbytes: int = 0                                 # bytes of the input block (0 for the shard)
     position: int = 0                               # in the input order
 
 
@@ -123,6 +131,7 @@ class Pool:
     lo: int = 1
     hi: int = 1
     started: int = 0                                # actors started (for device assignment)
+    per_actor: int = 2                              # calls in flight per actor: one running, the rest queued on it
 
 
 @dataclass
@@ -135,7 +144,11 @@ class SegState:
     pool: Pool | None = None
     ready: bool = False                             # its stages' payloads are in the store
     held_back: int = 0                              # loop turns with work and a slot, but no room downstream
+    queued_bytes: int = 0                           # bytes of the blocks in `queue`
+    bytes_out: int = 0                              # bytes of the blocks it made (intermediate segments)
     holding: bool = False                           # held back at the last turn
+    ready_at: float | None = None                   # time.monotonic() its payloads were in the store
+    up_at: float | None = None                      # ... its first actor was up (pools)
     blocks: int = 0
     stats: dict = field(default_factory=dict)       # stage -> _task.STAT_FIELDS, summed
     pids: set = field(default_factory=set)
@@ -143,7 +156,7 @@ class SegState:
     @property
     def slots(self) -> int:
         if self.pool is not None:
-            return 2 * len(self.pool.actors)         # one running and one queued per actor
+            return self.pool.per_actor * len(self.pool.actors)
         return self.max_in_flight
 
 
@@ -153,6 +166,7 @@ class StreamState:
     max_retries: int
     stopped: bool = False
     order: OrderWindow | None = None                # preserve_order: the window of shards started
+    startup_budget: int = STARTUP_BUDGET            # bytes that may wait for a segment still starting
 
     @property
     def finished(self) -> bool:
@@ -160,11 +174,24 @@ class StreamState:
 
 
 def room_downstream(state: StreamState, k: int) -> bool:
-    """May segment k start one more block? Only if the next segment's buffer has room."""
+    """May segment k start one more block? Only if the next segment's buffer has room; or, while
+    the next segment is still starting (its model being built and put, its actors starting), if
+    the blocks waiting for it stay within `state.startup_budget` bytes (measured blocks of k)."""
     if k + 1 >= len(state.segs):
         return True
-    nxt = state.segs[k + 1]
-    return len(nxt.queue) + len(nxt.in_flight) + len(state.segs[k].in_flight) < nxt.buffer + nxt.slots
+    s, nxt = state.segs[k], state.segs[k + 1]
+    if len(nxt.queue) + len(nxt.in_flight) + len(s.in_flight) < nxt.buffer + nxt.slots:
+        return True
+    if starting(nxt) and s.blocks:
+        per_block = s.bytes_out / s.blocks
+        return nxt.queued_bytes + (len(s.in_flight) + 1) * per_block <= state.startup_budget
+    return False
+
+
+def starting(s: SegState) -> bool:
+    """The segment cannot run blocks yet: its payloads are not in the store, or no actor of its
+    pool has started."""
+    return not s.ready or (s.pool is not None and not s.pids)
 
 
 def can_submit(state: StreamState, k: int) -> bool:
@@ -206,6 +233,7 @@ def pick_actor(pool: Pool) -> Any:
 def on_failure(state: StreamState, item: Item) -> Literal["retry", "give_up"]:
     if not state.stopped and item.attempts.get(item.seg, 0) <= state.max_retries:
         state.segs[item.seg].queue.appendleft(item)
+        state.segs[item.seg].queued_bytes += item.nbytes
         return "retry"
     return "give_up"
 
@@ -283,6 +311,7 @@ class StreamExecutor:
             for f in futures:
                 f.result()  # the model could not be built or put: the run stops with its error
             s.ready = True
+            s.ready_at = time.monotonic()
             if s.seg.kind == "pool":
                 self._start_pool(s)
 
@@ -296,7 +325,7 @@ class StreamExecutor:
     # -- pools ------------------------------------------------------------------------------
     def _start_pool(self, s: SegState) -> None:
         lo, hi = pool_bounds(s.seg.head, self.workers)
-        s.pool = Pool(lo=lo, hi=hi)
+        s.pool = Pool(lo=lo, hi=hi, per_actor=CALLS_PER_ACTOR)
         for _ in range(lo):
             self._add_actor(s)
 
@@ -344,6 +373,7 @@ class StreamExecutor:
         s = state.segs[k]
         while can_submit(state, k):
             item = s.queue.popleft()
+            s.queued_bytes -= item.nbytes
             item.attempts[k] = item.attempts.get(k, 0) + 1
             task = self.make_task(item.shard, s.seg)
             n = 1 if task.last else 2
@@ -392,6 +422,7 @@ class StreamExecutor:
                 try:
                     info = self.backend.result(handle)
                     s.pids.add(info["pid"])
+                    s.up_at = s.up_at or time.monotonic()
                 except TaskFailure as exc:
                     if _constructor_failed(exc):
                         raise RunError(f"stage {s.seg.head.name}: its actor pool cannot start: {exc}") from exc
@@ -431,8 +462,11 @@ class StreamExecutor:
             return
         item.block = block
         item.rows = meta.rows_out
+        item.nbytes = list(meta.stage_stats.values())[-1][4] if meta.stage_stats else 0
+        s.bytes_out += item.nbytes
         item.seg += 1
         state.segs[item.seg].queue.append(item)
+        state.segs[item.seg].queued_bytes += item.nbytes
 
     def _next_call(self, s: SegState, actor: Any, handle: Any) -> None:
         """A call of `actor` landed: the next one queued on it starts now (its clock too)."""
@@ -487,6 +521,7 @@ class StreamExecutor:
             flight = s.in_flight.pop(h)
             flight.item.attempts[s.seg.index] -= 1
             s.queue.appendleft(flight.item)
+            s.queued_bytes += flight.item.nbytes
         self._remove_actor(s, actor)
         if not state.stopped and len(s.pool.actors) < s.pool.lo:
             self._add_actor(s)
@@ -525,8 +560,14 @@ class StreamExecutor:
                             "rows_in": rows_in, "rows_out": rows_out, "blocks": s.blocks,
                             "busy_seconds": round(busy, 3),
                             "actors": len(s.pids) if s.seg.kind == "pool" else 0,
-                            "workers": len(s.pids), "backpressure": s.held_back > 0})
+                            "workers": len(s.pids), "backpressure": s.held_back > 0,
+                            # seconds from the executor's start: payloads in the store, first actor up
+                            "ready_at": _since(s.ready_at, self.started), "up_at": _since(s.up_at, self.started)})
         return out
+
+
+def _since(t: float | None, start: float) -> float | None:
+    return None if t is None else round(t - start, 3)
 
 
 def _task_options(seg: Segment) -> dict:

@@ -155,6 +155,24 @@ def test_backpressure_holds_the_fast_segment_back():
     assert not streaming.can_submit(state, 0)
 
 
+def test_a_segment_still_starting_lets_the_one_before_run_ahead_within_the_budget():
+    segs = P.segments([P.Stage("a", "m:f", "tasks"), P.Stage("b", "m:C", "pool")])
+    state = streaming.StreamState([streaming.SegState(segs[0], 4, buffer=2, ready=True),
+                                   streaming.SegState(segs[1], 4, buffer=2, ready=False)], 0,
+                                  startup_budget=10_000)
+    state.segs[0].queue.extend(range(100))
+    state.segs[0].blocks, state.segs[0].bytes_out = 4, 4_000  # 1,000 bytes a block so far
+    state.segs[1].queue.extend(range(8))
+    state.segs[1].queued_bytes = 8_000
+    assert streaming.can_submit(state, 0)          # 8 blocks wait, past buffer + slots, but within 10,000 bytes
+    state.segs[1].queued_bytes = 9_500
+    assert not streaming.can_submit(state, 0)      # one more would pass the budget
+    state.segs[1].ready, state.segs[1].queued_bytes = True, 0
+    state.segs[1].pool = streaming.Pool(actors=[object()])
+    state.segs[1].pids.add(1)                      # started: the block count rules again
+    assert not streaming.can_submit(state, 0)
+
+
 # -- running ---------------------------------------------------------------------------------
 
 
