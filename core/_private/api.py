@@ -155,9 +155,20 @@ def put(value: Any) -> ObjectRef:
 def build(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> ObjectRef:
     """Like `put(fn(*args, **kwargs))`, with the value written once: for a model's weights.
 
-    The local engine runs `fn` where its workers are forked from, so every worker inherits the
-    value's pages instead of reading a copy from the store; on Ray (or without workers to fork)
-    it runs in the driver and its value is put once. `fn` and its arguments must pickle."""
+    On the local engine with a zygote (`init(worker_preload=...)`, `preload_workers`; the
+    dataflow CLI starts one) `fn` runs in the zygote, which keeps the value: workers forked after
+    it find it in their own memory, sharing its pages (no copy while nobody writes to it), and
+    idle workers forked before are replaced. Anyone else (a busy or actor worker that predates
+    the build, the driver's own `get`) reads one copy that the zygote writes into the store once.
+    Treat the value as read-only: a worker's tasks all get the same object. `memory_summary`
+    lists it as "inherited"; `free` (or dropping the last ref) drops it from the zygote; if the
+    zygote dies, reading it raises ObjectLostError. A factory that leaves threads running (an
+    OpenMP pool) has its value put into the store at once; the zygote then starts workers as
+    fresh interpreters, and later builds run in the driver.
+
+    On Ray, without a zygote, or when the arguments contain refs: made in the driver, put once.
+    `fn` raising: a TaskError that is also an instance of the error's type, naming `fn`. `fn`
+    and its arguments must pickle (cloudpickle); CoreError naming `fn` otherwise."""
     if not callable(fn):
         raise TypeError(f"core.build() takes a callable and its arguments, got {type(fn).__name__}")
     return runtime.require().build(fn, args, kwargs)

@@ -158,6 +158,21 @@ def test_workers_forked_before_the_build_are_replaced_or_read_one_copy(forked):
     assert _materialized() == 1, "the actor reads the copy the zygote wrote into the store, once"
 
 
+def test_a_nested_get_finds_the_value_and_a_writable_one_is_a_copy(forked):
+    @core.remote
+    def nested(refs: list) -> tuple:
+        from core._private.local import worker
+
+        mine = core.get(refs[0])
+        private = core.get(refs[0], writable=True)
+        private["w"][0] = -1.0                # a copy: the inherited value is untouched
+        return (any(v is mine for v in worker.BUILT.values()), float(mine["w"][0]),
+                any(v is private for v in worker.BUILT.values()))
+
+    ref = core.build(make_weights, 1000, fill=2.0)
+    assert core.get(nested.remote([ref])) == (True, 2.0, False)
+
+
 def test_the_drivers_get_reads_one_copy_written_by_the_zygote(forked):
     ref = core.build(make_weights, 100_000, fill=0.5)
     assert _store_used() == 0

@@ -171,3 +171,24 @@ def test_the_zygote_is_forked_when_single_threaded_and_spawned_otherwise(threade
     loaded, leaked, spawned = out.stdout.split()
     assert loaded == "True" and leaked == "False"
     assert spawned == str(threaded)
+
+
+def _leave_a_thread() -> int:
+    import threading
+
+    threading.Thread(target=threading.Event().wait, daemon=True).start()  # as an OpenMP pool
+    return 1
+
+
+def test_after_a_factory_left_threads_the_zygote_spawns_fresh_workers_it_still_reaps(make_session):
+    """Forking a process that runs threads is unsafe: its later workers are fresh interpreters
+    (posix_spawn), still its children, and their deaths are reported as before."""
+    make_session(num_cpus=1, worker_preload=["email.mime.text"])
+    core.get(where.remote())
+    assert core.get(core.build(_leave_a_thread)) == 1
+    _zygote_of(core.get(where.remote()))
+    with pytest.raises(WorkerCrashedError, match="signal 9"):
+        core.get(die.remote())
+    info = core.get(where.remote())           # a worker started after the build
+    assert psutil.Process(info["pid"]).cmdline()[1:2] == ["-c"], "a fresh interpreter, not a fork"
+    _zygote_of(info)
