@@ -143,6 +143,7 @@ def test_tasks_and_an_actor_find_the_value_in_their_own_memory(forked):
     assert _store_used() == 0 and _materialized() == 0, "nobody needed a copy in the store"
     summary = core.memory_summary()
     assert f"{ref.hex()}" in summary and "inherited" in summary.splitlines()[1]
+    assert " build " in summary.splitlines()[1]
     assert "1 inherited" in summary
 
 

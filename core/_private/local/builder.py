@@ -9,7 +9,9 @@
       a task's argument ──► store.locate ──► ("inherited", oid, size) to a worker that has it
                                          └─► otherwise a copy in a segment, written once by the
                                              zygote (a worker forked before the build and busy
-                                             then, an actor's worker, the driver's own get)
+                                             then, an actor's worker, the driver's own get); a
+                                             worker asks for it itself (request COPY, answered
+                                             off the engine's lock) if it is not made yet
       free / count 0 ──► zygote.drop: workers forked later do not carry it
       the zygote died ──► store.lose_inherited: reading an object only it held raises
                           ObjectLostError naming the object (not rebuilt: no lineage, as put)
@@ -81,8 +83,9 @@ class Builder:
         place (a fork costs milliseconds): they would otherwise read a copy from the store. Lock
         held."""
         engine = self.engine
-        if engine.board.closing:
-            return
+        zygote = engine.pool.zygote
+        if engine.board.closing or zygote is None or not (zygote.alive and zygote.forks):
+            return                     # a replacement would not have it either
         for w in list(engine.pool.workers.values()):
             if w.alive and w.actor_id is None and not w.inflight and not w.blocked and oid not in w.inherits:
                 # Seen as blocked, the scheduler plans nothing for it until its exit is reaped

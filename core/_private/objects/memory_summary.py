@@ -25,6 +25,8 @@ def render(entries: list[EntryInfo], counts: dict[bytes, tuple[int, str]], usage
     lines = [f"{'object id':<40}  {'size':>10}  {'where':<8}  {'refs':>4}  {'made by':<24}  location"]
     for e in sorted(entries, key=lambda e: e.object_id):
         refs, made_by = by_hex.get(e.object_id, (0, "?"))
+        if e.where == "inherited" and made_by == "put":
+            made_by = "build"                     # core.build: no task, made by the zygote
         where = e.where + (" (pinned)" if e.pinned else "")
         location = redact(e.spill_url) if e.where == "spilled" else (e.segment or "")
         lines.append(f"{e.object_id:<40}  {format_bytes(e.size):>10}  {where:<8}  {refs:>4}  {made_by[:24]:<24}  {location}")

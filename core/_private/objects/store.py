@@ -251,13 +251,17 @@ class ObjectStore:
     def locate(self, oid: bytes, holder: int, *, wait_for_room: bool = True, copy: bool = False) -> tuple:
         """Where a worker finds the object, pinned for `holder`: ("inline", bytes) or
         ("shared", segment name, size), or ("inherited", oid, size), not pinned, for a holder that has
-        the value in its own memory (unless `copy`: it found it had not). A spilled object is
+        the value in its own memory or while there is no copy in the store yet (unless `copy`:
+        the holder found it had not; then the copy is made, once, and located). A spilled object is
         restored first (an inherited one written by the zygote); with `wait_for_room=False`, a
         restore that does not fit now raises `NoRoomNow` at once instead of waiting for unpins
         (the engine then keeps the task queued)."""
         with self._cond:
             entry = self._objects.get(oid)
-            if entry is not None and entry.inherited and not entry.lost and not copy and self.heirs(oid, holder):
+            if entry is not None and entry.inherited and not entry.lost and not copy and (
+                    entry.seg is None or self.heirs(oid, holder)):
+                # No copy in the store yet: a holder without the value asks for one (`copy`),
+                # so the zygote's write never runs under the caller's (the engine's) lock.
                 return ("inherited", oid, entry.size)
             entry = self._ready(oid, wait_for_room)
             self.table.pin(entry, holder)
