@@ -266,6 +266,23 @@ def test_objects_the_zygote_held_are_lost_with_it(forked):
     assert core.get(total.remote(again)) == 10.0
 
 
+def crashing_factory() -> None:
+    os._exit(3)
+
+
+def test_a_factory_that_kills_the_zygote_is_an_error_not_a_hang(forked):
+    with pytest.raises(CoreError, match=r"core.build\(crashing_factory\): the zygote died while running it"):
+        core.build(crashing_factory)
+    again = core.build(make_weights, 10, fill=3.0)   # made in the driver from now on
+    assert core.get(total.remote(again)) == 30.0     # by fresh workers
+
+
+def test_a_value_that_cannot_be_stored_is_an_error_naming_the_factory(forked):
+    with pytest.raises(CoreError, match=r"could not serialize a value of type lock") as info:
+        core.build(threading.Lock)
+    assert "task allocate_lock failed" in str(info.value)   # threading.Lock's own name
+
+
 def _pss(pids: list[int]) -> int:
     return sum(psutil.Process(p).memory_full_info().pss for p in pids)
 
