@@ -509,19 +509,21 @@ def _bisect_stage(fn: _StageFn, chunk: Any, exc: BaseException, base: int = 0) -
 
 
 class StageActor:
-    """An actor of a pool: builds the stage once (its constructor runs here, with the model the
-    driver put, zero-copy), then runs blocks through it."""
+    """An actor of a pool: builds its segment's stages once (the pool's class, whose constructor
+    runs here with the model the driver put, zero-copy; then the stateless stages that ride
+    along), then runs blocks through them."""
 
-    def __init__(self, stage: Any, payload: Any, run_token: str, devices: list | None = None):
+    def __init__(self, stages: tuple, run_token: str, devices: list | None, *payloads: Any):
+        # The payloads come last, each a top-level argument: core maps each ref's object zero-copy.
         if devices is not None:
             # Set for the actor's whole life: the model may touch the device at any call.
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
-        self.stage = stage
+        self.stages = stages
         # The constructor's error is kept and raised by each call (first `ready`), with our
         # one-line message: raised here, it would reach the driver as the actor's death.
         self.error: StageInitError | None = None
         try:
-            self.fn = _StageFn(stage, payload)
+            self.fns = [_StageFn(st, p) for st, p in zip(stages, payloads)]
         except StageInitError as exc:
             self.error = exc
 
@@ -533,4 +535,4 @@ class StageActor:
     def run(self, task: SegmentTask, block: Any) -> Any:
         if self.error is not None:
             raise self.error
-        return process(task, [self.fn], block, time.perf_counter())
+        return process(task, self.fns, block, time.perf_counter())

@@ -143,16 +143,29 @@ def payload_args(spec: Any) -> list[dict]:
 
 def segments(stages: list[Stage], fuse: bool = True) -> list[Segment]:
     """Group consecutive stateless stages with the same resources (and concurrency) into one
-    segment; each pool stage is a segment of its own. `fuse=False` gives one segment per stage."""
+    segment; each pool stage starts a segment of its own, and the stateless stages right after it
+    that ask for nothing of their own (`rides_along`) run in its actors, after the class: the
+    block is there already, so it makes no hop through the store. `fuse=False` gives one segment
+    per stage."""
     groups: list[list[Stage]] = []
     for st in stages:
         last = groups[-1] if groups else None
-        if (fuse and last and st.kind == "tasks" and last[-1].kind == "tasks"
-                and last[-1].resource_key == st.resource_key):
+        if fuse and last and st.kind == "tasks" and (
+                last[0].kind == "tasks" and last[-1].resource_key == st.resource_key
+                or last[0].kind == "pool" and rides_along(st, last[0])):
             last.append(st)
         else:
             groups.append([st])
     return [Segment(i, g[0].kind, tuple(g)) for i, g in enumerate(groups)]
+
+
+def rides_along(stage: Stage, pool: Stage) -> bool:
+    """A stateless stage that may run in the actors of the pool before it: it asks for no CPUs,
+    GPUs, resources, concurrency or threads of its own (any of them keeps it in its own tasks),
+    and has a timeout if the pool has one (else the pool's blocks would have no deadline)."""
+    return (stage.kind == "tasks" and stage.num_cpus is None and not stage.num_gpus and not stage.resources
+            and stage.concurrency is None and stage.num_threads is None
+            and (pool.timeout is None or stage.timeout is not None))
 
 
 def fitted_threads(num_cpus: float | None, num_threads: int | None = None) -> int:

@@ -337,8 +337,8 @@ class StreamExecutor:
         devices = gpu_devices(pool.started, stage.num_gpus, self.total_gpus) if stage.num_gpus else None
         opts = dict(self.pool_options(s.seg))
         opts.setdefault("max_restarts", -1)  # a dead actor comes back; its blocks are retried
-        actor = self.backend.start_actor(StageActor, (stage, self.payloads[s.seg.index][0].result(),
-                                                      self.run_token, devices), opts)
+        payloads = tuple(f.result() for f in self.payloads[s.seg.index])
+        actor = self.backend.start_actor(StageActor, (s.seg.stages, self.run_token, devices, *payloads), opts)
         pool.started += 1
         pool.actors.append(actor)
         pool.load[id(actor)] = 0

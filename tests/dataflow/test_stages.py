@@ -119,6 +119,18 @@ def test_consecutive_stateless_stages_with_the_same_resources_fuse():
     assert len(P.segments([f, g], fuse=False)) == 2
 
 
+def test_a_stateless_stage_asking_for_nothing_rides_along_in_the_pool_before_it():
+    pool = P.Stage("m", "m:C", "pool", concurrency=2)
+    post = P.Stage("post", "m:f", "tasks")
+    own = P.Stage("own", "m:g", "tasks", num_cpus=1)
+    segs = P.segments([P.Stage("parse", "m:f", "tasks"), pool, post, post, own])
+    assert [(s.kind, [x.name for x in s.stages]) for s in segs] == [
+        ("tasks", ["parse"]), ("pool", ["m", "post", "post"]), ("tasks", ["own"])]
+    assert len(P.segments([pool, post], fuse=False)) == 2
+    timed = P.Stage("m", "m:C", "pool", timeout=1.0)  # a pool with a timeout takes only timed riders
+    assert len(P.segments([timed, post])) == 2
+
+
 def test_a_pool_as_large_as_the_machine_leaves_the_tasks_a_cpu():
     pool = P.Stage("m", "m:C", "pool", concurrency=2, num_cpus=1)
     assert P.actor_cpus(pool, 2, total_cpus=2, reserved_elsewhere=0, task_cpus=1) == 0.5
