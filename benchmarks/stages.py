@@ -23,6 +23,7 @@ largest sum of PSS over its process tree, sampled every 0.1 s. Rounds rotate the
 
     python benchmarks/stages.py                 # 144 shards x 2,000 reviews, 3 rounds
     python benchmarks/stages.py --rounds 1 --only dataflow,plain
+    python benchmarks/stages.py --rounds 1 --only dataflow,plain --shards 48    # a smaller run, for profiling
 """
 
 from __future__ import annotations
@@ -174,11 +175,12 @@ def main() -> None:
     p.add_argument("--out")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--only", default=",".join(CONTENDERS))
+    p.add_argument("--shards", type=int, default=SHARDS, help=f"review shards (default {SHARDS}; dataflow-12 takes 12 of them)")
     a = p.parse_args()
     if a.contender:
         {"plain": plain, "raydata": raydata}[a.contender](a.data, a.out)
         return
-    full, twelve = prepare(SHARDS)
+    full, twelve = prepare(a.shards)
     names = a.only.split(",")
     runs: dict[str, list] = {n: [] for n in names}
     for r in range(a.rounds):
@@ -208,7 +210,7 @@ def main() -> None:
         print(f"  {k:<26} {v:.2f}x")
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "stages.json"), "w") as f:
-        json.dump({"medians": med, "ratios": ratios, "runs": runs, "shards": SHARDS, "rows": ROWS, "mb": MB}, f, indent=1)
+        json.dump({"medians": med, "ratios": ratios, "runs": runs, "shards": a.shards, "rows": ROWS, "mb": MB}, f, indent=1)
 
 
 if __name__ == "__main__":

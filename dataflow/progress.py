@@ -159,8 +159,11 @@ def live_stage_line(st: dict, rows: bool = True, flags: bool = True) -> str:
     """One stage as the run goes: `tasks: 1,200 rows in, 1,200 out, 3 queued, 2 in flight, busy
     0.52 s, 2 actors [backpressure] [bottleneck]` (rows left out for a bar, which shows them)."""
     parts = [f"{st['rows_in']:,} rows in, {st['rows_out']:,} out"] if rows else [f"{st['rows_out']:,} out"]
-    parts += [f"{st.get('queued', 0)} queued", f"{st.get('in_flight', 0)} in flight",
-              f"busy {st['busy_seconds']:.2f} s"]
+    if not st.get("head", True):
+        parts.append(f"with {', '.join(st['fused_with'])}")  # its blocks are counted on the segment's first stage
+    else:
+        parts += [f"{st.get('queued', 0)} queued", f"{st.get('in_flight', 0)} in flight"]
+    parts.append(f"busy {st['busy_seconds']:.2f} s")
     if st["kind"] == "pool":
         parts.append(f"{st['actors']} actors")
     return f"{st['kind']}: " + ", ".join(parts) + (_flags(st) if flags else "")

@@ -540,8 +540,11 @@ class StreamExecutor:
                 by_name[st.name] = (k, s)
         for entry in out:
             k, s = by_name[entry["name"]]
-            entry.update(queued=len(s.queue), in_flight=len(s.in_flight), backpressure=s.holding,
-                         bottleneck=k == hot,
+            # A segment's blocks wait for and run through its stages together: its first stage
+            # carries the queue, the in-flight blocks and the marks.
+            head = entry["name"] == s.seg.head.name
+            entry.update(queued=len(s.queue) if head else 0, in_flight=len(s.in_flight) if head else 0,
+                         backpressure=s.holding and head, bottleneck=k == hot and head, head=head,
                          actors=len(s.pool.actors) if s.pool is not None else 0,
                          elapsed=round(time.monotonic() - self.started, 3))
         return out
