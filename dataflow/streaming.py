@@ -77,8 +77,9 @@ def stage_blocks(stage_stats: dict, pid: int, peak_memory: int, landed: float) -
 
 
 # A segment whose model is still being built (or whose actors are starting) lets the segment
-# before it run ahead by this many bytes of blocks, not only `buffer` blocks: the stages before a
-# big model do their work while it loads (the parse of every shard, when blocks are small).
+# before it run ahead by this many bytes of blocks (at most a quarter of the store), not only
+# `buffer` blocks: the stages before a big model do their work while it loads (the parse of
+# every shard, when blocks are small).
 STARTUP_BUDGET = 256 * 2**20
 POOL_GRACE = 5.0
 # Calls queued on each actor (Ray Data's max_tasks_in_flight_per_actor is 4 too): with quick blocks
@@ -188,6 +189,13 @@ def room_downstream(state: StreamState, k: int) -> bool:
     return False
 
 
+def startup_budget(resources: dict) -> int:
+    """Bytes of blocks that may wait for a segment still starting: STARTUP_BUDGET, and never more
+    than a quarter of the object store (the blocks must not make it spill)."""
+    store = resources.get("object_store_memory") or 0
+    return int(min(STARTUP_BUDGET, store / 4)) if store else STARTUP_BUDGET
+
+
 def starting(s: SegState) -> bool:
     """The segment cannot run blocks yet: its payloads are not in the store, or no actor of its
     pool has started."""
@@ -269,7 +277,8 @@ class StreamExecutor:
             s = SegState(seg, cap, buffer=max(2, cap),
                          stats={st.name: [0, 0, 0.0, 0.0, 0] for st in seg.stages})
             segs.append(s)
-        state = self.state = StreamState(segs, self.max_retries)
+        state = self.state = StreamState(segs, self.max_retries,
+                                         startup_budget=startup_budget(self.backend.resources()))
         if self.order_window is not None:
             state.order = OrderWindow(self.order_window)
         state.segs[0].queue.extend(Item(sh, rows=sh.num_rows, position=i) for i, sh in enumerate(shards))

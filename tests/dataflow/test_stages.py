@@ -183,6 +183,9 @@ def test_a_segment_still_starting_lets_the_one_before_run_ahead_within_the_budge
     state.segs[1].pool = streaming.Pool(actors=[object()])
     state.segs[1].pids.add(1)                      # started: the block count rules again
     assert not streaming.can_submit(state, 0)
+    # the budget: 256 MiB, at most a quarter of the store
+    assert streaming.startup_budget({"object_store_memory": 256e6}) == 64_000_000
+    assert streaming.startup_budget({"object_store_memory": 8e9}) == streaming.STARTUP_BUDGET
 
 
 # -- running ---------------------------------------------------------------------------------
