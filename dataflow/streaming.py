@@ -415,6 +415,8 @@ class StreamExecutor:
             s.held_back += 1
 
     def _deadline(self, s: SegState, flight: Flight, start: float) -> float | None:
+        if any(st.timeout is None for st in s.seg.stages):
+            return None  # unbounded (see block_limit): no task to make
         task = self.make_task(flight.item.shard, s.seg)
         limit = block_limit(s.seg, flight.item.rows, (task.read or {}).get("batch_size"),
                             task.on_error == "quarantine")
