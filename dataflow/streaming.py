@@ -1,8 +1,9 @@
 """The streaming executor: shards through segments of stages, blocks through the object store.
 
-    shards ─► seg 0 (tasks: read + fused stages) ─► block ref ─► seg 1 (actor pool) ─► block ref ─► seg 2 (tasks) ─► ShardDone
-                 ▲ at most max_in_flight each          │ queue (bounded)     ▲ 2 calls per actor      │
-                 └── held back while seg 1's buffer is full (backpressure) ◄─┘                         └─► the part, staged
+    shards ─► seg 0 (tasks: read + fused stages) ─► block ref ─► seg 1 (actor pool + riders) ─► block ref ─► seg 2 (tasks) ─► ShardDone
+                 ▲ at most max_in_flight each          │ queue (bounded)     ▲ 4 calls per actor              │
+                 └── held back while seg 1's buffer is full (backpressure) ◄─┘                                 └─► the part, staged
+                     (or, while seg 1 is still starting, its blocks' bytes pass the startup budget)
 
 Each segment returns two objects for every shard but the last: a small `BlockMeta` that the
 driver reads, and the block itself, whose ref the driver hands to the next segment untouched (a
