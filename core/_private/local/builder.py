@@ -68,6 +68,9 @@ class Builder:
             # The zygote forks no more: the value goes into the store now (its one copy).
             try:
                 engine.collecting_if_full(lambda: self.store.view(oid).release())
+            except BaseException:
+                self.store.delete(oid)         # no copy, and the zygote lets it go: no object
+                raise
             finally:
                 zygote.drop(oid)
             self.store.disown(oid)
