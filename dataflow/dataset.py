@@ -119,29 +119,32 @@ class Dataset:
 
     # -- running to a sink ------------------------------------------------------------------
     def write_parquet(self, uri: str, *, mode: str = "resume", storage_options: dict | None = None,
-                      html_report: str | os.PathLike | bool | None = None):
+                      html_report: str | os.PathLike | bool | None = None, progress: Any = None):
         """Run to Parquet files under `uri` (resumable); returns the Summary. `html_report`: a
         path, or True for `.dataflow/reports/<name>-<run id>.html` under the current folder: the
-        run's HTML report, as `dataflow run --html-report` writes it (`last_report` says where)."""
-        return self._write("parquet", uri, mode, storage_options, html_report)
+        run's HTML report, as `dataflow run --html-report` writes it (`last_report` says where).
+        `progress`: True for the run's bar and its stages' bars on a terminal (plain lines
+        elsewhere), or a `dataflow.progress.Progress`; default none."""
+        return self._write("parquet", uri, mode, storage_options, html_report, progress)
 
     def write_csv(self, uri: str, *, mode: str = "resume", storage_options: dict | None = None,
-                  html_report: str | os.PathLike | bool | None = None):
+                  html_report: str | os.PathLike | bool | None = None, progress: Any = None):
         """As write_parquet, to CSV files."""
-        return self._write("csv", uri, mode, storage_options, html_report)
+        return self._write("csv", uri, mode, storage_options, html_report, progress)
 
     def write_json(self, uri: str, *, mode: str = "resume", storage_options: dict | None = None,
-                   html_report: str | os.PathLike | bool | None = None):
+                   html_report: str | os.PathLike | bool | None = None, progress: Any = None):
         """As write_parquet, to JSON Lines, one file per shard."""
-        return self._write("jsonl", uri, mode, storage_options, html_report)
+        return self._write("jsonl", uri, mode, storage_options, html_report, progress)
 
-    def _write(self, fmt: str, uri: str, mode: str, storage_options: dict | None, html_report: Any):
+    def _write(self, fmt: str, uri: str, mode: str, storage_options: dict | None, html_report: Any,
+               progress: Any = None):
         sink = {fmt: os.fspath(uri), "mode": mode}
         if storage_options:
             sink["storage_options"] = dict(storage_options)
         pipe = self.pipeline(sink)
         try:
-            return pipe.run(html_report=html_report)
+            return pipe.run(html_report=html_report, progress=progress)
         finally:
             self._last["stages"] = pipe.last_summary.stages if pipe.last_summary else []
             self._last["record"] = pipe.last_record

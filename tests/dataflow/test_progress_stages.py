@@ -97,3 +97,15 @@ def test_pipeline_run_with_verbose_progress_prints_live_stage_lines(tmp_path):
     live_end = text.rindex("queued")  # the last live line comes before the end-of-run lines
     assert text.index("stage slow: pool:") < live_end and "[bottleneck]" in text[:live_end]
     assert "stage slow: pool: 800 rows in" in text[live_end:]  # the end-of-run line
+
+
+def test_dataset_write_parquet_takes_the_progress(tmp_path):
+    import dataflow
+
+    data = helpers.make_dataset(tmp_path / "data", shards=2, rows=50)
+    out = io.StringIO()
+    ds = dataflow.read_parquet(data, columns=["id", "x"], runtime={"num_cpus": 2}).map_batches(
+        "tests.dataflow.stage_helpers:add_one")
+    summary = ds.write_parquet(str(tmp_path / "out"), progress=Progress(out, bar=False))
+    assert summary.rows == 100
+    assert "2 shards to run, 100 rows" in out.getvalue() and "shard 1 done" in out.getvalue()
