@@ -154,6 +154,8 @@ class Executor:
     shared: tuple = ()              # more arguments after model_ref (each stage's payload ref)
     options: dict | None = None     # the task's resources (num_cpus, num_gpus, resources)
     order_window: int | None = None  # keep input order, at most order_window - 1 shards done ahead
+    deadline_of: str = "predict.timeout x batches"  # what the deadline is made of, for its error
+    deadline_what: str = ""          # its error's prefix ("stage a+b: ")
 
     def run(self, shards: list) -> Iterator[Event]:
         state = RunState(queue=deque(shards), max_in_flight=self.max_in_flight, max_retries=self.max_retries)
@@ -212,5 +214,5 @@ class Executor:
             if flight.deadline is not None and now > flight.deadline:
                 del state.in_flight[handle]
                 self.backend.cancel(handle, force=True)  # stuck outside Python: kill the worker
-                yield from self._failed(state, flight, "the shard ran past its deadline "
-                                        "(predict.timeout x batches); its task was cancelled", None)
+                yield from self._failed(state, flight, f"{self.deadline_what}the shard ran past its deadline "
+                                        f"({self.deadline_of}); its task was cancelled", None)

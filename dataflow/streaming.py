@@ -217,14 +217,24 @@ def block_limit(seg: Segment, rows: int, read_batch: int | None, quarantine: boo
     if any(st.timeout is None for st in seg.stages):
         return None
     total, batches = 0.0, 0
-    for i, st in enumerate(seg.stages):
-        size = st.batch_size or (read_batch if i == 0 and read_batch else None) or max(rows, 1)
-        n = max(1, math.ceil(rows / size))
+    # The first segment reads the shard in `read_batch`-row pieces, each through every stage.
+    piece = max(1, min(read_batch, rows) if read_batch else rows)
+    pieces = max(1, math.ceil(rows / piece))
+    for st in seg.stages:
+        size = min(st.batch_size or piece, piece)
+        n = pieces * math.ceil(piece / size)
         # Bisecting a failing batch calls the stage about 2 log2(n) times more.
         factor = 2 * max(1, math.ceil(math.log2(max(size, 2)))) if quarantine else 1
         total += st.timeout * n * factor
         batches += n
     return total, batches
+
+
+def segment_deadline(seg: Segment, rows: int, read_batch: int | None, quarantine: bool) -> float | None:
+    """Seconds a task running `seg` over a shard of `rows` rows may take (its stages' timeout x
+    batches, plus DEADLINE_GRACE), or None: the one-segment plan's Executor.deadline_for."""
+    limit = block_limit(seg, rows, read_batch, quarantine)
+    return None if limit is None else limit[0] + DEADLINE_GRACE
 
 
 def live_bottleneck(state: StreamState) -> int | None:

@@ -48,6 +48,10 @@ def test_block_limit_is_timeout_times_batches_only_when_every_stage_has_one():
     assert streaming.block_limit(P.Segment(0, "pool", (timed,)), 250, None, False) == (6.0, 3)
     untimed = P.Stage("b", "m:f", "tasks")
     assert streaming.block_limit(P.Segment(0, "tasks", (timed, untimed)), 250, None, False) is None
+    # a one-segment plan's task: its stages' limit plus the grace for waiting and reading
+    fused = P.Segment(0, "tasks", (P.Stage("a", "m:f", "tasks", timeout=2.0), P.Stage("b", "m:g", "tasks", timeout=1.0)))
+    assert streaming.segment_deadline(fused, 250, 100, False) == 3 * 2.0 + 3 * 1.0 + streaming.DEADLINE_GRACE
+    assert streaming.segment_deadline(P.Segment(0, "tasks", (untimed,)), 250, 100, False) is None
 
 
 def test_a_hanging_actor_call_fails_the_run_naming_stage_and_shard(tmp_path, monkeypatch):
