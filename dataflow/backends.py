@@ -69,7 +69,8 @@ class CoreBackend:
         import core
 
         if not core.is_initialized():
-            core.init(**self.init_kwargs, worker_preload=modules)
+            # A trace asked for: this session records its task events (core.timeline).
+            core.init(**self.init_kwargs, worker_preload=modules, timeline=self.trace is not None)
             self.owns_session = True
             if "address" not in self.init_kwargs:
                 return

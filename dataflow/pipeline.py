@@ -217,11 +217,13 @@ class Pipeline:
             raise RunError(f"shard {f.index} ({f.path}) failed after {f.attempts} attempts: {f.error}", summary)
         return summary
 
-    def stream(self, *, format: str = "pandas", with_index: bool = False) -> Iterator[Any]:
+    def stream(self, *, format: str = "pandas", with_index: bool = False,
+               order_window: int | None = None) -> Iterator[Any]:
         """Each shard's predictions (a pandas DataFrame, or a pyarrow Table with
         `format="pyarrow"`) as soon as it is ready, in completion order; `(shard index, table)`
         pairs with `with_index=True`. Nothing is written to the sink. Breaking out of the loop
-        cancels the remaining work."""
+        cancels the remaining work. `order_window`: start a shard only while it is fewer than
+        that many shards past the first one not yet yielded (Dataset.iter_batches(preserve_order=True))."""
         from .executor import ShardDone, ShardFailed
 
         if format not in ("pandas", "pyarrow"):
@@ -234,7 +236,8 @@ class Pipeline:
             shards, refs = self._plan_and_put(backend)
             self.last_plan = shards
             try:
-                with contextlib.closing(self._execute(shards, refs, backend, token)) as events:
+                with contextlib.closing(self._execute(shards, refs, backend, token,
+                                                      order_window=order_window)) as events:
                     for event in events:
                         _feed(recorder, event)
                         if isinstance(event, ShardDone):
@@ -263,7 +266,11 @@ class Pipeline:
     def _record(self, event: Any, summary: Summary, progress: Progress, sink: Any,
                 recorder: Any = None) -> None:
         from .executor import ShardDone, ShardFailed, ShardRetry
+        from .streaming import StagesUpdate
 
+        if isinstance(event, StagesUpdate):  # the stages' live figures: progress lines only
+            progress.stage_update(event.stages)
+            return
         if recorder is not None:
             _feed(recorder, event)
         if isinstance(event, ShardDone):
@@ -431,19 +438,19 @@ class Pipeline:
         return list(getattr(self, "_single_report", []))
 
     def _execute(self, shards: list, model_ref: Any, backend: Any, token: str,
-                 stager: Any = None) -> Iterator[Any]:
+                 stager: Any = None, order_window: int | None = None) -> Iterator[Any]:
         if self.spec.stages:
-            yield from self._execute_stages(shards, model_ref, backend, token, stager)
+            yield from self._execute_stages(shards, model_ref, backend, token, stager, order_window)
             return
-        yield from self._execute_shorthand(shards, model_ref, backend, token, stager)
+        yield from self._execute_shorthand(shards, model_ref, backend, token, stager, order_window)
 
     def _execute_stages(self, shards: list, payload_refs: list, backend: Any, token: str,
-                        stager: Any = None) -> Iterator[Any]:
+                        stager: Any = None, order_window: int | None = None) -> Iterator[Any]:
         """Stages: one task per shard when every stage fuses, else the streaming executor."""
         from ._task import SegmentTask, run_segment
         from .executor import Executor, default_max_in_flight
         from .plan import actor_cpus, pool_bounds, starved_stages, task_cpus
-        from .streaming import StreamExecutor
+        from .streaming import StreamExecutor, segment_deadline
 
         s = self.spec
         rt, src = s.runtime, s.source
@@ -473,7 +480,11 @@ class Pipeline:
             executor = Executor(backend=backend, fn=run_segment, options=_task_options(seg),
                                 make_args=lambda sh: make_task(sh, seg),
                                 model_ref=None, shared=shared, max_in_flight=max_in_flight,
-                                max_retries=rt.max_retries, fail_fast=rt.on_error == "fail")
+                                max_retries=rt.max_retries, fail_fast=rt.on_error == "fail",
+                                order_window=order_window, deadline_of="timeout x batches",
+                                deadline_what=f"stage {seg.name}: ",
+                                deadline_for=lambda sh: segment_deadline(seg, sh.num_rows, read["batch_size"],
+                                                                         rt.on_error == "quarantine"))
             stats = {st.name: [0, 0, 0.0, 0.0, 0] for st in seg.stages}
             pids: set = set()
             with contextlib.closing(executor.run(shards)) as events:
@@ -515,7 +526,8 @@ class Pipeline:
         self._stream = StreamExecutor(
             backend=backend, segments=segs, payloads=seg_payloads, make_task=make_task,
             max_in_flight=max_in_flight, max_retries=rt.max_retries, fail_fast=rt.on_error == "fail",
-            run_token=token, pool_options=pool_options, total_gpus=int(total.get("GPU", 0)), workers=workers)
+            run_token=token, pool_options=pool_options, total_gpus=int(total.get("GPU", 0)), workers=workers,
+            order_window=order_window)
         with contextlib.closing(self._stream.run(shards)) as events:
             yield from events
 
@@ -538,7 +550,7 @@ class Pipeline:
             raise SpecError(issues)
 
     def _execute_shorthand(self, shards: list, model_ref: Any, backend: Any, token: str,
-                           stager: Any = None) -> Iterator[Any]:
+                           stager: Any = None, order_window: int | None = None) -> Iterator[Any]:
         from ._task import ShardTask, run_shard
         from .executor import Executor, default_max_in_flight, task_deadline
 
@@ -560,7 +572,8 @@ class Pipeline:
             max_in_flight=rt.max_in_flight or default_max_in_flight(backend.workers()),
             max_retries=rt.max_retries, fail_fast=rt.on_error == "fail",
             deadline_for=lambda sh: task_deadline(pred.timeout, sh.num_rows, pred.batch_size,
-                                                  rt.on_error == "quarantine"))
+                                                  rt.on_error == "quarantine"),
+            order_window=order_window)
         with contextlib.closing(executor.run(shards)) as events:
             yield from events
 

@@ -52,14 +52,14 @@ def _close_unused_zygote() -> None:
 def init(num_cpus: float | None = None, num_gpus: float | None = None, resources: dict | None = None,
          object_store_memory: int | str | None = None, spill: Any = None,
          inline_threshold: int = 100 * 1024, address: str | None = None,
-         worker_preload: Sequence[str] | None = None, timeline: bool | int = True,
+         worker_preload: Sequence[str] | None = None, timeline: bool | int = False,
          **ray_kwargs: Any) -> None:
     """Start a session: the local engine, or attach to Ray when `address` is given.
     `worker_preload`: modules every worker has imported when it starts (see preload_workers).
-    `timeline`: record the session's task events for `core.timeline()`. On by default: about
-    0.5-1 µs of the driver's time per task (~2% of a no-op task's, within the noise of 10k-task
-    throughput: benchmarks/tasks.py); False turns it off (nothing recorded), a number bounds
-    the events kept. Ray records its own whatever this says."""
+    `timeline`: record the session's task events for `core.timeline()`. Off by default: on, it
+    costs about 0.5-1 µs of the driver's time per task (within the noise of 10k-task throughput:
+    benchmarks/tasks.py) and keeps up to 200,000 events in memory (a few hundred bytes each);
+    True turns it on, a number bounds the events kept. Ray records its own whatever this says."""
     global _backend, _zygote
     with _init_lock:
         if _backend is not None:
@@ -253,5 +253,6 @@ def timeline(path: str | None = None) -> list[dict]:
     open): one bar per task attempt on its worker's lane, with its function, task id, arguments'
     bytes and outcome; a mark per submit. With `path`, also written there as a trace file
     (atomically). Driver only. The local engine keeps the last 200,000 events (about 65,000
-    tasks; `init(timeline=N)` to change); on Ray, Ray's own `ray.timeline()` events."""
+    tasks; `init(timeline=N)` to change); recorded only when the session was started with
+    `init(timeline=True)`; on Ray, Ray's own `ray.timeline()` events."""
     return _session().timeline(None if path is None else str(path))

@@ -184,7 +184,8 @@ class Counter:
         return os.getpid()
 
 
-def test_a_sessions_trace_file_has_one_bar_per_attempt_on_its_workers_lane(session, tmp_path):
+def test_a_sessions_trace_file_has_one_bar_per_attempt_on_its_workers_lane(make_session, tmp_path):
+    make_session(num_cpus=2, timeline=True)
     marker = tmp_path / "failed-once"
 
     @core.remote
@@ -247,7 +248,8 @@ def test_a_sessions_trace_file_has_one_bar_per_attempt_on_its_workers_lane(sessi
     assert {e["pid"] for e in submits} == {os.getpid()} and lanes[os.getpid()] == f"driver {os.getpid()}"
 
 
-def test_submits_inside_a_task_are_marked_on_that_workers_lane(session):
+def test_submits_inside_a_task_are_marked_on_that_workers_lane(make_session):
+    make_session(num_cpus=2, timeline=True)
     @core.remote
     def child(x):
         return x + 1
@@ -263,7 +265,7 @@ def test_submits_inside_a_task_are_marked_on_that_workers_lane(session):
 
 
 def test_timeline_off_records_nothing_and_says_how_to_turn_it_on(make_session):
-    make_session(num_cpus=1, timeline=False)
+    make_session(num_cpus=1)                # off by default
     assert current().board.timeline is None
 
     @core.remote
@@ -271,7 +273,7 @@ def test_timeline_off_records_nothing_and_says_how_to_turn_it_on(make_session):
         return 1
 
     assert core.get(f.remote()) == 1
-    with pytest.raises(CoreError, match=r"timeline=False.*timeline=True"):
+    with pytest.raises(CoreError, match=r"off by default.*timeline=True"):
         core.timeline()
 
 

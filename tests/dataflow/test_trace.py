@@ -23,7 +23,7 @@ def test_run_with_trace_keeps_its_path(tmp_path):
 
 
 def test_run_in_a_running_session_traces_it_and_leaves_it_running(tmp_path):
-    core.init(num_cpus=2)
+    core.init(num_cpus=2, timeline=True)
     try:
         target = tmp_path / "trace.json"
         p = Pipeline.from_yaml(NYC, small(tmp_path, shards=2)[1::2])

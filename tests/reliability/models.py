@@ -25,7 +25,12 @@ class TipModel:
         return pd.DataFrame({"score": batch["passenger_count"] >= 2})
 
 
-def tip_model(payload_mb: float = 1, delay: float = 0.0) -> TipModel:
+def tip_model(payload_mb: float = 1, delay: float = 0.0, leave_thread: bool = False) -> TipModel:
+    """`leave_thread`: the factory leaves a thread running where it ran, as a BLAS or OpenMP
+    pool would. core.build then stores the model in shared memory instead of letting the workers
+    inherit it: the suite's tests that inspect a session's segments ask for this."""
+    if leave_thread:
+        threading.Thread(target=threading.Event().wait, daemon=True, name="pool-like").start()
     return TipModel(payload_mb, delay)
 
 

@@ -358,11 +358,11 @@ class KillWhileWriting(TipModel):
         super().__init__(payload_mb)
         self.marker = marker
 
-    def __setstate__(self, state: dict) -> None:       # runs where the model is unpickled
-        self.__dict__.update(state)
+    def __call__(self, batch):                           # runs in a worker
         if self.marker not in _HOOKED:                   # once per process (hooks stay for good)
             _HOOKED.append(self.marker)
             sys.addaudithook(_part_opened_hook(self.marker))
+        return super().__call__(batch)
 
 
 _HOOKED: list[str] = []     # markers with a hook installed in this process

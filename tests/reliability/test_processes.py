@@ -113,7 +113,7 @@ def test_driver_killed_then_rerun_resumes_and_leaves_nothing_behind(tmp_path, re
     make_data(tmp_path / "data", shards=10, scale=0.02)
     clean = write_pipeline(tmp_path / "clean.yaml", sink__parquet="clean/")
     assert dataflow("run", clean, cwd=tmp_path).returncode == 0
-    slow = write_pipeline(tmp_path / "p.yaml", model__args={"payload_mb": 8, "delay": 0.15},
+    slow = write_pipeline(tmp_path / "p.yaml", model__args={"payload_mb": 8, "delay": 0.15, "leave_thread": True},
                           runtime__object_store_memory="16MB")  # small: results spill too
     proc = start("run", slow, cwd=tmp_path)
     try:

@@ -68,7 +68,7 @@ def start_with_umask_000(*args, cwd) -> subprocess.Popen:
 
 def test_a_running_session_is_owner_only_and_not_on_the_network(tmp_path):
     make_data(tmp_path / "data", shards=6, scale=0.02)
-    spec = write_pipeline(tmp_path / "p.yaml", model__args={"payload_mb": 8, "delay": 0.1})
+    spec = write_pipeline(tmp_path / "p.yaml", model__args={"payload_mb": 8, "delay": 0.1, "leave_thread": True})
     proc = start_with_umask_000("run", spec, cwd=tmp_path)
     try:
         session = wait_for(lambda: session_of(proc.pid) if manifest(tmp_path / "out") else None,

@@ -209,6 +209,9 @@ def arg_bytes(args: tuple) -> int:
 
 
 def _loc_size(loc: tuple) -> int:
+    """Bytes a location makes the worker read: an inherited value is in its memory already."""
+    if loc[0] == "inherited":
+        return 0
     return len(loc[1]) if loc[0] == "inline" else loc[2]
 
 

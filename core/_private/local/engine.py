@@ -432,8 +432,8 @@ class LocalEngine:
         written to `path` too when given."""
         rec = self.board.timeline
         if rec is None:
-            raise CoreError("this session records no timeline: it was started with "
-                            "core.init(timeline=False); start it with timeline=True")
+            raise CoreError("this session records no timeline (off by default); start it with "
+                            "core.init(timeline=True)")
         with self.locked:
             events = list(rec.events)
             workers = list(rec.workers.items())

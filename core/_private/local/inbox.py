@@ -97,7 +97,7 @@ class Inbox:
     # ── results ─────────────────────────────────────────────────────────────────────────────
     def on_done(self, worker: WorkerProc, task_id: bytes, results: Any, error: Any, seconds: float) -> None:
         board = self.board
-        task = finished(board, worker, task_id, error, seconds)
+        task = finished(board, worker, task_id, error, seconds, results)
         if task is None:
             self._discard_results(task_id, results)
             return

@@ -10,6 +10,7 @@
     actors.py       actors: create, start, restart, death, kill
     retry.py        retry_decision (every retry path) and rebuild_decision (lineage)
     resources.py    ResourceLedger: acquire/release with invariants, GPU ids; workers' shares
+    timeline.py     what the engine records as tasks run (a bounded Recorder), and its Chrome trace
 
 Nothing here starts a process, touches a socket or the object store: decisions change the
 records they are handed and return instructions that `local.carrier` carries out.
