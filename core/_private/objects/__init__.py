@@ -9,6 +9,8 @@
     spill.py           spill targets by URL scheme (a local folder, S3) and the `spill=` config
     store.py           ObjectStore: the lock, put/get/locate/create/seal/delete, the capacity
                        rule and the moves between tiers (built one way: ObjectStore(...))
+    inherited.py       the store's inherited objects (core.build): values that live in the zygote
+                       and its later forks, copied into a segment once when someone needs it
     memory_summary.py  the text of `core.memory_summary()`
 
 Sizes given by users are read by `core.units.parse_size`. Nothing here imports from tasks/,

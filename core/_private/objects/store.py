@@ -45,6 +45,7 @@ from core._private.objects import shm
 from core._private.objects.segments import Segment, SegmentPool, default_capacity, size_class
 from core._private.objects.serialization import SerializedObject
 from core._private.objects.spill import open_spill_target, parse_spill_config
+from core._private.objects.inherited import InheritedObjects
 from core._private.objects.spiller import Spiller, pick_victims
 from core._private.objects.table import Entry, EntryInfo, ObjectTable
 from core.exceptions import CoreError, ObjectLostError, ObjectStoreFullError
@@ -63,7 +64,7 @@ def _hex(oid: bytes) -> str:
     return oid.hex()
 
 
-class ObjectStore:
+class ObjectStore(InheritedObjects):
     """The driver's objects. Built one way: `ObjectStore(capacity=..., spill=...)`."""
 
     def __init__(self, *, capacity: int | None = None, spill: Any = None,
@@ -149,37 +150,6 @@ class ObjectStore:
             self._objects[oid] = entry
             self.table.inline_bytes += len(data)
             self._cond.notify_all()
-
-    def put_inherited(self, oid: bytes, size: int) -> None:
-        """An object whose value lives in the zygote (`size`: its serialized size, what a copy
-        into the store would take). No shared memory is used until someone needs a copy."""
-        with self._cond:
-            self._check_open()
-            if oid in self._objects:
-                raise CoreError(f"object {_hex(oid)} already exists; objects are written once")
-            entry = Entry(oid, size, "inherited")
-            entry.inherited = True
-            self._objects[oid] = entry
-            self._cond.notify_all()
-
-    def lose_inherited(self, reason: str) -> None:
-        """The zygote died: what only it held is lost (`reason`, with the object's id for {}),
-        store copies stay valid."""
-        with self._cond:
-            for entry in self._objects.values():
-                if not entry.inherited:
-                    continue
-                entry.inherited = False
-                if entry.state in ("inherited", "restoring") and entry.seg is None:
-                    entry.lost = reason.format(_hex(entry.oid))
-            self._cond.notify_all()
-
-    def disown(self, oid: bytes) -> None:
-        """The zygote no longer holds `oid`: its copy in the store is the object from now on."""
-        with self._cond:
-            entry = self._objects.get(oid)
-            if entry is not None and entry.seg is not None:
-                entry.inherited = False
 
     def create(self, oid: bytes, size: int) -> tuple[str, int]:
         """Reserve a segment for a worker to fill; returns (segment name, mapped size). The object
@@ -458,41 +428,6 @@ class ObjectStore:
         entry.seg = seg
         self.stats["restored_bytes"] += entry.size
         self.stats["restored_objects"] += 1
-        self.table.sealed(entry)
-
-    def _materialize(self, entry: Entry, wait_for_room: bool = True) -> None:
-        """Have the zygote write an inherited object into a segment, once (a driver `get`, a
-        worker without it). Lock held; dropped while the zygote writes."""
-        if self.materializer is None:
-            entry.lost = f"object {_hex(entry.oid)} is lost: no process holds its value any more"
-            raise ObjectLostError(entry.lost)
-        entry.state = "restoring"                 # busy: other readers wait for this copy
-        try:
-            seg = self._allocate(entry.size, entry.oid, wait=wait_for_room)
-        except BaseException:
-            entry.state = "inherited"
-            self._cond.notify_all()
-            raise
-        error: BaseException | None = None
-        self._cond.release()
-        try:
-            self.materializer(entry.oid, seg.name, entry.size)
-        except BaseException as exc:  # noqa: BLE001 - re-raised below, the lock taken again
-            error = exc
-        finally:
-            self._cond.acquire()
-        if error is not None:
-            self.pool.recycle(seg)
-            entry.state = "inherited"
-            if isinstance(error, ObjectLostError):
-                entry.lost = str(error)
-            if entry.deleted:
-                self.table.release_if_idle(entry)
-            self._cond.notify_all()
-            raise error
-        seg.fresh = False
-        entry.seg = seg
-        self.stats["materialized_objects"] = self.stats.get("materialized_objects", 0) + 1
         self.table.sealed(entry)
 
     # ─── reporting and shutdown ─────────────────────────────────────────────────────────────────
