@@ -1,6 +1,6 @@
 """The NYC taxi pipeline against the no-framework limit and against Ray, in the same run.
 
-    dataflow   python -m dataflow run pipelines/nyc_taxi.yaml       (model built once, put once)
+    dataflow   python -m dataflow run pipelines/nyc_taxi.yaml       (model built once, in the zygote: workers inherit it)
     plain      a 2-process pool (no framework): each process builds the model once, reads its
                shards' passenger_count with pyarrow, scores and writes Parquet: the limit
     plainfork  the same pool with the model built once in the parent before the fork, so the
