@@ -27,15 +27,17 @@ def preload_workers() -> None:
 
 
 def store_stats() -> dict:
-    """Object-store bytes in use, from core's public API ({} without a session): the report's
-    memory chart. Called from the recorder's sampler thread; core gives no spilled-bytes figure."""
+    """Object-store bytes in use and spilled so far (core.object_store_stats; {} without a
+    session): the report's memory chart. Called from the recorder's sampler thread."""
     import core
 
     if not core.is_initialized():
         return {}
-    total = core.cluster_resources().get("object_store_memory", 0)
-    free = core.available_resources().get("object_store_memory", 0)
-    return {"used": max(0, total - free)}
+    stats = core.object_store_stats()
+    out = {"used": stats["used"]}
+    if stats.get("spilled_bytes") is not None:
+        out["spilled"] = stats["spilled_bytes"]
+    return out
 
 
 class TaskFailure(Exception):

@@ -248,6 +248,13 @@ def memory_summary() -> str:
     return _session().memory_summary()
 
 
+def object_store_stats() -> dict:
+    """The object store's figures in bytes: `capacity`, `used` (shared memory in use),
+    `spilled_bytes` and `restored_bytes` (totals since the session started; None where the
+    backend does not say). What `memory_summary()` ends with, as numbers."""
+    return _session().object_store_stats()
+
+
 def timeline(path: str | None = None) -> list[dict]:
     """The session's task events as Chrome trace events (what Perfetto and chrome://tracing
     open): one bar per task attempt on its worker's lane, with its function, task id, arguments'

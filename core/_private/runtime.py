@@ -74,6 +74,10 @@ class Runtime(Protocol):
 
     def memory_summary(self) -> str: ...
 
+    def object_store_stats(self) -> dict:
+        """{"capacity", "used", "spilled_bytes", "restored_bytes"}: bytes (None: not known)."""
+        ...
+
     def build(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> ObjectRef:
         """`fn(*args, **kwargs)` stored as an object, its value written once (core.build)."""
         ...

@@ -403,6 +403,11 @@ class LocalEngine:
         out["object_store_memory"] = float(self.store.usage()["capacity"])
         return out
 
+    def object_store_stats(self) -> dict:
+        usage = self.store.usage()
+        return {"capacity": usage["capacity"], "used": usage["used"],
+                "spilled_bytes": usage["total_spilled_bytes"], "restored_bytes": usage["total_restored_bytes"]}
+
     def available_resources(self) -> dict:
         with self.locked:
             out = self.resources.snapshot()

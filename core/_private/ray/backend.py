@@ -190,6 +190,25 @@ class RayBackend:
                      f"({format_bytes(free)} not reserved; Ray counts usage per node, see `ray memory`)")
         return "\n".join(lines)
 
+    def object_store_stats(self) -> dict:
+        """Capacity and use from Ray's resources; spilled and restored bytes from Ray's memory
+        report (`ray memory --stats-only`'s figures, from the raylet over gRPC), None if this Ray
+        cannot give them (its minimal install has no grpcio)."""
+        ray = self.client.ray
+        capacity = ray.cluster_resources().get("object_store_memory", 0.0)
+        free = ray.available_resources().get("object_store_memory", 0.0)
+        out = {"capacity": int(capacity), "used": int(max(0.0, capacity - free)),
+               "spilled_bytes": None, "restored_bytes": None}
+        try:
+            from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+            state = get_state_from_address(ray.get_runtime_context().gcs_address)
+            stats = get_memory_info_reply(state, timeout_seconds=5.0).store_stats
+            out.update(spilled_bytes=int(stats.spilled_bytes_total), restored_bytes=int(stats.restored_bytes_total))
+        except Exception:  # noqa: BLE001 - a private Ray API: the figures are optional
+            pass
+        return out
+
     def timeline(self, path: str | None = None) -> list[dict]:
         """core.timeline on Ray: Ray's own task events (`ray.timeline()`), passed through as Ray
         gives them (Chrome trace events too, with Ray's lanes, names and args, and times in

@@ -88,6 +88,9 @@ class RayWorkerRuntime:
     def memory_summary(self) -> str:
         raise runtime.driver_only("core.memory_summary()")
 
+    def object_store_stats(self) -> dict:
+        raise runtime.driver_only("core.object_store_stats()")
+
     def build(self, fn: Any, args: tuple, kwargs: dict) -> ObjectRef:
         raise runtime.driver_only("core.build()")
 
