@@ -97,8 +97,10 @@ def test_wait_keeps_order_and_splits_ready(backend):
         time.sleep(s)
         return s
 
-    refs = [sleeper.remote(5), sleeper.remote(0), core.put(1)]
-    ready, not_ready = core.wait(refs, num_returns=2, timeout=20)
+    # 30 s: far longer than Ray takes to start the second worker for sleeper(0) on a busy machine
+    # (a run where that took over 5 s saw the sleeper of 5 s finish first); it is cancelled below.
+    refs = [sleeper.remote(30), sleeper.remote(0), core.put(1)]
+    ready, not_ready = core.wait(refs, num_returns=2, timeout=60)
     assert ready == [refs[1], refs[2]] and not_ready == [refs[0]]
     ready, not_ready = core.wait(refs, num_returns=3, timeout=0.1)
     assert refs[0] in not_ready and len(ready) + len(not_ready) == 3
