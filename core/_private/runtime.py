@@ -18,15 +18,12 @@ A leaf module: it imports nothing of ours at run time, so anything may import it
 from __future__ import annotations
 
 import concurrent.futures
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Union
+from typing import Any, Callable, Iterable, Protocol
 
 from core.exceptions import CoreError
 
-if TYPE_CHECKING:  # types only: refs and taskspec import this module
-    from core._private.refs import ObjectRef, ObjectRefGenerator
-    from core._private.taskspec import TaskSpec
-
-    SubmitResult = Union[ObjectRef, list[ObjectRef], ObjectRefGenerator, bytes]
+# The annotations below name refs.ObjectRef, refs.ObjectRefGenerator and taskspec.TaskSpec
+# without importing them, not even for type checkers: both modules import this one.
 
 
 class Runtime(Protocol):
@@ -52,7 +49,7 @@ class Runtime(Protocol):
     def free(self, refs: Iterable[ObjectRef]) -> None: ...
 
     # ── tasks and actors ──
-    def submit(self, spec: TaskSpec) -> SubmitResult:
+    def submit(self, spec: TaskSpec) -> ObjectRef | list[ObjectRef] | ObjectRefGenerator | bytes:
         """Run `spec`: its ref (a list for num_returns > 1, a generator for "streaming"); for an
         "actor_create" spec, the new actor's id."""
         ...

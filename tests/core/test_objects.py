@@ -122,7 +122,7 @@ def test_deleting_the_last_ref_frees_the_segment(session):
     gc.collect()
     assert rt.store.usage()["num_shared"] == 0
     # what remains of the session in /dev/shm is only the pool of segments kept for reuse
-    assert set(rt.session.segments()) <= {s.name for s in rt.store._pool}
+    assert set(rt.session.segments()) <= {s.name for s in rt.store.pool.segments}
 
 
 def test_no_leak_over_100k_put_get_del_cycles(session):

@@ -273,7 +273,7 @@ def test_timeline_off_records_nothing_and_says_how_to_turn_it_on(make_session):
         return 1
 
     assert core.get(f.remote()) == 1
-    with pytest.raises(CoreError, match=r"off by default.*timeline=True"):
+    with pytest.raises(CoreError, match=r"off by default.*core\.init\(timeline=True\)"):
         core.timeline()
 
 

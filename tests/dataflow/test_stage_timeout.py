@@ -37,7 +37,7 @@ class Hang:
         return {"id": batch["id"], "mean": batch["image"].reshape(len(batch["id"]), -1).mean(axis=1)}
 
 
-def stages(timeout="1s"):
+def stages(timeout="4s"):  # far above a normal block here, even on a loaded machine
     return [{"name": "parse", "fn": f"{H}:images", "fn_kwargs": {"size": 2}},
             {"name": "hang", "fn": "tests.dataflow.test_stage_timeout:Hang", "concurrency": 1, "timeout": timeout},
             {"name": "post", "fn": f"{H}:fail_on_bad"}]
@@ -61,7 +61,7 @@ def test_a_hanging_actor_call_fails_the_run_naming_stage_and_shard(tmp_path, mon
     data = helpers.make_dataset(tmp_path / "data", shards=4, rows=100)
     p = pipeline(tmp_path, data, stages(), max_retries=0)
     with pytest.raises(RunError, match=r"shard 2 .*stage hang: shard 2: a block ran past its deadline "
-                                       r"\(timeout 1 s x 1 batches, plus grace\); its actor was killed"):
+                                       r"\(timeout 4 s x 1 batches, plus grace\); its actor was killed"):
         p.run()
     assert marker.exists()  # the call really started, and hung
     summary = p.last_summary

@@ -7,6 +7,9 @@
     object_table.py  reference counts, sealing and failing objects, lineage rebuilds
     worker_pool.py   worker processes, their sockets, the io thread
     zygote.py        the process that imports once and forks the workers
+    zygote_builds.py the zygote's side of core.build (values its forks inherit)
+    builder.py       the driver's side of core.build
+    process.py       what a worker or zygote sets up about itself (death with parent, cancel)
     worker.py        the worker process's loop and its runtime (WorkerClient)
     messages.py      every message kind as a NamedTuple; protocol.py: framing and Channel
 """

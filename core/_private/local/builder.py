@@ -24,17 +24,17 @@ value is made in the driver and put once.
 from __future__ import annotations
 
 import traceback
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from core._private.local import messages as M
-from core._private.local.zygote import Zygote, unpack_error
+from core._private.local.zygote import Zygote
+from core._private.local.zygote_builds import unpack_error
 from core._private.objects.serialization import serialize
 from core._private.refs import ObjectRef
 from core._private.tasks.state import Obj
 from core.exceptions import CoreError, TaskError
 
-if TYPE_CHECKING:  # types only: the engine builds this object and passes itself
-    from core._private.local.engine import LocalEngine
+# `LocalEngine` in annotations is local/engine.py's, not imported: the engine imports this module.
 
 
 class Builder:

@@ -404,9 +404,9 @@ class LocalEngine:
         return out
 
     def object_store_stats(self) -> dict:
-        usage = self.store.usage()
-        return {"capacity": usage["capacity"], "used": usage["used"],
-                "spilled_bytes": usage["total_spilled_bytes"], "restored_bytes": usage["total_restored_bytes"]}
+        u = self.store.usage()
+        return dict(capacity=u["capacity"], used=u["used"], spilled_bytes=u["total_spilled_bytes"],
+                    restored_bytes=u["total_restored_bytes"])
 
     def available_resources(self) -> dict:
         with self.locked:
@@ -433,24 +433,15 @@ class LocalEngine:
         return render(self.store.entries(), counts, self.store.usage())
 
     def timeline(self, path: str | None = None) -> list[dict]:
-        """core.timeline: the session's task events as Chrome trace events (tasks/timeline.py),
-        written to `path` too when given."""
+        """core.timeline: the task events as Chrome trace events (tasks/timeline.py), to `path` too."""
         rec = self.board.timeline
         if rec is None:
-            raise CoreError("this session records no timeline (off by default); start it with "
-                            "core.init(timeline=True)")
+            raise CoreError("this session records no timeline (off by default): core.init(timeline=True)")
         with self.locked:
-            events = list(rec.events)
-            workers = list(rec.workers.items())
+            events, workers = list(rec.events), list(rec.workers.values())
             actors = {aid: a.name for aid, a in self.board.actors.items()}
-        lanes = {}
-        for wid, w in workers:       # pids read outside the lock (a zygote's child may be forking)
-            pid = w.proc.pid
-            if w.actor_id is None:
-                label = f"worker {pid}"
-            else:
-                label = f"actor {TL.short_name(actors.get(w.actor_id, '?'))} {pid}"
-            lanes[wid] = TL.Lane(pid, label)
+        # pids read outside the lock (a zygote's child may be forking)
+        lanes = TL.lanes([(w.wid, w.proc.pid, w.actor_id) for w in workers], actors)
         out = TL.chrome_events(events, lanes, os.getpid(), rec.t0, time.monotonic())
         if path is not None:
             TL.write_trace(path, out)
@@ -458,8 +449,7 @@ class LocalEngine:
 
     # ── shutdown ────────────────────────────────────────────────────────────────────────────
     def build(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> ObjectRef:
-        """core.build: made in the zygote, inherited by the workers forked after it (builder.py);
-        without a zygote, made here and put once."""
+        """core.build: made in the zygote, inherited by later forks (builder.py), or here and put."""
         if self._builder is None:      # made by the first build (most sessions build nothing)
             self._builder = Builder(self)
         return self._builder.build(fn, args, kwargs)

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core._private.local import messages as M
 from core._private.local.worker_pool import WorkerProc
@@ -22,8 +22,7 @@ from core._private.tasks.actors import actor_worker_died, constructor_failed
 from core._private.tasks.board import complete, enqueue, failed_run, finished, register, worker_died
 from core.exceptions import CoreError, TaskError
 
-if TYPE_CHECKING:  # types only: the engine builds this object and passes itself
-    from core._private.local.engine import LocalEngine
+# `LocalEngine` in annotations is local/engine.py's, not imported: the engine imports this module.
 
 
 class Inbox:

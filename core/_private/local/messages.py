@@ -314,7 +314,7 @@ class ZygoteBuild(NamedTuple):
 
 class ZygoteBuilt(NamedTuple):
     """zygote -> driver: the factory ran. `size`: the value's serialized size; `error`: None, or
-    the TaskError to raise as (pickled, text) (zygote.unpack_error); `threads`: it left threads
+    the TaskError to raise as (pickled, text) (zygote_builds.unpack_error); `threads`: it left threads
     running, so the zygote no longer forks (the driver has it write the value into the store at
     once, then drop it)."""
     kind: Literal["built"]

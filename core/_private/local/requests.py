@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from core._private.local import messages as M
 from core._private.local.worker_pool import WorkerProc
@@ -23,8 +23,7 @@ from core._private.tasks.board import request_answer, worker_blocks, worker_unbl
 from core._private.tasks.transitions import Reply
 from core.exceptions import CoreError, GetTimeoutError, ObjectLostError
 
-if TYPE_CHECKING:  # types only: the engine builds this object and passes itself
-    from core._private.local.engine import LocalEngine
+# `LocalEngine` in annotations is local/engine.py's, not imported: the engine imports this module.
 
 
 class Pending(NamedTuple):

@@ -51,10 +51,9 @@ import time
 from typing import Any, Callable, Sequence
 
 from core._private.local import messages as M
-from core._private.local import worker
-from core._private.objects import shm
-from core._private.objects.serialization import deserialize, serialize
-from core.exceptions import CoreError, ObjectLostError, TaskError
+from core._private.local import process, worker
+from core._private.local import zygote_builds as builds
+from core.exceptions import CoreError, ObjectLostError
 
 _MAX_MESSAGE = 1 << 16
 _DRAIN_S = 2.0  # how long the zygote, told to stop, waits for its workers to exit
@@ -198,7 +197,7 @@ class Zygote:
             raise ObjectLostError(f"object {oid.hex()} (made by core.build({name})) is lost: the zygote "
                                   f"that held it exited")
         if reply.error is not None:
-            raise unpack_error(reply.error, name)
+            raise builds.unpack_error(reply.error, name)
 
     def drop(self, oid: bytes) -> None:
         """Forget a built value (freed): workers forked from now on do not carry it."""
@@ -299,27 +298,6 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _pack_error(exc: BaseException) -> tuple[bytes | None, str]:
-    """An error for a reply: pickled apart from the message (so a driver that cannot unpickle it
-    still reads the rest, and its text), and small enough for one packet."""
-    text = str(exc)[:8000]
-    try:
-        blob = pickle.dumps(exc)
-    except Exception:  # noqa: BLE001 - the text is what is left
-        blob = None
-    return (blob if blob is not None and len(blob) < 40000 else None), text
-
-
-def unpack_error(packed: tuple[bytes | None, str], name: str) -> BaseException:
-    blob, text = packed
-    if blob is not None:
-        try:
-            return pickle.loads(blob)
-        except Exception:  # noqa: BLE001 - e.g. an exception class this process cannot import
-            pass
-    return TaskError.for_cause(name, RuntimeError(text), text)
-
-
 def _single_threaded() -> bool:
     """Only then is fork() safe: no other thread can hold a lock the child would inherit held."""
     try:
@@ -406,8 +384,8 @@ def worker_environment() -> dict[str, str]:
 # ── the zygote process ──────────────────────────────────────────────────────────────────────
 def serve(fd: int, preload: list[str]) -> None:
     """The zygote's main: import, then fork a worker per request until the driver goes away."""
-    worker.die_with_parent("core-zygote")
-    worker.extend_sys_path()
+    process.die_with_parent("core-zygote")
+    process.extend_sys_path()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     sock = socket.socket(fileno=fd)
     sock.set_inheritable(False)  # not passed on to workers it spawns fresh (see _spawn_fresh)
@@ -465,65 +443,18 @@ def _serve_one(sock: socket.socket, own_fds: tuple[int, int]) -> bool:
 _forks_safe = True  # False once a factory left threads running here (see the module's docstring)
 
 
-def _threads() -> int:
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return 1
-
-
 def _serve_built(sock: socket.socket, msg: Any, fds: list[int]) -> bool:
-    """core.build's messages: run a factory and keep its value, copy one into the store, drop one."""
     global _forks_safe
-    if msg.kind == "drop":
-        worker.BUILT.pop(msg.oid, None)
+    reply, threads = builds.serve_built(msg, fds)
+    if threads:
+        _forks_safe = False
+    if reply is None:
         return True
-    if msg.kind == "materialize":
-        reply: tuple = M.ZygoteMaterialized("materialized", msg.oid, _write_into(msg.oid, msg.segment, msg.size))
-    else:
-        before = _threads()
-        size, error = 0, None
-        try:
-            with open(fds.pop(0), "rb") as f:
-                f.seek(0)                       # the driver's writes moved the shared offset
-                fn, args, kwargs = deserialize(f.read())
-            value = fn(*args, **kwargs)
-            size = serialize(value).total_size  # what a copy in the store takes (never written here)
-            worker.BUILT[msg.oid] = value
-            del value
-        except BaseException as exc:  # noqa: BLE001 - the driver raises it
-            error = _pack_error(worker.error_payload(msg.name, exc))
-        threads = _threads() > before
-        if threads:
-            _forks_safe = False
-        reply = M.ZygoteBuilt("built", msg.oid, size, error, threads)
-    for fd in fds:
-        os.close(fd)
     try:
         sock.send(pickle.dumps(M.encode(reply)))
     except OSError:
         return False
     return True
-
-
-def _write_into(oid: bytes, segment: str, size: int) -> tuple | None:
-    """Serialize a built value straight into a store segment (its one copy there)."""
-    try:
-        ser = serialize(worker.BUILT[oid])
-        if ser.total_size > size:
-            raise CoreError(f"its layout takes {ser.total_size} bytes now, {size} when it was built")
-        mm = shm.map_segment(segment, "write", size)
-        try:
-            dest = memoryview(mm)
-            ser.write_to(dest[:ser.total_size])
-            dest.release()
-        finally:
-            mm.close()
-        return None
-    except BaseException as exc:  # noqa: BLE001 - the driver raises it
-        how = "it was dropped" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
-        return _pack_error(ObjectLostError(f"object {oid.hex()} (core.build) could not be written into "
-                                           f"the store by the zygote: {how}"))
 
 
 def _spawn_fresh(sock: socket.socket, wid: int, args: list[str], fds: list[int]) -> bool:

@@ -39,9 +39,9 @@ class InheritedObjects:
     stats: dict
     # who has an object in its own memory; how to get a copy written into a segment; whom to
     # tell when one is deleted (later forks do not carry it)
-    heirs: Callable[[bytes, int], bool]
-    materializer: Callable[[bytes, str, int], None] | None
-    inherited_dropped: Callable[[bytes], None] | None
+    heirs: Callable[[bytes, int], bool] = staticmethod(lambda oid, holder: False)
+    materializer: Callable[[bytes, str, int], None] | None = None
+    inherited_dropped: Callable[[bytes], None] | None = None
     # and the store's own _check_open() and _allocate(size, oid, wait=...)
 
     def put_inherited(self, oid: bytes, size: int) -> None:

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 from core._private.objects import shm
 from core._private.objects.segments import Segment, SegmentPool, default_capacity, size_class
@@ -70,10 +70,9 @@ class ObjectStore(InheritedObjects):
     def __init__(self, *, capacity: int | None = None, spill: Any = None,
                  inline_threshold: int = DEFAULT_INLINE_THRESHOLD, session: shm.Session | None = None,
                  full_wait: float = DEFAULT_FULL_WAIT):
-        """`capacity`: bytes of shared memory (None: 30% of RAM, capped at /dev/shm's free
-        space); `spill`: None, a folder or URI, or a dict (see spill.py), validated here (raises
-        ConfigError); `session`: the session whose segments these are (None: the store starts
-        one and closes it at shutdown)."""
+        """`capacity`: bytes of shared memory (None: 30% of RAM, at most /dev/shm's free space);
+        `spill`: None, a folder or URI, or a dict (spill.py; ConfigError if invalid); `session`:
+        whose segments these are (None: the store starts one and closes it at shutdown)."""
         if capacity is not None and capacity <= 0:
             raise CoreError(f"object store capacity must be positive, got {capacity}")
         config = parse_spill_config(spill)
@@ -96,17 +95,11 @@ class ObjectStore(InheritedObjects):
         self._objects = self.table.objects
         self._lru = self.table.lru
         self._released = self.table.released
-        self._pool = self.pool.segments           # read by tests/core/test_objects.py
         self._spills_running = 0
         self._closed = False
         # segments unlinked for good: the engine tells workers to drop their cached mappings
         self.released_segments = self.pool.released
         self.stats = self.spiller.stats
-        # inherited objects (core.build), wired by the engine: who has one in its own memory,
-        # how to get a copy written into a segment, whom to tell when one is deleted
-        self.heirs: Callable[[bytes, int], bool] = lambda oid, holder: False
-        self.materializer: Callable[[bytes, str, int], None] | None = None
-        self.inherited_dropped: Callable[[bytes], None] | None = None
 
     # ─── writing ────────────────────────────────────────────────────────────────────────────────
     def put(self, oid: bytes, obj: SerializedObject) -> None:
@@ -219,13 +212,11 @@ class ObjectStore(InheritedObjects):
         return shm.pinned_view(view, 0, view.nbytes, on_release, readonly=not writable)
 
     def locate(self, oid: bytes, holder: int, *, wait_for_room: bool = True, copy: bool = False) -> tuple:
-        """Where a worker finds the object, pinned for `holder`: ("inline", bytes) or
-        ("shared", segment name, size), or ("inherited", oid, size), not pinned, for a holder that has
-        the value in its own memory or while there is no copy in the store yet (unless `copy`:
-        the holder found it had not; then the copy is made, once, and located). A spilled object is
-        restored first (an inherited one written by the zygote); with `wait_for_room=False`, a
-        restore that does not fit now raises `NoRoomNow` at once instead of waiting for unpins
-        (the engine then keeps the task queued)."""
+        """Where a worker finds the object, pinned for `holder`: ("inline", bytes), ("shared",
+        segment name, size), or, not pinned, ("inherited", oid, size) while the store has no copy
+        or the holder has the value itself (`copy`: it found it had not: a copy is made, once).
+        Spilled or inherited objects are written into a segment first; with `wait_for_room=False`
+        one that does not fit now raises `NoRoomNow` at once (the engine keeps the task queued)."""
         with self._cond:
             entry = self._objects.get(oid)
             if entry is not None and entry.inherited and not entry.lost and not copy and (

@@ -87,6 +87,13 @@ class Lane(NamedTuple):
     label: str          # "worker 1234", "actor Counter 1234"
 
 
+def lanes(workers: list[tuple[int, int, Any]], actor_names: dict) -> dict[int, Lane]:
+    """Each worker's lane from (wid, pid, actor id or None) and the actors' names."""
+    return {wid: Lane(pid, f"worker {pid}" if actor_id is None
+                      else f"actor {short_name(actor_names.get(actor_id, '?'))} {pid}")
+            for wid, pid, actor_id in workers}
+
+
 def chrome_events(events: Iterable[tuple], lanes: dict[int, Lane], driver_pid: int, t0: float,
                   now: float) -> list[dict]:
     """Chrome trace events for the recorded `events`. `lanes`: wid -> Lane (a worker not in it
