@@ -92,6 +92,32 @@ def driver_only(call: str) -> CoreError:
     return CoreError(f"{call} belongs to the driver; call it there, not inside a task")
 
 
+class DriverOnlyCalls:
+    """The Runtime calls that belong to the driver's session, as a task or actor meets them:
+    each raises `driver_only`. The two worker runtimes (local and Ray) inherit these."""
+
+    def free(self, refs: Iterable[ObjectRef]) -> None:
+        raise driver_only("core.free()")
+
+    def cluster_resources(self) -> dict:
+        raise driver_only("core.cluster_resources()")
+
+    def available_resources(self) -> dict:
+        raise driver_only("core.available_resources()")
+
+    def memory_summary(self) -> str:
+        raise driver_only("core.memory_summary()")
+
+    def object_store_stats(self) -> dict:
+        raise driver_only("core.object_store_stats()")
+
+    def build(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> ObjectRef:
+        raise driver_only("core.build()")
+
+    def timeline(self, path: str | None = None) -> list[dict]:
+        raise driver_only("core.timeline()")
+
+
 # The slot. Read directly (`runtime._current`) by ObjectRef.__init__, which runs for every ref.
 _current: Runtime | None = None
 # What require() calls when the slot is empty: `core.init()` with no arguments, registered by

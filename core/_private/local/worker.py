@@ -80,7 +80,7 @@ class SegmentCache:
             self._maps.pop(name, None)  # closed when the last view of it dies
 
 
-class WorkerClient:
+class WorkerClient(runtime.DriverOnlyCalls):
     """The worker's runtime (`runtime.Runtime`): what `core.*`, remote functions and
     `ObjectRef`s call inside a worker. Objects and tasks go to the driver; refs are borrows."""
 
@@ -313,27 +313,6 @@ class WorkerClient:
 
     def kill_actor(self, actor_id: bytes) -> None:
         self.request(M.KILL, M.KillArgs(actor_id))
-
-    def free(self, refs: Any) -> None:
-        raise runtime.driver_only("core.free()")
-
-    def cluster_resources(self) -> dict:
-        raise runtime.driver_only("core.cluster_resources()")
-
-    def available_resources(self) -> dict:
-        raise runtime.driver_only("core.available_resources()")
-
-    def memory_summary(self) -> str:
-        raise runtime.driver_only("core.memory_summary()")
-
-    def object_store_stats(self) -> dict:
-        raise runtime.driver_only("core.object_store_stats()")
-
-    def build(self, fn: Any, args: tuple, kwargs: dict) -> ObjectRef:
-        raise runtime.driver_only("core.build()")
-
-    def timeline(self, path: str | None = None) -> list[dict]:
-        raise runtime.driver_only("core.timeline()")
 
     def shutdown(self) -> None:
         pass  # the session is the driver's: the worker exits when the driver tells it to

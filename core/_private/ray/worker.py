@@ -34,7 +34,7 @@ from core.exceptions import CoreError
 __all__ = ["HOSTING", "RayWorkerRuntime", "connect", "disconnect", "process_client"]
 
 
-class RayWorkerRuntime:
+class RayWorkerRuntime(runtime.DriverOnlyCalls):
     """The runtime inside a Ray worker (`runtime.Runtime`): the client of the worker's Ray
     connection, attached on first use; it never starts or stops Ray, and the session's calls
     (free, resources, memory summary) say they belong to the driver."""
@@ -75,28 +75,7 @@ class RayWorkerRuntime:
     def kill_actor(self, actor_id: bytes) -> None:
         self.client.kill_actor(actor_id)
 
-    # ── the session is the driver's ──
-    def free(self, refs: Any) -> None:
-        raise runtime.driver_only("core.free()")
-
-    def cluster_resources(self) -> dict:
-        raise runtime.driver_only("core.cluster_resources()")
-
-    def available_resources(self) -> dict:
-        raise runtime.driver_only("core.available_resources()")
-
-    def memory_summary(self) -> str:
-        raise runtime.driver_only("core.memory_summary()")
-
-    def object_store_stats(self) -> dict:
-        raise runtime.driver_only("core.object_store_stats()")
-
-    def build(self, fn: Any, args: tuple, kwargs: dict) -> ObjectRef:
-        raise runtime.driver_only("core.build()")
-
-    def timeline(self, path: str | None = None) -> list[dict]:
-        raise runtime.driver_only("core.timeline()")
-
+    # ── the session is the driver's (free, resources, build, ...: runtime.DriverOnlyCalls) ──
     def shutdown(self) -> None:
         """Nothing to stop: Ray owns this process."""
 
