@@ -273,17 +273,25 @@ def test_resume_after_sigkill_matches_a_clean_run(tmp_path):
     assert not left, f"shared memory left by the killed driver: {left}"
 
 
-def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
-    proc = start(["run", NYC, *slow(tmp_path, "out", 0.15)], tmp_path)
+def interrupt_after_first_commit(proc: subprocess.Popen, out, before=lambda: None) -> str:
+    """Ctrl-C (SIGINT) to a run once a shard is committed in `out` (`before()` runs just ahead of
+    it); the run's stderr. A run still alive after this is killed."""
     try:
-        wait_for(lambda: committed(tmp_path / "out") >= 1 or proc.poll() is not None)
-        workers = psutil.Process(proc.pid).children(recursive=True)
+        wait_for(lambda: committed(out) >= 1 or proc.poll() is not None)
+        before()
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        return proc.communicate(timeout=60)[1]
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
+    proc = start(["run", NYC, *slow(tmp_path, "out", 0.15)], tmp_path)
+    workers: list = []
+    err = interrupt_after_first_commit(proc, tmp_path / "out",
+                                       before=lambda: workers.extend(psutil.Process(proc.pid).children(recursive=True)))
     assert proc.returncode == 130, err
     assert re.search(r"^dataflow: interrupted: \d+ of 10 shards committed to .*; run the same command again "
                      r"to resume$", err, re.M), err

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 
 import jsonschema
 
 from tests.core.test_timeline import TRACE_SCHEMA
-from tests.e2e.test_cli import NYC, committed, dataflow, slow, small, start, wait_for
+from tests.e2e.test_cli import NYC, dataflow, interrupt_after_first_commit, slow, small, start
 
 
 def _printed_trace(stderr: str) -> str:
@@ -43,14 +42,7 @@ def test_trace_has_one_bar_per_shard_task(tmp_path):
 def test_an_interrupted_run_still_writes_its_trace(tmp_path):
     target = tmp_path / "trace.json"
     proc = start(["run", NYC, *slow(tmp_path, "out", 0.15), "--trace", str(target)], tmp_path)
-    try:
-        wait_for(lambda: committed(tmp_path / "out") >= 1 or proc.poll() is not None)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    err = interrupt_after_first_commit(proc, tmp_path / "out")
     assert proc.returncode == 130, err
     assert _printed_trace(err) == str(target)
     bars = _shard_bars(target)
