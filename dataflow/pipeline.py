@@ -366,7 +366,7 @@ class Pipeline:
         if s.predict.fn is not None and not isinstance(s.predict.fn, str):
             check_picklable(s.predict.fn, "predict function")
         if built_where_workers_fork(s.model) and backend.name != "inline":
-            built = _build(backend, build_model, s.model)
+            built = _build(backend, build_model, s.model.factory, dict(s.model.args))
             if built is not None:
                 return built
         source = load_model(s.model)
@@ -413,7 +413,7 @@ class Pipeline:
         if not isinstance(st.fn, str):
             check_picklable(st.fn, f"stage {st.name} fn")
         if built_where_workers_fork(mspec) and backend.name != "inline":
-            built = _build(backend, build_payload, mspec, args)
+            built = _build(backend, build_payload, mspec.factory, dict(mspec.args), args)
             if built is not None:
                 return built
         model = None
