@@ -12,16 +12,21 @@ Packing: top-level ObjectRef arguments become `ArgPlaceholder`s that the worker 
 values (resolved by the driver, zero-copy for shared objects); refs nested deeper stay refs;
 arguments too large to travel inline are put in the store and passed by ref.
 
-A leaf module: it imports only the stdlib, `refs` and `objects.serialization`.
+Also `call_here`: a call made in this process instead (core.build's factory in the driver), its
+error wrapped as a task's would be.
+
+A leaf module: it imports only the stdlib, `refs`, `objects.serialization` and `core.exceptions`.
 """
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, NamedTuple, Protocol
 
 from core._private.objects.serialization import SerializedObject, serialize
 from core._private.refs import ObjectRef, return_id
+from core.exceptions import TaskError
 
 TaskKind = Literal["task", "actor_create", "actor_method"]
 
@@ -107,3 +112,16 @@ def pack_args(args: tuple, kwargs: dict, inline_threshold: int,
     ref = put_serialized(ser)
     held.append(ref)
     return PackedArgs(("stored", ref), arg_refs, held)
+
+
+def function_name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
+def call_here(fn: Callable[..., Any], args: tuple, kwargs: dict, name: str | None = None) -> Any:
+    """`fn(*args, **kwargs)` run in this process; its error raised as a task's would be: a
+    TaskError naming `fn` that is also an instance of the error's type."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        raise TaskError.for_cause(name or function_name(fn), exc, traceback.format_exc()) from exc

@@ -453,6 +453,21 @@ def test_constructor_error_makes_calls_raise_actor_died(backend):
         core.get(b.ping.remote(), timeout=30)
 
 
+
+def _weights(n: int) -> np.ndarray:
+    if n < 0:
+        raise ValueError(f"no weights for n={n}")
+    return np.arange(n, dtype=np.float64)
+
+
+def test_build_gives_the_value_and_names_a_failing_factory(backend):
+    ref = core.build(_weights, 1000)
+    assert core.get(ref).sum() == sum(range(1000))
+    # the factory's own error, as on the local engine: a TaskError naming it, of the error's type
+    with pytest.raises(ValueError, match="no weights for n=-1") as info:
+        core.build(_weights, -1)
+    assert isinstance(info.value, TaskError) and "_weights" in str(info.value)
+
 # ── backend-independent pieces of the Ray backend (no Ray started) ─────────────────────────────
 def test_importing_core_does_not_import_ray():
     code = "import sys, core; core.put; assert 'ray' not in sys.modules, 'ray imported'"

@@ -23,7 +23,6 @@ value is made in the driver and put once.
 
 from __future__ import annotations
 
-import traceback
 from typing import Any, Callable
 
 from core._private.local import messages as M
@@ -32,7 +31,8 @@ from core._private.local.zygote_builds import unpack_error
 from core._private.objects.serialization import serialize
 from core._private.refs import ObjectRef
 from core._private.tasks.state import Obj
-from core.exceptions import CoreError, TaskError
+from core._private.taskspec import call_here, function_name
+from core.exceptions import CoreError
 
 # `LocalEngine` in annotations is local/engine.py's, not imported: the engine imports this module.
 
@@ -48,7 +48,7 @@ class Builder:
         name = function_name(fn)
         zygote = engine.pool.zygote
         if zygote is None or not zygote.alive or not zygote.forks:
-            return engine.put(call(fn, args, kwargs, name))
+            return engine.put(call_here(fn, args, kwargs, name))
         try:
             ser = serialize((fn, args, kwargs))
         except CoreError as exc:
@@ -56,7 +56,7 @@ class Builder:
                             f"they cannot be sent to the process the workers are forked from: "
                             f"{exc.__cause__ or exc}") from exc
         if ser.contained_refs:
-            return engine.put(call(fn, args, kwargs, name))
+            return engine.put(call_here(fn, args, kwargs, name))
         self._wire(zygote)
         oid = engine.new_id()
         reply = zygote.build(oid, name, ser.to_bytes())
@@ -114,14 +114,3 @@ class Builder:
         zygote.on_exit.append(lambda: store.lose_inherited(
             "object {} (made by core.build) is lost: the zygote process that held it exited"))
 
-
-def call(fn: Callable[..., Any], args: tuple, kwargs: dict, name: str) -> Any:
-    """The factory run here; its error raised as the zygote's would be (a TaskError naming it)."""
-    try:
-        return fn(*args, **kwargs)
-    except Exception as exc:
-        raise TaskError.for_cause(name, exc, traceback.format_exc()) from exc
-
-
-def function_name(fn: Any) -> str:
-    return getattr(fn, "__qualname__", None) or type(fn).__name__

@@ -486,8 +486,10 @@ def _spawn_fresh(sock: socket.socket, wid: int, args: list[str], fds: list[int])
 def _import(modules: Sequence[str]) -> None:
     # Without the collector: an import allocates hundreds of thousands of objects that live as
     # long as the process, and the collections they trigger (pandas: ~0.1 s of CPU, on the
-    # critical path of every run) would find nothing to free. What they leave is frozen before
-    # each fork anyway (gc.freeze, as its docs advise for a pre-fork server).
+    # critical path of every run) would find nothing to free. What they leave is frozen here
+    # (gc.freeze, as its docs advise for a pre-fork server): left in the young generations, it
+    # would make the first allocation after gc.enable() run a full collection (40-60 ms, before
+    # the next fork or build).
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -497,6 +499,7 @@ def _import(modules: Sequence[str]) -> None:
             except BaseException:  # the task that needs it reports the error, with context
                 pass
     finally:
+        gc.freeze()
         if enabled:
             gc.enable()
 

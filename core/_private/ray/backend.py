@@ -44,7 +44,7 @@ from core._private.ray.config import (
 from core._private.ray.errors import first_line
 from core._private.refs import ObjectRef
 from core._private.tasks.timeline import write_trace
-from core._private.taskspec import TaskSpec
+from core._private.taskspec import TaskSpec, call_here
 from core.exceptions import CoreError
 from core.units import format_bytes
 
@@ -159,8 +159,9 @@ class RayBackend:
         return our_resources(self.client.ray.available_resources())
 
     def build(self, fn: Any, args: tuple, kwargs: dict) -> ObjectRef:
-        """core.build on Ray: the value is made in the driver and put once into Ray's store."""
-        return self.client.put(fn(*args, **kwargs))
+        """core.build on Ray: the value is made in the driver (its error a TaskError, as on the
+        local engine) and put once into Ray's store."""
+        return self.client.put(call_here(fn, args, kwargs))
 
     def memory_summary(self) -> str:
         """Our objects as Ray sees them: id, size, where (inline = Ray's in-process store,
