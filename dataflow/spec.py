@@ -10,282 +10,43 @@ place before anything runs.
                                               ▼
                SpecError([ "pipelines/x.yaml:7: predict.batch_size: must be a positive integer, got \"big\"", ...])
 
-Every value is checked by a small validator that writes our own message (what was expected, what
-was found); pydantic's own messages are translated in `_translate`. Unknown keys are rejected with
-a did-you-mean. `module:function` references are imported during validation, so `validate` catches
-a typo in a factory name without running anything.
+This module owns the models (`PipelineSpec` and its sections), `validate` (pydantic's errors
+translated in `_translate`, unknown keys rejected with a did-you-mean, what no single field can
+see in `_shape_problems` and `_infeasible`), `load` and `from_python`. The YAML side (positions,
+interpolation, `--set`) is `dataflow._spec_yaml`; every field's validator, and the message it
+writes (what was expected, what was found), is `dataflow._spec_fields`. `module:function`
+references are imported during validation, so `validate` catches a typo in a factory name
+without running anything.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Iterator, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Iterator, Literal, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from core.exceptions import ConfigError
-from core.units import parse_size as parse_size_bytes
-
+from ._spec_fields import (Amount, ArgList, Concurrency, Duration, Filters, Mapping, NonNegativeInt,
+                           PositiveInt, Ref, ReportFormat, Resources, Size, StageFn, Str, StrList,
+                           UriOrList, choice, parse_duration, parse_size, show)
+from ._spec_yaml import Mark, Path, Positions, apply_overrides, dotted, load_yaml
 from .exceptions import SpecError, SpecIssue
-from .refs import resolve_ref
 from .refs import did_you_mean as _did_you_mean
+from .refs import resolve_ref
 
-# ---------------------------------------------------------------------------------------------
-# value validators: each raises a PydanticCustomError whose message is the one the user reads
-
-
-def show(value: Any, limit: int = 60) -> str:
-    """A value as the user wrote it: strings in double quotes, the rest as YAML would print it."""
-    if isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=False)
-    elif value is None:
-        text = "null"
-    elif isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, (int, float)):
-        text = repr(value)
-    elif isinstance(value, dict):
-        text = "a mapping"
-    elif isinstance(value, list):
-        text = "a list"
-    else:
-        text = f"{type(value).__name__} {value!r}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _fail(kind: str, message: str, value: Any) -> PydanticCustomError:
-    # Braces in user values must not be read as placeholders by pydantic's formatter.
-    return PydanticCustomError(kind, message + ", got {got}", {"got": show(value)})
-
-
-def _positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise _fail("positive_int", "must be a positive integer", value)
-    return value
-
-
-def _non_negative_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _fail("non_negative_int", "must be an integer >= 0", value)
-    return value
-
-
-def _string(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _fail("string", "must be a non-empty string", value)
-    return value
-
-
-def _string_list(value: Any) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise _fail("string_list", "must be a list of column names", value)
-    return value
-
-
-def _uri_or_list(value: Any) -> str | list[str]:
-    if isinstance(value, str) and value.strip():
-        return value
-    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
-        return value
-    raise _fail("uri", "must be a path or URI (a file, folder or glob) or a list of them", value)
-
-
-def _mapping(value: Any) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _fail("mapping", "must be a mapping", value)
-    return value
-
-
-_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-
-
-def _ref(value: Any) -> str | Callable:
-    """A `module:function` reference (checked by importing it) or, from Python, a callable."""
-    if callable(value) and not isinstance(value, str):
-        return value
-    if not isinstance(value, str) or not _REF.match(value):
-        raise _fail("ref", 'must be "package.module:function"', value)
-    try:
-        target = resolve_ref(value)
-    except ValueError as exc:
-        raise PydanticCustomError("ref_import", "{why}", {"why": str(exc)}) from None
-    if not callable(target):
-        raise PydanticCustomError("ref_call", "{ref} is not callable (it is a {kind})",
-                                  {"ref": value, "kind": type(target).__name__})
-    return value
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from a positive size, with core's one meaning of each unit (`core.units`): K/M/G/T
-    and KiB/MiB/GiB/TiB are powers of 2 (`2G` = 2 GiB), KB/MB/GB/TB powers of 10 (`2GB` =
-    2*10^9), a plain number is bytes. core's ConfigError becomes the spec's message; the file,
-    line and key path are added where the issue is reported."""
-    try:
-        return parse_size_bytes(value, "size", minimum=1)
-    except ConfigError as exc:
-        raise _fail("size", "must be a size in bytes such as 2GB, 512MiB or 1000000 (2G = 2 GiB, "
-                            "2GB = 2*10^9)", value) from exc
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or `500ms`, `30s`, `5m`, `1h`."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            seconds = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
-            if seconds > 0:
-                return seconds
-    raise _fail("duration", "must be a positive duration in seconds such as 30 or 30s, 5m", value)
-
-
-def _choice(*options: str) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if value in options:
-            return value
-        hint = _did_you_mean(value, options) if isinstance(value, str) else ""
-        raise PydanticCustomError("choice", "must be one of {options}, got {got}{hint}",
-                                  {"options": ", ".join(options), "got": show(value), "hint": hint})
-    return check
-
-
-_OPS = ("=", "==", "!=", "<", ">", "<=", ">=", "in", "not in")
-
-
-def _filters(value: Any) -> list | None:
-    """pyarrow DNF filters: [[col, op, value], ...] (AND), or a list of such lists (OR of ANDs)."""
-    if value is None:
-        return None
-
-    def predicate(p: Any) -> bool:
-        return (isinstance(p, list) and len(p) == 3 and isinstance(p[0], str) and p[1] in _OPS
-                and (not p[1].endswith("in") or isinstance(p[2], list)))
-
-    ok = isinstance(value, list) and value and (
-        all(predicate(p) for p in value)
-        or all(isinstance(c, list) and c and all(predicate(p) for p in c) for c in value))
-    if not ok:
-        raise PydanticCustomError(
-            "filters", "must be a list of [column, op, value] predicates (op one of {ops}), "
-            "e.g. [[passenger_count, \">\", 0]], or a list of such lists, got {got}",
-            {"ops": " ".join(_OPS), "got": show(value, 80) if not isinstance(value, list) else json.dumps(value)[:80]})
-    return value
-
-
-def _report(value: Any) -> str | None:
-    if value is None:
-        return None
-    _string(value)
-    try:
-        value.format(shard=0, rows=0, sum=_AnyKey(), seconds=0.0)
-    except (ValueError, IndexError, KeyError, AttributeError) as exc:
-        raise PydanticCustomError("report", "bad format string ({why}); use {hint}",
-                                  {"why": str(exc), "hint": "{rows}, {shard}, {seconds} and {sum[column]}"}) from None
-    return value
-
-
-class _AnyKey(dict):
-    def __missing__(self, key):
-        return 0
-
-
-def _stage_fn(value: Any) -> Any:
-    """A stage's `fn`: a function (runs as tasks) or a class (an actor pool), by `module:name`
-    or, from Python, the object itself."""
-    target = value
-    if isinstance(value, str):
-        if not _REF.match(value):
-            raise _fail("ref", 'must be "package.module:function" or "package.module:Class"', value)
-        try:
-            target = resolve_ref(value)
-        except ValueError as exc:
-            raise PydanticCustomError("ref_import", "{why}", {"why": str(exc)}) from None
-    if isinstance(target, type):
-        if not callable(getattr(target, "__call__", None)) or target.__call__ is type.__call__:
-            raise PydanticCustomError("stage_class", "class {ref} has no __call__(self, batch): an actor "
-                                      "pool calls each actor with a batch", {"ref": show(value)})
-        return value
-    if not callable(target):
-        raise PydanticCustomError("stage_fn", "must be a function (runs as tasks) or a class (runs as "
-                                  "an actor pool); {ref} is a {kind}",
-                                  {"ref": show(value), "kind": type(target).__name__})
-    return value
-
-
-def _concurrency(value: Any) -> int | tuple[int, int] | None:
-    """An int (actors in the pool, or tasks in flight) or [min, max] (a pool that grows and shrinks)."""
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
-        lo, hi = value
-        if lo > hi:
-            raise PydanticCustomError("concurrency_range", "[min, max] with min ({lo}) > max ({hi}); "
-                                      "write [{hi}, {lo}]", {"lo": lo, "hi": hi})
-        return (lo, hi)
-    raise _fail("concurrency", "must be a positive integer or [min, max] of positive integers", value)
-
-
-def _amount(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise _fail("amount", "must be a number >= 0", value)
-    return value
-
-
-def _resources(value: Any) -> dict:
-    value = _mapping(value)
-    for k, v in value.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise PydanticCustomError("resources", "resource {name} must be a number >= 0, got {got}",
-                                      {"name": k, "got": show(v)})
-        if k in ("CPU", "GPU"):
-            raise PydanticCustomError("resources", "use num_cpus / num_gpus for {name}, not resources",
-                                      {"name": k})
-    return value
-
-
-def _arg_list(value: Any) -> list:
-    if value is None:
-        return []
-    if isinstance(value, tuple):
-        return list(value)
-    if not isinstance(value, list):
-        raise _fail("args", "must be a list of positional arguments", value)
-    return value
-
-
-Amount = Annotated[float | None, BeforeValidator(_amount)]
-Resources = Annotated[dict[str, float], BeforeValidator(_resources)]
-ArgList = Annotated[list, BeforeValidator(_arg_list)]
-STAGE_BATCH_FORMATS = ("numpy", "pandas", "pyarrow", "torch")
-
-
-PositiveInt = Annotated[int, BeforeValidator(_positive_int)]
-NonNegativeInt = Annotated[int, BeforeValidator(_non_negative_int)]
-Str = Annotated[str, BeforeValidator(_string)]
-StrList = Annotated[list[str], BeforeValidator(_string_list)]
-UriOrList = Annotated[Union[str, list[str]], BeforeValidator(_uri_or_list)]
-Mapping = Annotated[dict[str, Any], BeforeValidator(_mapping)]
-Ref = Annotated[Any, BeforeValidator(_ref)]
-Size = Annotated[int, BeforeValidator(parse_size)]
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+# The spec's API. The last two lines are re-exports from _spec_fields, _spec_yaml and refs: callers
+# reach them through `dataflow.spec` (pipeline.py's `spec_mod.resolve_ref`, the tests' `S.parse_size`).
+__all__ = [
+    "GenerateSpec", "SourceSpec", "ModelSpec", "PredictSpec", "SinkSpec", "RuntimeSpec", "StageSpec",
+    "PipelineSpec", "BATCH_FORMATS", "STAGE_BATCH_FORMATS", "ON_ERROR", "SINK_MODES", "SINK_FORMATS",
+    "validate", "session_resources", "load", "from_python",
+    "SpecError", "SpecIssue", "Mark", "Positions", "load_yaml", "apply_overrides", "dotted", "show",
+    "parse_size", "parse_duration", "resolve_ref",
+]
 
 BATCH_FORMATS = ("pandas", "pyarrow", "numpy", "torch")
+STAGE_BATCH_FORMATS = ("numpy", "pandas", "pyarrow", "torch")
 ON_ERROR = ("fail", "skip", "quarantine")
 SINK_MODES = ("resume", "overwrite", "append", "error")
 SINK_FORMATS = ("parquet", "csv", "jsonl")
@@ -310,8 +71,8 @@ class GenerateSpec(_Spec):
 class SourceSpec(_Spec):
     parquet: UriOrList
     columns: StrList | None = None
-    filters: Annotated[list | None, BeforeValidator(_filters)] = None
-    shard_by: Annotated[Literal["file", "row_group"], BeforeValidator(_choice("file", "row_group"))] = "file"
+    filters: Filters = None
+    shard_by: Annotated[Literal["file", "row_group"], BeforeValidator(choice("file", "row_group"))] = "file"
     target_rows: PositiveInt | None = None
     storage_options: Mapping = {}
     generate: GenerateSpec | None = None
@@ -327,7 +88,7 @@ class ModelSpec(_Spec):
     path: Str | None = None
     setup: Ref | None = None
     instance: Any = None
-    format: Annotated[str, BeforeValidator(_choice("auto", "pickle", "torch", "torchscript", "safetensors", "numpy"))] = "auto"
+    format: Annotated[str, BeforeValidator(choice("auto", "pickle", "torch", "torchscript", "safetensors", "numpy"))] = "auto"
     args: Mapping = {}
     storage_options: Mapping = {}
     generate: GenerateSpec | None = None  # with a local `path`: make the file on first use
@@ -355,7 +116,7 @@ class PredictSpec(_Spec):
 
     fn: Ref | None = None
     batch_size: PositiveInt = 65536
-    batch_format: Annotated[str, BeforeValidator(_choice(*BATCH_FORMATS))] = "pandas"
+    batch_format: Annotated[str, BeforeValidator(choice(*BATCH_FORMATS))] = "pandas"
     keep_columns: StrList = []
     timeout: Duration | None = None
     output_column: Str = "prediction"
@@ -365,7 +126,7 @@ class SinkSpec(_Spec):
     parquet: Str | None = None
     csv: Str | None = None
     jsonl: Str | None = None
-    mode: Annotated[str, BeforeValidator(_choice(*SINK_MODES))] = "resume"
+    mode: Annotated[str, BeforeValidator(choice(*SINK_MODES))] = "resume"
     storage_options: Mapping = {}
 
     @model_validator(mode="after")
@@ -395,12 +156,12 @@ class RuntimeSpec(_Spec):
     address: Str | None = None
     max_in_flight: PositiveInt | None = None
     max_retries: NonNegativeInt = 3
-    on_error: Annotated[str, BeforeValidator(_choice(*ON_ERROR))] = "fail"
+    on_error: Annotated[str, BeforeValidator(choice(*ON_ERROR))] = "fail"
     # Consecutive stateless stages with the same resources run as one task per shard (false: one
     # task per stage, blocks through the object store between them; for comparing).
     fuse: bool = True
     # "inline" runs every shard in the driver, one at a time: for debugging (pdb, prints).
-    backend: Annotated[str, BeforeValidator(_choice("core", "inline"))] = "core"
+    backend: Annotated[str, BeforeValidator(choice("core", "inline"))] = "core"
 
 
 class StageSpec(_Spec):
@@ -410,15 +171,15 @@ class StageSpec(_Spec):
     **fn_constructor_kwargs)`, then called `obj(batch, *fn_args, **fn_kwargs)`)."""
 
     name: Str
-    fn: Annotated[Any, BeforeValidator(_stage_fn)]
+    fn: StageFn
     model: ModelSpec | None = None
     fn_args: ArgList = []
     fn_kwargs: Mapping = {}
     fn_constructor_args: ArgList = []
     fn_constructor_kwargs: Mapping = {}
     batch_size: PositiveInt | None = None
-    batch_format: Annotated[str, BeforeValidator(_choice(*STAGE_BATCH_FORMATS))] = "numpy"
-    concurrency: Annotated[Any, BeforeValidator(_concurrency)] = None
+    batch_format: Annotated[str, BeforeValidator(choice(*STAGE_BATCH_FORMATS))] = "numpy"
+    concurrency: Concurrency = None
     num_cpus: Amount = None
     num_gpus: Amount = None
     resources: Resources = {}
@@ -437,191 +198,7 @@ class PipelineSpec(_Spec):
     sink: SinkSpec | None = None
     runtime: RuntimeSpec = RuntimeSpec()
     # One line per shard in the --verbose listing, formatted with {shard}, {rows} and {sum[column]}.
-    report: Annotated[str | None, BeforeValidator(_report)] = None
-
-
-# ---------------------------------------------------------------------------------------------
-# YAML with positions
-
-
-@dataclass(frozen=True)
-class Mark:
-    origin: str
-    line: int | None = None
-    column: int | None = None
-
-
-Path = tuple  # of str | int
-
-
-class Positions:
-    """Where each key path came from: a line in the file, or a `--set` override."""
-
-    def __init__(self, origin: str | None = None):
-        self.origin = origin
-        self.marks: dict[Path, Mark] = {}
-        self.overrides: dict[Path, Mark] = {}
-
-    def locate(self, path: Path) -> Mark | None:
-        for n in range(len(path), -1, -1):
-            prefix = tuple(path[:n])
-            if prefix in self.overrides:
-                return self.overrides[prefix]
-            if prefix in self.marks:
-                return self.marks[prefix]
-        return Mark(self.origin) if self.origin else None
-
-
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class _Builder:
-    """Node tree -> plain Python data, recording each key path's position and interpolating
-    environment variables in scalars. Problems are collected, not raised."""
-
-    def __init__(self, origin: str, env: dict[str, str]):
-        self.origin = origin
-        self.env = env
-        self.positions = Positions(origin)
-        self.issues: list[SpecIssue] = []
-
-    def mark(self, node: yaml.Node) -> Mark:
-        return Mark(self.origin, node.start_mark.line + 1, node.start_mark.column + 1)
-
-    def issue(self, path: Path, node: yaml.Node, message: str) -> None:
-        m = self.mark(node)
-        self.issues.append(SpecIssue(message, dotted(path), m.origin, m.line, m.column))
-
-    def build(self, node: yaml.Node, path: Path) -> Any:
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            out = []
-            for i, item in enumerate(node.value):
-                self.positions.marks[path + (i,)] = self.mark(item)
-                out.append(self.build(item, path + (i,)))
-            return out
-        return self._scalar(node, path)
-
-    def _mapping(self, node: yaml.MappingNode, path: Path) -> dict:
-        out: dict = {}
-        merged: dict = {}
-        for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`
-                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
-                for src in sources:
-                    value = self.build(src, path)
-                    if isinstance(value, dict):
-                        for k, v in value.items():
-                            merged.setdefault(k, v)
-                continue
-            key = self._scalar(key_node, path)
-            if not isinstance(key, (str, int)):
-                self.issue(path, key_node, f"keys must be names, got {show(key)}")
-                continue
-            key = str(key)
-            if key in out:
-                self.issue(path + (key,), key_node, "duplicate key (the earlier value would be ignored)")
-            self.positions.marks[path + (key,)] = self.mark(key_node)
-            out[key] = self.build(value_node, path + (key,))
-        for k, v in merged.items():
-            out.setdefault(k, v)
-        return out
-
-    def _scalar(self, node: yaml.Node, path: Path) -> Any:
-        if "${" in node.value and node.tag == "tag:yaml.org,2002:str":
-            text, ok = self._interpolate(node, path)
-            if not ok:
-                return node.value
-            if node.style is None:  # plain scalar: `batch_size: ${BS:-1024}` becomes an int
-                try:
-                    typed = yaml.safe_load(text)
-                except yaml.YAMLError:
-                    return text
-                return typed if isinstance(typed, (int, float, bool, str)) or typed is None else text
-            return text
-        return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
-
-    def _interpolate(self, node: yaml.Node, path: Path) -> tuple[str, bool]:
-        missing: list[str] = []
-
-        def sub(m: re.Match) -> str:
-            name, default = m.group(1), m.group(2)
-            if name in self.env:
-                return self.env[name]
-            if default is not None:
-                return default
-            missing.append(name)
-            return m.group(0)
-
-        text = _ENV.sub(sub, node.value)
-        for name in missing:
-            self.issue(path, node, f"environment variable {name} is not set; set it or give a "
-                                   f"default as ${{{name}:-value}}")
-        return text, not missing
-
-
-def load_yaml(text: str, origin: str, env: dict[str, str] | None = None) -> tuple[Any, Positions, list[SpecIssue]]:
-    """Parse YAML text into (data, positions, issues). Syntax errors become one issue each."""
-    builder = _Builder(origin, dict(os.environ) if env is None else env)
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        why = " ".join(p for p in (exc.context, exc.problem) if p)
-        issue = SpecIssue(f"invalid YAML: {why}", "", origin,
-                          mark.line + 1 if mark else None, mark.column + 1 if mark else None)
-        return None, builder.positions, [issue]
-    except yaml.YAMLError as exc:
-        return None, builder.positions, [SpecIssue(f"invalid YAML: {exc}", "", origin)]
-    if root is None:
-        return None, builder.positions, [SpecIssue("the file is empty; a pipeline needs at least "
-                                                   "source and model", "", origin, 1)]
-    data = builder.build(root, ())
-    return data, builder.positions, builder.issues
-
-
-def apply_overrides(data: dict, overrides: list[str], positions: Positions) -> list[SpecIssue]:
-    """Apply `a.b=c` overrides in place; `c` is read as YAML (`5` is an int, `[a, b]` a list)."""
-    issues = []
-    for item in overrides or []:
-        key, eq, raw = item.partition("=")
-        key = key.strip()
-        origin = f"--set {item}"
-        if not eq or not key or any(not p for p in key.split(".")):
-            issues.append(SpecIssue("expected key.path=value, e.g. predict.batch_size=1024", "", "--set " + item))
-            continue
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            issues.append(SpecIssue(f"the value is not valid YAML ({exc.__class__.__name__})", key, origin))
-            continue
-        parts: list = key.split(".")
-        node: Any = data
-        path: Path = ()
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                part = int(part)
-            elif not isinstance(node, dict):
-                issues.append(SpecIssue(f"cannot set a key inside {show(node)}", dotted(path), origin))
-                break
-            path += (part,)
-            if last:
-                node[part] = value
-                positions.overrides[path] = Mark(origin)
-            else:
-                if isinstance(node, dict) and not isinstance(node.get(part), (dict, list)):
-                    node[part] = {}
-                node = node[part]
-    return issues
-
-
-def dotted(path: Path) -> str:
-    out = ""
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
+    report: ReportFormat = None
 
 
 # ---------------------------------------------------------------------------------------------
