@@ -463,9 +463,9 @@ FOREVER_S = 1e9
 
 def test_deferred_records_share_a_manifest_write_and_reach_it_on_close(dest: Destination,
                                                                        monkeypatch):
-    from connectors import sinks
+    from connectors import _file_sink
 
-    monkeypatch.setattr(sinks, "MANIFEST_DELAY_S", FOREVER_S)
+    monkeypatch.setattr(_file_sink, "MANIFEST_DELAY_S", FOREVER_S)
     sink = open_sink(dest.uri)
     stager = sink.stager("t")
     sink.commit_staged(stager.write(0, small_table(0, 2)), defer_manifest=True)  # first: written
@@ -497,10 +497,10 @@ def wait_for_manifest(dest: Destination, want: dict[int, int]) -> None:
 
 def test_a_deferred_record_reaches_the_manifest_with_no_later_commit_or_close(
         dest: Destination, monkeypatch):
-    from connectors import sinks
+    from connectors import _file_sink
 
     # Long enough that the second commit surely comes within it of the first manifest write
-    monkeypatch.setattr(sinks, "MANIFEST_DELAY_S", 1.0)
+    monkeypatch.setattr(_file_sink, "MANIFEST_DELAY_S", 1.0)
     sink = open_sink(dest.uri)
     stager = sink.stager("t")
     first, second = stager.write(0, small_table(0, 2)), stager.write(1, small_table(0, 3))
@@ -514,9 +514,9 @@ def test_a_deferred_record_reaches_the_manifest_with_no_later_commit_or_close(
 
 def test_commits_from_several_threads_all_reach_the_manifest_and_never_vanish(
         tmp_path: Path, monkeypatch):
-    from connectors import sinks
+    from connectors import _file_sink
 
-    monkeypatch.setattr(sinks, "MANIFEST_DELAY_S", 0.002)  # the flusher writes all the time
+    monkeypatch.setattr(_file_sink, "MANIFEST_DELAY_S", 0.002)  # the flusher writes all the time
     sink = open_sink(str(tmp_path / "out"))
     stager = sink.stager("t")
     staged = [stager.write(i, small_table(0, i % 5)) for i in range(120)]
@@ -550,9 +550,9 @@ def test_commits_from_several_threads_all_reach_the_manifest_and_never_vanish(
 
 def test_a_failed_flusher_write_keeps_the_records_and_tries_again(tmp_path: Path,
                                                                    monkeypatch):
-    from connectors import sinks
+    from connectors import _file_sink
 
-    monkeypatch.setattr(sinks, "MANIFEST_DELAY_S", 0.5)
+    monkeypatch.setattr(_file_sink, "MANIFEST_DELAY_S", 0.5)
     dest = Destination(str(tmp_path / "out"), list, lambda name: b"")
     sink = open_sink(dest.uri)
     stager = sink.stager("t")
