@@ -81,13 +81,13 @@ def test_live_stage_line_marks():
 def _record_forwards_stage_updates() -> bool:
     import inspect
 
-    from dataflow import Pipeline
+    from dataflow._run import record_event
 
-    return "StagesUpdate" in inspect.getsource(Pipeline._record)
+    return "StagesUpdate" in inspect.getsource(record_event)
 
 
 @pytest.mark.skipif(not _record_forwards_stage_updates(),
-                    reason="Pipeline._record does not hand StagesUpdate to the progress yet (STAGES report)")
+                    reason="_run.record_event does not hand StagesUpdate to the progress yet (STAGES report)")
 def test_pipeline_run_with_verbose_progress_prints_live_stage_lines(tmp_path):
     data = helpers.make_dataset(tmp_path / "data", shards=8, rows=100)
     out = io.StringIO()
