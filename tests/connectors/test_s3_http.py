@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from connectors import StorageError, make_nyc_taxi_shards, open_sink, plan_shards, read_shard
-from connectors import sources
+from connectors import _planning
 from connectors.storage import MAX_ATTEMPTS
 
 from .conftest import small_table, upload_files
@@ -142,7 +142,7 @@ def test_persistent_slowdown_raises_storage_error_after_bounded_retries(s3_datas
 
 def test_planning_many_files_fetches_each_footer_with_one_get_and_no_head(s3_dataset, flaky,
                                                                           monkeypatch):
-    monkeypatch.setattr(sources, "_S3_FRAGMENT_FOOTERS_FROM", 3)  # 3 files count as many
+    monkeypatch.setattr(_planning, "_S3_FRAGMENT_FOOTERS_FROM", 3)  # 3 files count as many
     flaky.requests.clear()
 
     shards = plan_shards(s3_dataset, storage_options={"endpoint_url": flaky.url})

@@ -10,7 +10,7 @@ import pytest
 
 from connectors import (SchemaError, SourceError, StorageError, iter_batches, plan_shards,
                         read_shard)
-from connectors import sources
+from connectors import _planning
 
 from .conftest import small_table, upload_files, write_files
 
@@ -18,8 +18,8 @@ from .conftest import small_table, upload_files, write_files
 @pytest.fixture
 def sampled(monkeypatch):
     """Plans of 6+ S3 files read 3 footers (files 0, 2 and 5 of 6) and estimate the rest."""
-    monkeypatch.setattr(sources, "_SAMPLE_FOOTERS_FROM", 6)
-    monkeypatch.setattr(sources, "_FOOTER_SAMPLE", 3)
+    monkeypatch.setattr(_planning, "_SAMPLE_FOOTERS_FROM", 6)
+    monkeypatch.setattr(_planning, "_FOOTER_SAMPLE", 3)
 
 
 def test_prefix_plans_one_shard_per_object_with_sizes_from_the_listing(s3_dataset, s3_bucket):
