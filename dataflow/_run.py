@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .spec import PipelineSpec
 
 
-# -- the spec as a run reads it ---------------------------------------------------------------
+# -- the spec as a run reads it ----------------------------------------------------------------
 def read_columns(spec: PipelineSpec) -> list[str] | None:
     """The source's columns to read: the model's and the kept ones (None: all)."""
     src, pred = spec.source, spec.predict
@@ -150,10 +150,11 @@ class Execution:
 
     def _execute_stages(self, shards: list, payload_refs: list) -> Iterator[Any]:
         """Stages: one task per shard when every stage fuses, else the streaming executor."""
+        from ._stream_state import segment_deadline, task_options
         from ._task import SegmentTask, run_segment
         from .executor import Executor, default_max_in_flight
         from .plan import actor_cpus, compile_stages, pool_bounds, segments, starved_stages, task_cpus
-        from .streaming import StreamExecutor, segment_deadline
+        from .streaming import StreamExecutor
 
         s, backend, token, stager, order_window = self.spec, self.backend, self.token, self.stager, self.order_window
         rt, src = s.runtime, s.source
@@ -177,10 +178,8 @@ class Execution:
             seg = segs[0]
             if isinstance(seg.head.concurrency, int):
                 max_in_flight = seg.head.concurrency
-            from .streaming import _task_options
-
             shared = tuple(fut.result() for fut in seg_payloads[0])  # every stage runs in each task
-            executor = Executor(backend=backend, fn=run_segment, options=_task_options(seg),
+            executor = Executor(backend=backend, fn=run_segment, options=task_options(seg),
                                 make_args=lambda sh: make_task(sh, seg),
                                 model_ref=None, shared=shared, max_in_flight=max_in_flight,
                                 max_retries=rt.max_retries, fail_fast=rt.on_error == "fail",
@@ -326,7 +325,7 @@ def feed(recorder: Any, event: Any) -> None:
     worker's seconds place it, ending when the driver learnt of it); a retried or failed attempt
     one block under the pipeline's last stage (the event does not say which stage failed)."""
     from .executor import ShardDone, ShardFailed, ShardRetry
-    from .streaming import stage_blocks
+    from ._stream_state import stage_blocks
 
     sh = event.shard
     if isinstance(event, ShardDone):
