@@ -255,7 +255,7 @@ class Pipeline:
                 self.last_stages = self._stage_report() if self.spec.stages else []
                 recorder.finish("done")
 
-    # -- the run's machinery (dataflow/_run.py, dataflow/_model_put.py) -----------------------
+    # -- the run's machinery (dataflow/_run.py, dataflow/_model_put.py) ---------------------
     @contextlib.contextmanager
     def _session(self, trace: str | os.PathLike | None = None) -> Iterator[Any]:
         """A started backend for the whole run (`_run.start_backend`: it starts first, so that
