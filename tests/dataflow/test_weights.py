@@ -187,3 +187,17 @@ def test_a_run_maps_the_file_in_every_worker(tmp_path, kind):
     assert out["mapped"].all() and out["pid"].ne(os.getpid()).all()
     assert np.allclose(out["total"], float(W.astype(np.float64).sum() + B.sum()))
     assert sorted(out["y"]) == sorted(out["id"] % 7 * 2)
+
+
+@pytest.mark.parametrize("path, wanted", [("w.safetensors", {"torch", "safetensors.torch"}),
+                                          ("w.pt", {"torch"}), ("w.npz", set())])
+def test_the_workers_import_what_maps_the_weights_once_before_forking(tmp_path, path, wanted):
+    """What maps a weights file is imported by the zygote, once, not by each worker into its own
+    memory (a safetensors file is mapped through torch when it is installed)."""
+    from dataflow._run import worker_modules
+    from dataflow.spec import from_python
+
+    spec = from_python(source=str(tmp_path), model={"path": str(tmp_path / path)},
+                       predict={"fn": "tests.dataflow.test_weights:Probe"}, sink=str(tmp_path / "out"))
+    mods = set(worker_modules(spec))
+    assert wanted <= mods and not ({"torch", "safetensors.torch"} - wanted) & mods
