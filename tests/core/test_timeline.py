@@ -8,9 +8,11 @@ against the trace-event schema below (what Perfetto and chrome://tracing read).
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import os
+import time
 from collections import deque
 from types import SimpleNamespace
 
@@ -85,12 +87,17 @@ def _tid(n: int) -> bytes:
 
 
 # ── the conversion, pure ──────────────────────────────────────────────────────────────────────
+def _end(t, task_id, name, wid, sent, seconds, error=None, out=None, sent_bytes=40, submit=None, submitter=None,
+         kind="task"):
+    """An END record (timeline.py: the attempt's fields, then seconds, error, result bytes)."""
+    return (TL.END, t, task_id, name, kind, wid, submit, submitter, sent, sent_bytes, seconds, error, out)
+
+
 def test_a_batch_sent_at_once_lines_up_on_its_worker_lane():
     t0 = 100.0
-    events = [(TL.SUBMIT, 100.001, _tid(1), "f", None), (TL.SUBMIT, 100.002, _tid(2), "f", None),
-              (TL.START, 100.010, _tid(1), "f", "task", 7, 40), (TL.START, 100.010, _tid(2), "f", "task", 7, 40),
-              (TL.END, 100.020, _tid(1), 7, 0.002, None, 24), (TL.END, 100.020, _tid(2), 7, 0.003, None, None)]
-    out = TL.chrome_events(events, {7: TL.Lane(4242, "worker 4242")}, driver_pid=1, t0=t0, now=101.0)
+    records = [_end(100.020, _tid(1), "f", 7, 100.010, 0.002, out=24, submit=100.001),
+               _end(100.020, _tid(2), "f", 7, 100.010, 0.003, submit=100.002)]
+    out = TL.chrome_events(records, {7: TL.Lane(4242, "worker 4242")}, driver_pid=1, t0=t0, now=101.0)
     bars = [e for e in out if e["ph"] == "X"]
     assert [(b["pid"], b["ts"], b["dur"]) for b in bars] == [(4242, 10000.0, 2000.0), (4242, 12000.0, 3000.0)]
     assert bars[0]["args"] == {"task_id": _tid(1).hex(), "function": "f", "kind": "task", "outcome": "ok",
@@ -106,50 +113,58 @@ def test_a_batch_sent_at_once_lines_up_on_its_worker_lane():
 
 def test_a_bar_never_outlasts_its_result_nor_starts_before_it_was_sent():
     # The worker says it ran 5 s, the result came 1 ms after sending: the bar ends at the result.
-    events = [(TL.START, 1.0, _tid(1), "f", "task", 0, 0), (TL.END, 1.001, _tid(1), 0, 5.0, None, None)]
-    [bar] = [e for e in TL.chrome_events(events, {}, 1, 0.0, 2.0) if e["ph"] == "X"]
+    records = [_end(1.001, _tid(1), "f", 0, 1.0, 5.0, sent_bytes=0)]
+    [bar] = [e for e in TL.chrome_events(records, {}, 1, 0.0, 2.0) if e["ph"] == "X"]
     assert bar["ts"] == 1_000_000.0 and bar["dur"] == pytest.approx(1000.0)
 
 
 def test_retries_deaths_and_running_tasks_are_marked():
     lanes = {0: TL.Lane(10, "worker 10"), 1: TL.Lane(11, "worker 11"), 2: TL.Lane(12, "actor C 12")}
-    events = [
-        (TL.START, 1.0, _tid(1), "flaky", "task", 0, 8), (TL.END, 1.5, _tid(1), 0, 0.5, "ValueError: no", None),
+    records = [
+        _end(1.5, _tid(1), "flaky", 0, 1.0, 0.5, "ValueError: no", sent_bytes=8, submit=0.9),
         (TL.RETRY, 1.5, _tid(1)),
-        (TL.START, 1.6, _tid(1), "flaky", "task", 1, 8), (TL.END, 1.7, _tid(1), 1, 0.1, None, 8),
-        (TL.START, 2.0, _tid(2), "boom", "task", 1, 8), (TL.DIED, 2.5, _tid(2), 1, "retry"),
-        (TL.START, 2.6, _tid(2), "boom", "task", 0, 8), (TL.DIED, 2.7, _tid(2), 0, "fail"),
-        (TL.START, 3.0, _tid(3), "C.m", "actor_method", 2, 8),
+        _end(1.7, _tid(1), "flaky", 1, 1.6, 0.1, out=8, sent_bytes=8, submit=0.9),
+        (TL.DIED, 2.5, _tid(2), "boom", "task", 1, 1.9, None, 2.0, 8, "retry"),
+        (TL.DIED, 2.7, _tid(2), "boom", "task", 0, 1.9, None, 2.6, 8, "fail"),
+        (TL.START, 3.0, _tid(3), "C.m", "actor_method", 2, 2.9, None, 3.0, 8),      # still running
+        (TL.SUBMIT, 3.5, _tid(4), "g", None),                                       # not sent yet
     ]
-    bars = [e for e in TL.chrome_events(events, lanes, 1, 0.0, now=4.0) if e["ph"] == "X"]
+    out = TL.chrome_events(records, lanes, 1, 0.0, now=4.0)
+    bars = [e for e in out if e["ph"] == "X"]
     got = [(b["name"], b["pid"], b["args"]["attempt"], b["args"]["outcome"]) for b in bars]
     assert got == [("flaky", 10, 1, "retried"), ("flaky", 11, 2, "ok"), ("boom", 11, 1, "worker died, retried"),
                    ("boom", 10, 2, "worker died"), ("C.m", 12, 1, "running")]
     assert bars[0]["args"]["error"] == "ValueError: no"
     assert bars[-1]["dur"] == pytest.approx(1e6)      # still running: up to the call
+    # one submit mark per task, not per attempt; one for the task not sent yet
+    assert [(e["name"], e["ts"]) for e in out if e["ph"] == "i"] == [
+        ("submit flaky", 0.9e6), ("submit boom", 1.9e6), ("submit C.m", 2.9e6), ("submit g", 3.5e6)]
 
 
-def test_a_task_taken_back_before_it_ran_has_no_bar():
-    # Sent behind a busy worker, reclaimed, then sent again elsewhere: one bar, attempt 1.
-    events = [(TL.START, 1.0, _tid(1), "f", "task", 0, 0), (TL.START, 2.0, _tid(1), "f", "task", 1, 0),
-              (TL.END, 2.5, _tid(1), 1, 0.1, None, None)]
-    bars = [e for e in TL.chrome_events(events, {}, 1, 0.0, 3.0) if e["ph"] == "X"]
-    assert [(b["pid"], b["args"]["attempt"]) for b in bars] == [(-2, 1)]   # worker #1 (no pid known)
+def test_a_task_taken_back_before_it_ran_has_one_bar_where_it_ran():
+    # Sent to worker 0 behind a busy task, reclaimed, then sent again to worker 1: the carrier's
+    # second sending replaced the first on the task, so its END has one bar, attempt 1.
+    records = [_end(2.5, _tid(1), "f", 1, 2.0, 0.1, sent_bytes=0)]
+    bars = [e for e in TL.chrome_events(records, {}, 1, 0.0, 3.0) if e["ph"] == "X"]
+    assert [(b["pid"], b["args"]["attempt"], b["args"]["sent_us"]) for b in bars] == [(-2, 1, 2e6)]  # worker #1
 
 
-def test_the_decisions_record_submit_end_retry_and_death_when_on():
+def test_the_decisions_record_one_record_per_attempt_when_on():
     board = B.Board(ResourceLedger({"CPU": 2.0}), {}, pool_size=2, max_workers=8)
-    B.register(board, Task(_tid(1), "task", "f", b"fn", ("inline", b""), [], [], [_tid(1)]))
-    assert board.timeline is None          # off: nothing kept anywhere
-    board.timeline = rec = TL.Recorder(max_events=100)
+    off = Task(_tid(1), "task", "f", b"fn", ("inline", b""), [], [], [_tid(1)])
+    B.register(board, off)
+    assert board.timeline is None and not hasattr(off, "t_submit")   # off: nothing kept anywhere
+    board.timeline = rec = TL.Recorder(max_records=100)
     worker = _Worker(wid=3, actor_id=None, inflight=deque(), held_need={}, holding=False, blocked=0,
                      proc=SimpleNamespace(pid=99))
     task = Task(_tid(2), "task", "g", b"fn", ("inline", b""), [], [], [_tid(2)], max_retries=1,
                 retry_exceptions=True)
     B.register(board, task)
+    assert task.t_submit > 0 and task.submitter is None and rec.records() == []   # noted on the task
     B.enqueue(board, task)
     board.queue.clear()
     task.state = "running"
+    task.t_sent, task.sent_bytes = task.t_submit + 0.001, 7       # what the carrier notes as it sends
     worker.inflight.append(task)
     B.finished(board, worker, task.task_id, TaskError("g", ValueError("bad"), "tb"), 0.25)
     worker.inflight.append(task)
@@ -159,18 +174,28 @@ def test_the_decisions_record_submit_end_retry_and_death_when_on():
     task.state = "running"
     worker.inflight.append(task)
     B.worker_died(board, worker, "signal 9", closing=True)
-    kinds = [e[0] for e in rec.events]
-    assert kinds == [TL.SUBMIT, TL.END, TL.END, TL.RETRY, TL.DIED]
-    assert rec.events[1][2:5] == (task.task_id, 3, 0.25) and rec.events[1][5].startswith("ValueError")
-    assert rec.events[1][6] is None and rec.events[2][5:] == (None, 3 + 4096)   # results' bytes
-    assert rec.events[4][4] == "fail"
+    records = rec.records()
+    assert [e[0] for e in records] == [TL.END, TL.END, TL.RETRY, TL.DIED]
+    attempt = (task.task_id, "g", "task", 3, task.t_submit, None, task.t_sent, 7)
+    assert records[0][2:10] == attempt and records[0][10] == 0.25 and records[0][11].startswith("ValueError")
+    assert records[0][12] is None and records[1][11:] == (None, 3 + 4096)   # results' bytes
+    assert records[3][2:10] == attempt and records[3][10] == "fail"
 
 
-def test_the_recorder_is_bounded():
-    rec = TL.Recorder(max_events=3)
+def test_the_recorder_is_bounded_and_out_of_the_collectors_way():
+    rec = TL.Recorder(max_records=3)
     for i in range(10):
-        rec.events.append((TL.SUBMIT, float(i), _tid(i), "f", None))
-    assert [e[1] for e in rec.events] == [7.0, 8.0, 9.0]
+        rec.add((TL.RETRY, float(i), _tid(i)))
+    assert [e[1] for e in rec.records()] == [7.0, 8.0, 9.0]
+    rec = TL.Recorder(max_records=5 * TL.CHUNK // 2)
+    for i in range(10 * TL.CHUNK):
+        rec.add((TL.RETRY, float(i), _tid(i)))
+    kept = rec.records()
+    assert len(kept) == rec.max_records and kept[-1][1] == 10 * TL.CHUNK - 1 and len(rec.recent) < TL.CHUNK
+    gc.collect()    # records are untracked by the first collection that sees them, a chunk by the
+    gc.collect()    # first that sees its records untracked (the second at most)
+    # so the collector's full collections visit the few sealed chunks, not each record
+    assert not gc.is_tracked(kept[0]) and not any(gc.is_tracked(c) for c in rec.chunks)
 
 
 # ── real sessions ─────────────────────────────────────────────────────────────────────────────
@@ -264,6 +289,39 @@ def test_submits_inside_a_task_are_marked_on_that_workers_lane(make_session):
     assert [e["pid"] for e in submits] == [pid] * 3
 
 
+def test_a_running_task_is_a_running_bar_and_a_waiting_one_a_submit_mark(make_session, tmp_path):
+    make_session(num_cpus=1, timeline=True)
+    gate = tmp_path / "gate"
+
+    @core.remote
+    def held(path):
+        for _ in range(3000):              # until the test opens the gate (30 s at most)
+            if os.path.exists(path):
+                return 1
+            time.sleep(0.01)
+        return 0
+
+    @core.remote
+    def after(x):
+        return x + 1
+
+    first = held.remote(str(gate))
+    second = after.remote(first)           # waits for its argument: submitted, never sent yet
+    for _ in range(500):                   # until `held` is on its worker
+        running = [e for e in core.timeline() if e["ph"] == "X"]
+        if running:
+            break
+        time.sleep(0.01)
+    events = core.timeline()
+    assert [(e["name"], e["args"]["outcome"]) for e in events if e["ph"] == "X"] == [("held", "running")]
+    assert sorted(e["name"] for e in events if e["ph"] == "i") == ["submit after", "submit held"]
+    gate.touch()
+    assert core.get(second) == 2
+    events = core.timeline()
+    assert [(e["name"], e["args"]["outcome"]) for e in events if e["ph"] == "X"] == [("held", "ok"), ("after", "ok")]
+    assert sorted(e["name"] for e in events if e["ph"] == "i") == ["submit after", "submit held"]   # once each
+
+
 def test_timeline_off_records_nothing_and_says_how_to_turn_it_on(make_session):
     make_session(num_cpus=1)                # off by default
     assert current().board.timeline is None
@@ -285,7 +343,7 @@ def test_a_number_bounds_the_events_kept(make_session):
         return 1
 
     core.get([f.remote() for _ in range(10)])
-    assert len(current().board.timeline.events) == 5
+    assert len(current().board.timeline.records()) == 5
 
 
 @pytest.mark.parametrize("bad", [0, -1, "yes", 2.5])

@@ -9,14 +9,15 @@
 
 What a dispatch cannot send after all goes back: arguments that no longer fit (`NoRoomNow`, or
 admission says wait) to the head of the queue, a lost argument to its rebuild, a failed one
-fails the task. With the session's timeline on, each task sent is recorded
-(`tasks/timeline.py`: START, with its worker and its arguments' bytes).
+fails the task. With the session's timeline on, each task sent notes when it was sent and its
+arguments' bytes (`tasks/timeline.py`: read back by its END record).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from itertools import islice
 from time import monotonic
 from typing import Any
 
@@ -28,7 +29,6 @@ from core._private.tasks.board import Board, requeue_front
 from core._private.tasks.resources import unhold
 from core._private.tasks.scheduler import Admission, admit
 from core._private.tasks.state import Task
-from core._private.tasks.timeline import START
 from core._private.tasks.transitions import (Dispatch, Fail, Interrupt, KillWorker, Reclaim, Reply, Spawn,
                                              StopWorker, transition)
 from core.exceptions import ObjectLostError
@@ -132,16 +132,19 @@ class Carrier:
             unhold(board.ledger, worker, board.owing)
 
     def _record(self, worker: WorkerProc, msgs: list) -> None:
-        """The timeline's START of each task just sent (one clock read for the batch)."""
+        """For the timeline: on each task just sent, when (one clock read for the batch) and its
+        arguments' bytes. The batch's tasks are the last ones appended to the worker's inflight,
+        one per message, in order."""
         rec = self.board.timeline
         rec.workers.setdefault(worker.wid, worker)
+        if len(rec.recent) >= rec.seal_at:   # END records are appended without this check
+            rec.seal()
         now = monotonic()
-        wid = worker.wid
-        append = rec.events.append
-        for m in msgs:
+        inflight = worker.inflight
+        for m, task in zip(msgs, islice(inflight, len(inflight) - len(msgs), None)):
+            task.t_sent = now
             a = m["args"]         # the common case inline: small arguments, no ref among them
-            size = len(a[1]) if a[0] == "inline" and not a[2] else arg_bytes(a)
-            append((START, now, m["task_id"], m["name"], m["kind"], wid, size))
+            task.sent_bytes = len(a[1]) if not a[2] and a[0] == "inline" else arg_bytes(a)
 
     def _send_functions(self, worker: WorkerProc, batch: list[Task]) -> None:
         """The functions the worker has not seen yet, once each, before the tasks using them."""

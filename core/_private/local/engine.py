@@ -95,8 +95,8 @@ class LocalEngine:
         self.workers = self.pool.workers       # wid -> WorkerProc, kept by the pool
         self.board = B.Board(self.resources, self.workers, pool_size=max(1, int(cpus)),
                              max_workers=max(4, int(cpus) * 4))
-        if timeline:   # True: the default bound; a number: that many events at most
-            self.board.timeline = TL.Recorder(TL.DEFAULT_MAX_EVENTS if timeline is True else int(timeline))
+        if timeline:   # True: the default bound; a number: the last that many task attempts
+            self.board.timeline = TL.Recorder(TL.DEFAULT_MAX_RECORDS if timeline is True else int(timeline))
         self.table = ObjectTable(self.board, self.store, self.cond, self.pool.wake)
         self.locked = _Locked(self._lock, self.table.apply_ref_events)
         self.carrier = Carrier(self.board, self.table, self.store, self.pool)
@@ -438,11 +438,11 @@ class LocalEngine:
         if rec is None:
             raise CoreError("this session records no timeline (off by default): core.init(timeline=True)")
         with self.locked:
-            events, workers = list(rec.events), list(rec.workers.values())
+            records, workers = rec.snapshot(self.workers.values(), self.board.tasks.values())
             actors = {aid: a.name for aid, a in self.board.actors.items()}
         # pids read outside the lock (a zygote's child may be forking)
         lanes = TL.lanes([(w.wid, w.proc.pid, w.actor_id) for w in workers], actors)
-        out = TL.chrome_events(events, lanes, os.getpid(), rec.t0, time.monotonic())
+        out = TL.chrome_events(records, lanes, os.getpid(), rec.t0, time.monotonic())
         if path is not None:
             TL.write_trace(path, out)
         return out

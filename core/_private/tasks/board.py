@@ -9,8 +9,8 @@ scheduling (that is `scheduler.plan`).
 Each function changes the records it is handed (`Board`, tasks, workers' scheduling fields)
 and returns the instructions (`transitions.py`) the I/O layer must carry out. None sends,
 spawns, signals or touches the object store. With the session's timeline on
-(`board.timeline`, `timeline.Recorder`) submit, DONE, retry and death also append one tuple to
-it: the only clock these decisions read.
+(`board.timeline`, `timeline.Recorder`) a submit notes its time on the task, and a DONE, a retry
+or a death while running adds one record to it: the only clock these decisions read.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Literal
 from core._private.tasks.resources import ResourceLedger, unhold
 from core._private.tasks.retry import retry_decision, spend_retry
 from core._private.tasks.state import Actor, Obj, Stream, Task
-from core._private.tasks.timeline import DIED, END, RETRY, SUBMIT, Recorder, error_text, result_bytes
+from core._private.tasks.timeline import DIED, END, RETRY, Recorder, attempt, error_text, result_bytes
 from core._private.tasks.transitions import Interrupt, Reclaim, Spawn, transition
 from core.exceptions import ActorDiedError, TaskCancelledError, WorkerCrashedError
 
@@ -65,12 +65,13 @@ def register(board: Board, task: Task, owner: Any = None) -> list:
         board.by_return[oid] = task
     board.tasks[task.task_id] = task
     rec = board.timeline
-    if rec is not None:
-        wid = None
-        if owner is not None:
-            wid = owner.wid
-            rec.workers.setdefault(wid, owner)
-        rec.events.append((SUBMIT, monotonic(), task.task_id, task.name, wid))
+    if rec is not None:            # read back by its END record (timeline.py)
+        task.t_submit = monotonic()
+        if owner is None:
+            task.submitter = None
+        else:
+            task.submitter = owner.wid
+            rec.workers.setdefault(owner.wid, owner)
     if task.streaming:
         board.streams[task.task_id] = Stream()
     if task.kind == "actor_method":
@@ -141,15 +142,25 @@ def finished(board: Board, worker: Any, task_id: bytes, error: Any, seconds: flo
     """A worker reports a task done: take it off the worker, note its time, give back what it
     held. Returns the task (None if nobody waits for it any more). `results`: the DONE's result
     locations, read only for the timeline (their sizes)."""
-    rec = board.timeline
-    if rec is not None:
-        rec.events.append((END, monotonic(), task_id, worker.wid, seconds,
-                           None if error is None else error_text(error), result_bytes(results)))
     inflight = worker.inflight
     if inflight and inflight[0].task_id == task_id:
-        inflight.popleft()
+        ran = inflight.popleft()
     else:
+        ran = next((t for t in inflight if t.task_id == task_id), None)
         worker.inflight = inflight = deque(t for t in inflight if t.task_id != task_id)
+    rec = board.timeline
+    if rec is not None and ran is not None:    # the attempt's one record (timeline.py: END)
+        try:
+            t_submit, submitter = ran.t_submit, ran.submitter
+        except AttributeError:                 # an actor's constructor: never submitted as a task
+            t_submit = submitter = None
+        try:
+            (loc, _), = results                # one result (the hot path: no call)
+            out = len(loc[1]) if loc[0] == "inline" else loc[-1]
+        except (TypeError, ValueError):        # an error's None, a stream's count, several results
+            out = result_bytes(results)
+        rec.recent.append((END, monotonic(), task_id, ran.name, ran.kind, worker.wid, t_submit, submitter,
+                           ran.t_sent, ran.sent_bytes, seconds, None if error is None else error_text(error), out))
     if inflight and inflight[0].state == "pipelined":
         transition(inflight[0], "running")     # it starts now, on the share already held
     task = board.tasks.get(task_id)
@@ -172,7 +183,7 @@ def failed_run(board: Board, task: Task, error: BaseException, app_error: bool) 
     if app_error and retry_decision(task, "app_error", error) == "retry":
         spend_retry(task)
         if board.timeline is not None:
-            board.timeline.events.append((RETRY, monotonic(), task.task_id))
+            board.timeline.add((RETRY, monotonic(), task.task_id))
         enqueue(board, task)
         return []
     return [transition(task, "failed", error)]
@@ -197,7 +208,7 @@ def worker_died(board: Board, worker: Any, how: str, closing: bool) -> list:
             task.gpu_ids = []
         verdict = retry_decision(task, "worker_died")
         if rec is not None and verdict != "requeue":   # a requeued one never started
-            rec.events.append((DIED, monotonic(), task.task_id, worker.wid, verdict))
+            rec.add((DIED, monotonic()) + attempt(task, worker.wid) + (verdict,))
         if verdict == "requeue":                 # queued behind the running one: never started
             transition(task, "queued")
             again.append(task)

@@ -1,28 +1,37 @@
 """The session's task timeline: what the engine records as tasks run, and its Chrome trace.
 
-    board.register ── SUBMIT ──┐
-    carrier.dispatch ─ START ──┼─► Recorder.events  (a bounded deque of plain tuples: one append
-    board.finished ─── END ────┤                     per event, no formatting, under the engine lock)
-    board.failed_run ─ RETRY ──┤
-    board.worker_died ─ DIED ──┘
-                                   core.timeline() ──► chrome_events(events, lanes, ...) ──► [dict]
+    board.register ─── task.t_submit, task.submitter ─┐  noted on the Task (slot stores, no
+    carrier._record ── task.t_sent, task.sent_bytes ──┘  allocation), read at its END
+    board.finished ─── END ─┐
+    board.failed_run ─ RETRY┼─► Recorder.recent: one plain tuple per task attempt ended (and per
+    board.worker_died ─ DIED┘   retry), under the engine lock; sealed in chunks (see Recorder)
+                                   core.timeline() ──► Recorder.records() + not_ended(...): the
+                                                       tasks running, and those not sent yet
+                                                       ──► chrome_events(...) ──► [dict]
                                                        (pure; the JSON is built only here)
+
+One record per attempt, at its end, rather than one per event: a task's submit and its sending
+are two attribute stores on its `Task`, and the END record carries them. This keeps the cost on
+the driver's hot path (under the lock the submitting thread and the I/O thread share) to one
+tuple, one deque-like append and one clock read per task (the sending's clock read is shared
+by its batch), and keeps the garbage collector out of it (see Recorder). The task's END appends
+to `Recorder.recent` in place (no call: the hot path); the carrier seals it once per batch sent.
 
 Chrome's trace-event format (what Perfetto and chrome://tracing open): one "X" (complete) event
 per task attempt, on the lane (`pid`) of the worker that ran it, named after the function; "M"
 events name the lanes ("worker <pid>", "actor <Class> <pid>", "driver <pid>"); an "i" (instant)
-event per submit on the submitter's lane. Times are microseconds since the session started,
-read from `time.monotonic` (never a clock's absolute value).
+event per submitted task on the submitter's lane. Times are microseconds since the session
+started, read from `time.monotonic` (never a clock's absolute value).
 
-When an attempt ran: the driver knows when it sent the task (START) and when the result came
-back (END), the worker how long the function ran (`seconds`). A worker runs its tasks one at a
-time in the order sent, so a bar starts when it was sent or when the worker's previous bar
-ended, whichever is later, and lasts `seconds` (cut at the result's arrival): tasks sent in one
-batch, or pipelined behind a running one, line up instead of overlapping.
+When an attempt ran: the driver knows when it sent the task and when the result came back
+(END), the worker how long the function ran (`seconds`). A worker runs its tasks one at a time
+in the order sent, so a bar starts when it was sent or when the worker's previous bar ended,
+whichever is later, and lasts `seconds` (cut at the result's arrival): tasks sent in one batch,
+or pipelined behind a running one, line up instead of overlapping.
 
-Memory is bounded: the recorder keeps the last `max_events` events (`DEFAULT_MAX_EVENTS`, three
-per task: about the last 65,000 tasks, ~30 MB); older ones are dropped. `chrome_events` is pure;
-`write_trace` is this module's one I/O, called by the runtimes at the edge.
+Memory is bounded: the recorder keeps the last `max_records` records (`DEFAULT_MAX_RECORDS`; one
+per attempt, ~280 bytes each with its task id: ~28 MB); older ones are dropped. `chrome_events`
+is pure; `write_trace` is this module's one I/O, called by the runtimes at the edge.
 """
 
 from __future__ import annotations
@@ -32,28 +41,88 @@ import os
 import tempfile
 import time
 from collections import deque
+from itertools import chain
 from typing import Any, Iterable, NamedTuple
 
-# Event kinds: the first field of each recorded tuple.
-SUBMIT = 0   # (SUBMIT, t, task_id, name, submitter wid or None)
-START = 1    # (START, t, task_id, name, kind, wid, argument bytes)
-END = 2      # (END, t, task_id, wid, seconds, error or None, result bytes or None)
-             #                                                    error: "Type: first line"
+# Record kinds: the first field of each tuple. An attempt's fields come first, in one order:
+#   ATTEMPT = (kind, t, task_id, name, task kind, wid, t_submit, submitter wid, t_sent, sent bytes)
+# t_submit and the submitter are None for an actor's constructor (it is not submitted as a task).
+END = 2      # ATTEMPT + (seconds, error or None, result bytes or None)   t: the result's arrival
+             #                                                             error: "Type: first line"
 RETRY = 3    # (RETRY, t, task_id)                                the END just before is retried
-DIED = 4     # (DIED, t, task_id, wid, verdict)                   its worker died while it ran
+DIED = 4     # ATTEMPT + (verdict,)                               its worker died while it ran
+# Made by core.timeline() for the tasks not ended yet (never recorded):
+START = 1    # ATTEMPT                                            sent, running (t: when it was sent)
+SUBMIT = 0   # (SUBMIT, t_submit, task_id, name, submitter wid)   submitted, not sent
 
-DEFAULT_MAX_EVENTS = 200_000
+DEFAULT_MAX_RECORDS = 100_000
+CHUNK = 1024     # records sealed into one tuple (see Recorder)
 
 
 class Recorder:
-    """The recorded events of one session (owned by the Board, appended to under its lock)."""
+    """The recorded attempts of one session (owned by the Board, added to under its lock).
 
-    __slots__ = ("events", "workers", "t0")
+    Records are tuples of atomic values (ids, names, numbers), which the garbage collector stops
+    tracking the first time it sees them. The container still counts: a collection of the old
+    generation visits every item of a deque or list, and a long session keeps ~100,000 of them
+    (~0.1 µs each, at every full collection). So the last records are kept in a short list and
+    sealed, `CHUNK` at a time, into a tuple, which the collector untracks in turn (it holds only
+    untracked tuples): a full collection sees a few hundred chunks, not every record."""
 
-    def __init__(self, max_events: int = DEFAULT_MAX_EVENTS) -> None:
-        self.events: deque[tuple] = deque(maxlen=max_events)
-        self.workers: dict[int, Any] = {}   # wid -> WorkerProc, noted on its first dispatch
-        self.t0 = time.monotonic()          # the session's start: time 0 of the trace
+    __slots__ = ("recent", "chunks", "seal_at", "max_records", "workers", "t0")
+
+    def __init__(self, max_records: int = DEFAULT_MAX_RECORDS) -> None:
+        self.max_records = max_records
+        self.seal_at = min(CHUNK, max_records)
+        self.recent: list[tuple] = []         # the records not sealed yet (fewer than seal_at)
+        # sealed chunks: enough of them to hold `max_records` with `recent` empty
+        self.chunks: deque[tuple] = deque(maxlen=-(-max_records // self.seal_at))
+        self.workers: dict[int, Any] = {}     # wid -> WorkerProc, noted on its first dispatch
+        self.t0 = time.monotonic()            # the session's start: time 0 of the trace
+
+    def add(self, record: tuple) -> None:
+        """Keep `record`. (The hot path, a task's END, appends to `recent` itself, and the
+        carrier seals once per batch sent: `recent` exceeds `seal_at` by the tasks in flight.)"""
+        self.recent.append(record)
+        if len(self.recent) >= self.seal_at:
+            self.seal()
+
+    def seal(self) -> None:
+        self.chunks.append(tuple(self.recent))
+        self.recent.clear()
+
+    def records(self) -> list[tuple]:
+        """The last `max_records` records, oldest first."""
+        kept = list(chain.from_iterable(self.chunks))
+        kept += self.recent
+        return kept[-self.max_records:]
+
+    def snapshot(self, workers: Iterable[Any], tasks: Iterable[Any]) -> tuple[list[tuple], list[Any]]:
+        """What core.timeline() reads under the engine lock: the records, then those of the tasks
+        not ended (`not_ended`: the pool's `workers`, the engine's unfinished `tasks`), and the
+        workers seen (for their lanes)."""
+        return self.records() + not_ended(workers, tasks), list(self.workers.values())
+
+
+def attempt(task: Any, wid: int | None) -> tuple:
+    """The fields after (kind, t) an attempt's records share: what the task carries since its
+    submit and its sending (set while the timeline is on; an actor's constructor has no submit)."""
+    try:
+        submitted, submitter = task.t_submit, task.submitter
+    except AttributeError:
+        submitted = submitter = None
+    return (task.task_id, task.name, task.kind, wid, submitted, submitter, task.t_sent, task.sent_bytes)
+
+
+def not_ended(workers: Iterable[Any], tasks: Iterable[Any]) -> list[tuple]:
+    """What core.timeline() adds to the records: a START for each task in flight on `workers`
+    (a bar up to the call), then a SUBMIT for each of `tasks` (the engine's unfinished ones; a
+    mark for those not sent yet: chrome_events marks each task once). An actor's constructor
+    has no submit."""
+    out = [(START, task.t_sent) + attempt(task, w.wid) for w in workers for task in w.inflight]
+    out += [(SUBMIT, task.t_submit, task.task_id, task.name, task.submitter) for task in tasks
+            if getattr(task, "t_submit", None) is not None]
+    return out
 
 
 def result_bytes(results: Any) -> int | None:
@@ -94,11 +163,12 @@ def lanes(workers: list[tuple[int, int, Any]], actor_names: dict) -> dict[int, L
             for wid, pid, actor_id in workers}
 
 
-def chrome_events(events: Iterable[tuple], lanes: dict[int, Lane], driver_pid: int, t0: float,
+def chrome_events(records: Iterable[tuple], lanes: dict[int, Lane], driver_pid: int, t0: float,
                   now: float) -> list[dict]:
-    """Chrome trace events for the recorded `events`. `lanes`: wid -> Lane (a worker not in it
-    gets a lane named after its wid); `t0`: the monotonic time of the session's start; `now`:
-    the monotonic time of the call (tasks still running end there)."""
+    """Chrome trace events for `records` (END, DIED and RETRY records, then the START and SUBMIT
+    of the tasks not ended yet). `lanes`: wid -> Lane (a worker not in it gets a lane named after
+    its wid); `t0`: the monotonic time of the session's start; `now`: the monotonic time of the
+    call (tasks still running end there)."""
     def us(t: float) -> float:
         return round((t - t0) * 1e6, 3)
 
@@ -113,14 +183,22 @@ def chrome_events(events: Iterable[tuple], lanes: dict[int, Lane], driver_pid: i
         used.setdefault(pid, label)
         return pid
 
-    opened: dict[bytes, tuple] = {}    # task id -> its START not ended yet
+    marked: set[bytes] = set()        # tasks whose submit mark is out (once per task, not attempt)
     attempts: dict[bytes, int] = {}
-    lane_free: dict[int, float] = {}   # wid -> when its last bar ended
-    last_bar: dict[bytes, dict] = {}   # task id -> its last X event (a RETRY marks it)
+    lane_free: dict[int, float] = {}  # wid -> when its last bar ended
+    last_bar: dict[bytes, dict] = {}  # task id -> its last X event (a RETRY marks it)
 
-    def bar(start: tuple, end_t: float, seconds: float | None, outcome: str, error: str | None,
-            out_bytes: int | None = None) -> dict:
-        _, sent, task_id, name, kind, wid, arg_bytes = start
+    def submit_mark(task_id: bytes, name: str, t_submit: float | None, submitter: int | None) -> None:
+        if t_submit is None or task_id in marked:
+            return
+        marked.add(task_id)
+        out.append({"name": f"submit {short_name(name)}", "cat": "submit", "ph": "i", "s": "t", "ts": us(t_submit),
+                    "pid": lane(submitter), "tid": 0, "args": {"task_id": task_id.hex(), "function": name}})
+
+    def bar(rec: tuple, end_t: float, seconds: float | None, outcome: str, error: str | None,
+            out_bytes: int | None = None) -> None:
+        task_id, name, kind, wid, t_submit, submitter, sent, arg_bytes = rec[2:10]
+        submit_mark(task_id, name, t_submit, submitter)
         begin = max(sent, lane_free.get(wid, sent))
         finish = end_t if seconds is None else max(begin, min(begin + seconds, end_t))
         lane_free[wid] = finish
@@ -137,30 +215,22 @@ def chrome_events(events: Iterable[tuple], lanes: dict[int, Lane], driver_pid: i
               "pid": lane(wid), "tid": 0, "args": args}
         out.append(ev)
         last_bar[task_id] = ev
-        return ev
 
-    for e in events:
+    for e in records:
         kind = e[0]
-        if kind == START:
-            opened[e[2]] = e        # a START for a task still open: it was taken back unrun
-        elif kind == END:
-            start = opened.pop(e[2], None)
-            if start is not None:
-                bar(start, e[1], e[4], "ok" if e[5] is None else "error", e[5], e[6])
-        elif kind == SUBMIT:
-            out.append({"name": f"submit {short_name(e[3])}", "cat": "submit", "ph": "i", "s": "t", "ts": us(e[1]),
-                        "pid": lane(e[4]), "tid": 0, "args": {"task_id": e[2].hex(), "function": e[3]}})
+        if kind == END:
+            error = e[11]
+            bar(e, e[1], e[10], "ok" if error is None else "error", error, e[12])
         elif kind == RETRY:
             ev = last_bar.get(e[2])
-            if ev is not None:
-                ev["args"]["outcome"] = "retried" if ev["args"]["outcome"] == "error" else ev["args"]["outcome"]
+            if ev is not None and ev["args"]["outcome"] == "error":
+                ev["args"]["outcome"] = "retried"
         elif kind == DIED:
-            start = opened.pop(e[2], None)
-            if start is not None:
-                outcome = "worker died, retried" if e[4] == "retry" else "worker died"
-                bar(start, e[1], None, outcome, None)
-    for start in opened.values():       # not finished when the timeline was asked for
-        bar(start, max(now, start[1]), None, "running", None)
+            bar(e, e[1], None, "worker died, retried" if e[10] == "retry" else "worker died", None)
+        elif kind == START:        # not finished when the timeline was asked for
+            bar(e, max(now, e[1]), None, "running", None)
+        elif kind == SUBMIT:
+            submit_mark(e[2], e[3], e[1], e[4])
     meta = [{"name": "process_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": label}}
             for pid, label in used.items()]
     meta += [{"name": "process_sort_index", "ph": "M", "pid": pid, "tid": 0,
@@ -188,5 +258,5 @@ def write_trace(path: str | os.PathLike, events: list[dict]) -> None:
         raise
 
 
-__all__ = ["Recorder", "Lane", "short_name", "chrome_events", "write_trace", "error_text", "result_bytes", "DEFAULT_MAX_EVENTS",
-           "SUBMIT", "START", "END", "RETRY", "DIED"]
+__all__ = ["Recorder", "Lane", "short_name", "chrome_events", "write_trace", "error_text", "result_bytes", "attempt",
+           "not_ended", "DEFAULT_MAX_RECORDS", "CHUNK", "SUBMIT", "START", "END", "RETRY", "DIED"]
