@@ -56,10 +56,10 @@ def init(num_cpus: float | None = None, num_gpus: float | None = None, resources
          **ray_kwargs: Any) -> None:
     """Start a session: the local engine, or attach to Ray when `address` is given.
     `worker_preload`: modules every worker has imported when it starts (see preload_workers).
-    `timeline`: record the session's task events for `core.timeline()`. Off by default: on, it
-    costs about 0.5-1 µs of the driver's time per task (within the noise of 10k-task throughput:
-    benchmarks/tasks.py) and keeps up to 200,000 events in memory (a few hundred bytes each);
-    True turns it on, a number bounds the events kept. Ray records its own whatever this says."""
+    `timeline`: record the session's task attempts for `core.timeline()`. Off by default: on, it
+    costs ~2% of the driver's work per no-op task (docs/core.md: counted and timed) and keeps up
+    to 100,000 records in memory (one per attempt, ~280 bytes each); True turns it on, a number
+    bounds the records kept. Ray records its own whatever this says."""
     global _backend, _zygote
     with _init_lock:
         if _backend is not None:
@@ -259,7 +259,7 @@ def timeline(path: str | None = None) -> list[dict]:
     """The session's task events as Chrome trace events (what Perfetto and chrome://tracing
     open): one bar per task attempt on its worker's lane, with its function, task id, arguments'
     bytes and outcome; a mark per submit. With `path`, also written there as a trace file
-    (atomically). Driver only. The local engine keeps the last 200,000 events (about 65,000
-    tasks; `init(timeline=N)` to change); recorded only when the session was started with
+    (atomically). Driver only. The local engine keeps the last 100,000 attempts
+    (`init(timeline=N)` to change); recorded only when the session was started with
     `init(timeline=True)`; on Ray, Ray's own `ray.timeline()` events."""
     return _session().timeline(None if path is None else str(path))

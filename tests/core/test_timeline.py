@@ -322,6 +322,27 @@ def test_a_running_task_is_a_running_bar_and_a_waiting_one_a_submit_mark(make_se
     assert sorted(e["name"] for e in events if e["ph"] == "i") == ["submit after", "submit held"]   # once each
 
 
+
+def test_an_actor_call_cut_by_its_actors_death_is_a_bar_marked_so(make_session):
+    from core.exceptions import ActorDiedError
+
+    make_session(num_cpus=1, timeline=True)
+
+    @core.remote
+    class Fragile:
+        def pid(self):
+            return os.getpid()
+
+        def die(self):
+            os._exit(1)
+
+    a = Fragile.remote()
+    pid = core.get(a.pid.remote())
+    with pytest.raises(ActorDiedError):
+        core.get(a.die.remote(), timeout=60)
+    bars = {e["name"]: e for e in core.timeline() if e["ph"] == "X"}
+    assert bars["Fragile.die"]["pid"] == pid and bars["Fragile.die"]["args"]["outcome"] == "worker died"
+
 def test_timeline_off_records_nothing_and_says_how_to_turn_it_on(make_session):
     make_session(num_cpus=1)                # off by default
     assert current().board.timeline is None

@@ -11,11 +11,13 @@ rest of `tasks`, these change records and return instructions; the engine does t
 
 from __future__ import annotations
 
+from time import monotonic
 from typing import Any
 
 from core._private.tasks.board import Board, count_deps, fail_all
 from core._private.tasks.retry import retry_decision, spend_retry
 from core._private.tasks.state import Actor, Obj, Task
+from core._private.tasks.timeline import DIED, attempt
 from core._private.tasks.transitions import KillWorker, Spawn, StopWorker, move_actor, transition
 from core.exceptions import ActorDiedError
 
@@ -91,6 +93,11 @@ def actor_worker_died(board: Board, worker: Any, how: str, closing: bool) -> lis
         return []
     err = ActorDiedError(f"actor {actor.name} died ({how}) while running this call")
     _give_gpus(board, worker.inflight)
+    if board.timeline is not None:   # the calls it ran end here, on the timeline too
+        now = monotonic()
+        for t in worker.inflight:
+            if t.kind != "actor_create":
+                board.timeline.add((DIED, now) + attempt(t, worker.wid) + ("fail",))
     out = fail_all([t for t in worker.inflight if t.kind != "actor_create"], err)
     worker.inflight.clear()
     actor.worker = None
