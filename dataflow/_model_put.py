@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 def put_model(s: PipelineSpec, backend: Any) -> Any:
     """Build or read the model of spec `s`, and put it once (with stages: each stage's Payload,
     a list of Futures, see put_payloads)."""
-    from .models import PerWorker, build_model, built_where_workers_fork, check_picklable, load_model
+    from .models import build_model, built_where_workers_fork, check_picklable
 
     if s.stages:
         return put_payloads(s, backend)
@@ -36,18 +36,7 @@ def put_model(s: PipelineSpec, backend: Any) -> Any:
         built = _build(backend, build_model, s.model.factory, dict(s.model.args))
         if built is not None:
             return built
-    source = load_model(s.model)
-    payload = source if isinstance(source, PerWorker) else source.value
-    del source
-    if backend.name == "inline":
-        check_picklable(payload, "model")  # nothing is pickled inline; fail as core would
-    try:
-        # Once this returns, the store holds the model; the driver's own copy goes with `payload`.
-        return backend.put(payload)
-    except Exception:
-        # Diagnose only on failure: the check costs a second pickling pass.
-        check_picklable(payload, "model")  # raises, naming the captured object
-        raise
+    return _put(backend, _loaded(s.model), "model")
 
 
 def put_payloads(spec: PipelineSpec, backend: Any) -> list[Future]:
@@ -77,7 +66,7 @@ def put_payloads(spec: PipelineSpec, backend: Any) -> list[Future]:
 def put_stage(spec: PipelineSpec, backend: Any, i: int) -> Any:
     """Stage `i`'s Payload (its model and arguments), built where the workers fork from or
     loaded here, put once."""
-    from .models import PerWorker, build_payload, built_where_workers_fork, check_picklable, load_model
+    from .models import build_payload, built_where_workers_fork, check_picklable
     from .plan import Payload, model_specs, payload_args
 
     st, mspec, args = spec.stages[i], model_specs(spec)[i], payload_args(spec)[i]
@@ -87,19 +76,29 @@ def put_stage(spec: PipelineSpec, backend: Any, i: int) -> Any:
         built = _build(backend, build_payload, mspec.factory, dict(mspec.args), args)
         if built is not None:
             return built
-    model = None
-    if mspec is not None:
-        source = load_model(mspec)
-        model = source if isinstance(source, PerWorker) else source.value
-        del source
-    payload = Payload(model=model, **args)
-    del model
+    return _put(backend, Payload(model=None if mspec is None else _loaded(mspec), **args),
+                f"stage {st.name} model and arguments")
+
+
+def _loaded(mspec: Any) -> Any:
+    """The model as the driver puts it: a factory's or a file's value, or a PerWorker recipe."""
+    from .models import PerWorker, load_model
+
+    source = load_model(mspec)
+    return source if isinstance(source, PerWorker) else source.value
+
+
+def _put(backend: Any, payload: Any, what: str) -> Any:
+    """Put `payload` once; the caller drops its own reference, so the store holds the only copy."""
+    from .models import check_picklable
+
     if backend.name == "inline":
-        check_picklable(payload, f"stage {st.name} model and arguments")
+        check_picklable(payload, what)  # nothing is pickled inline; fail as core would
     try:
-        return backend.put(payload)  # the driver's own copy goes with `payload`
+        return backend.put(payload)
     except Exception:
-        check_picklable(payload, f"stage {st.name} model and arguments")
+        # Diagnose only on failure: the check costs a second pickling pass.
+        check_picklable(payload, what)  # raises, naming the captured object
         raise
 
 
