@@ -149,7 +149,9 @@ def finished(board: Board, worker: Any, task_id: bytes, error: Any, seconds: flo
         ran = next((t for t in inflight if t.task_id == task_id), None)
         worker.inflight = inflight = deque(t for t in inflight if t.task_id != task_id)
     rec = board.timeline
-    if rec is not None and ran is not None:    # the attempt's one record (timeline.py: END)
+    # The attempt's one record (timeline.py: END): the fields of timeline.attempt() written out
+    # here, since this runs once per task and a call would cost a fifth of the recording.
+    if rec is not None and ran is not None:
         try:
             t_submit, submitter = ran.t_submit, ran.submitter
         except AttributeError:                 # an actor's constructor: never submitted as a task
