@@ -5,8 +5,8 @@ I/O; its docstring tells the policy).
                                     ─ in_flight: meta handle -> Flight (deadline, actor)
                                     ─ pool: Pool (actors, calls per actor, load)
     decisions:  can_submit / room_downstream / starting (bounded memory, startup budget, order
-                window) · block_limit / segment_deadline (deadlines) · pick_actor · on_failure ·
-                live_bottleneck · task_options
+                window) · block_limit / segment_deadline (deadlines) · pick_actor · actor_starting ·
+                on_failure · live_bottleneck · task_options
     StageBlock: one stage's work on one block, as the run's record keeps it (stage_blocks)
 
 Every function here reads or changes only the state it is given: tests build a StreamState by
@@ -208,6 +208,12 @@ def live_bottleneck(state: StreamState) -> int | None:
 def pick_actor(pool: Pool) -> Any:
     """The least loaded live actor (ties: the first started)."""
     return min(pool.actors, key=lambda a: pool.load.get(id(a), 0))
+
+
+def actor_starting(pool: Pool, actor: Any) -> bool:
+    """`actor`'s constructor has not finished (its ready call is out): a call sent to it waits,
+    and its clock starts when the actor is up."""
+    return any(a is actor for a in pool.ready.values())
 
 
 def on_failure(state: StreamState, item: Item) -> Literal["retry", "give_up"]:

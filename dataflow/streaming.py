@@ -27,7 +27,9 @@ driver's deadline catches the rest (C code, a thread, a signal blocked): a task 
 cancelled (its worker killed), an actor past it is killed and replaced, and its other blocks go
 back to the queue with no attempt spent. The block that ran over fails or is retried as any
 failure. An actor runs its calls one after the other, so a call's clock starts when the one
-before it on the same actor lands.
+before it on the same actor lands, and the first one's when the actor is up: a constructor that
+loads a model for a minute does not count against a call's `timeout` (as in Ray Data, the
+constructor itself has no deadline).
 
 Order: with `order_window` (Dataset.iter_batches(preserve_order=True)), the first segment starts
 a shard only while it is fewer than `order_window` shards past the first one not yet yielded, so
@@ -44,8 +46,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterator, NamedTuple
 
-from ._stream_state import (Flight, Item, Pool, SegState, StreamState, block_limit, can_submit, live_bottleneck,
-                            on_failure, pick_actor, room_downstream, stage_blocks, startup_budget, task_options)
+from ._stream_state import (Flight, Item, Pool, SegState, StreamState, actor_starting, block_limit, can_submit,
+                            live_bottleneck, on_failure, pick_actor, room_downstream, stage_blocks, startup_budget,
+                            task_options)
 from ._stream_state import STARTUP_BUDGET, StageBlock, segment_deadline  # noqa: F401 - read here by tests and callers
 from .backends import TaskFailure
 from .exceptions import RunError
@@ -226,7 +229,7 @@ class StreamExecutor:
             if actor is not None:
                 calls = s.pool.calls[id(actor)]
                 calls.append(meta)
-                if len(calls) == 1:  # the actor is idle: this call starts now
+                if len(calls) == 1 and not actor_starting(s.pool, actor):  # idle and up: this call starts now
                     flight.deadline = self._deadline(s, flight, now)
             else:
                 flight.deadline = self._deadline(s, flight, now)
@@ -249,7 +252,7 @@ class StreamExecutor:
     def _landed(self, state: StreamState, handle: Any) -> Iterator[Any]:
         for s in state.segs:
             if s.pool is not None and handle in s.pool.ready:
-                s.pool.ready.pop(handle)
+                actor = s.pool.ready.pop(handle)
                 try:
                     info = self.backend.result(handle)
                     s.pids.add(info["pid"])
@@ -258,6 +261,7 @@ class StreamExecutor:
                     if _constructor_failed(exc):
                         raise RunError(f"stage {s.seg.head.name}: its actor pool cannot start: {exc}") from exc
                     # it died (core restarts it): its calls in flight fail and are retried
+                self._start_clock(s, actor)
                 return
             if handle in s.in_flight:
                 break
@@ -302,14 +306,18 @@ class StreamExecutor:
     def _next_call(self, s: SegState, actor: Any, handle: Any) -> None:
         """A call of `actor` landed: the next one queued on it starts now (its clock too)."""
         calls = s.pool.calls.get(id(actor))
-        if not calls:
-            return
-        if handle in calls:
+        if calls and handle in calls:
             calls.remove(handle)
+        self._start_clock(s, actor)
+
+    def _start_clock(self, s: SegState, actor: Any) -> None:
+        """The first call queued on `actor` runs from now: its deadline counts from here, not from
+        its submission (which may have waited on the actor's constructor or on calls before it)."""
+        calls = s.pool.calls.get(id(actor))
         if calls:
-            nxt = s.in_flight.get(calls[0])
-            if nxt is not None and nxt.deadline is None:
-                nxt.deadline = self._deadline(s, nxt, time.monotonic())
+            first = s.in_flight.get(calls[0])
+            if first is not None and first.deadline is None:
+                first.deadline = self._deadline(s, first, time.monotonic())
 
     def _delivered(self, state: StreamState, item: Item) -> None:
         if state.order is not None:

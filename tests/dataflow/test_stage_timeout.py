@@ -37,6 +37,14 @@ class Hang:
         return {"id": batch["id"], "mean": batch["image"].reshape(len(batch["id"]), -1).mean(axis=1)}
 
 
+class SlowStart(Hang):
+    """Hang's calls (quick unless $HANG_SHARD is set), behind a constructor that takes $SLOW_START
+    seconds, as loading a model does."""
+
+    def __init__(self):
+        time.sleep(float(os.environ["SLOW_START"]))
+
+
 def stages(timeout="4s"):  # far above a normal block here, even on a loaded machine
     return [{"name": "parse", "fn": f"{H}:images", "fn_kwargs": {"size": 2}},
             {"name": "hang", "fn": "tests.dataflow.test_stage_timeout:Hang", "concurrency": 1, "timeout": timeout},
@@ -86,3 +94,16 @@ def test_a_hanging_actor_call_is_retried_on_a_new_actor(tmp_path, monkeypatch):
     out = output(tmp_path)
     assert out["id"].to_pylist() == list(range(300))
     np.testing.assert_allclose(out["y"].to_numpy(), (np.arange(300) % 7) * 2)
+
+
+def test_an_actors_slow_constructor_does_not_count_against_its_first_calls_timeout(tmp_path, monkeypatch):
+    # the limit of a call is 3 s + 1 s; the constructor takes 5 s: counted from their submission
+    # (before the actor is up), the first calls would be past their deadline
+    monkeypatch.setattr(streaming, "POOL_GRACE", 1.0)
+    monkeypatch.setenv("SLOW_START", "5")
+    data = helpers.make_dataset(tmp_path / "data", shards=3, rows=100)
+    plan = stages(timeout="3s")
+    plan[1]["fn"] = "tests.dataflow.test_stage_timeout:SlowStart"
+    summary = pipeline(tmp_path, data, plan, max_retries=0).run()
+    assert summary.status == "done" and summary.rows == 300
+    assert output(tmp_path)["id"].to_pylist() == list(range(300))
