@@ -21,6 +21,9 @@
       a pyarrow.dataset fragment over the shard's row groups: column projection and filter
       push-down (statistics, then rows); pre-buffering coalesces the needed column chunks
       into a few large range requests, so S3 reads fetch only the projected columns.
+      iter_batches of a local file without filters reads it with pyarrow.parquet's reader
+      alone (`_reads_directly`): the same batches for half the CPU (the dataset scanner's
+      set-up is ~1 ms a shard, as much as decoding a column of 140,000 rows).
 
 A `Shard` is small, frozen and picklable, and carries no credentials: a task on another process
 reads it with the same `storage_options` (or the same AWS environment) as the planner.
@@ -44,7 +47,7 @@ from ._parquet import (Filters, SchemaCheck, Shard, check_column_names, check_co
                        open_fragment, projected, read_error, schema_diff, to_expression)
 from ._planning import Footers, ShardBy, plan_shards  # noqa: F401
 from .exceptions import ConnectorError, SchemaError
-from .storage import redact
+from .storage import arrow_filesystem, parse_uri, redact
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -70,6 +73,9 @@ def iter_batches(shard: Shard, *, batch_size: int = 65536, columns: Sequence[str
     """The shard's rows as record batches of exactly `batch_size` rows (the last may be short)."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, found {batch_size!r}")
+    if _reads_directly(shard, columns, filters):
+        yield from _direct_batches(shard, check_column_names(columns), batch_size, storage_options)
+        return
     fragment, columns, expression = _prepare(shard, columns, filters, storage_options)
     try:
         batches = fragment.to_batches(columns=columns, filter=expression, batch_size=batch_size,
@@ -79,6 +85,48 @@ def iter_batches(shard: Shard, *, batch_size: int = 65536, columns: Sequence[str
         raise
     except Exception as exc:
         raise read_error(exc, shard.path, "read", storage_options) from exc
+
+
+def _reads_directly(shard: Shard, columns: Sequence[str] | None, filters: Filters) -> bool:
+    """True when pyarrow.parquet's reader gives what the dataset scan would: no filters (it
+    has no row filter), no column asked twice (it would return it once), and a local file
+    (opening a remote one costs a HEAD request that the fragment saves with `file_size`)."""
+    return (filters is None and isinstance(shard, Shard)
+            and (columns is None or (isinstance(columns, (list, tuple))
+                                     and len(set(columns)) == len(columns)))
+            and parse_uri(shard.path).protocol == "file")
+
+
+def _direct_batches(shard: Shard, columns: list[str] | None, batch_size: int,
+                    storage_options: dict | None) -> Iterator[pa.RecordBatch]:
+    """A local shard's batches through pq.ParquetFile: the footer read once, the same checks
+    and errors as the fragment's (`_prepare`)."""
+    import pyarrow.parquet as pq
+
+    fs, location = arrow_filesystem(shard.path, storage_options)
+    try:
+        source = fs.open_input_file(location.path)
+        try:
+            # A local read has nothing to coalesce: no pre-buffering (a hand-off to the I/O pool).
+            reader = pq.ParquetFile(source, pre_buffer=False)
+        except BaseException:
+            source.close()
+            raise
+    except Exception as exc:
+        raise read_error(exc, shard.path, "read the Parquet footer of", storage_options) from exc
+    with source:
+        schema = reader.schema_arrow
+        if shard.expect is not None:
+            _check_expected(schema, shard.expect, shard.path)
+        check_columns(schema, columns, shard.path)
+        row_groups = None if shard.row_groups is None else list(shard.row_groups)
+        try:
+            yield from rebatch(reader.iter_batches(batch_size=batch_size, row_groups=row_groups,
+                                                   columns=columns, use_threads=True), batch_size)
+        except ConnectorError:
+            raise
+        except Exception as exc:
+            raise read_error(exc, shard.path, "read", storage_options) from exc
 
 
 def rebatch(batches: Iterator[pa.RecordBatch], batch_size: int) -> Iterator[pa.RecordBatch]:
