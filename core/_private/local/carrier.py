@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import signal
-from itertools import islice
 from time import monotonic
 from typing import Any
 
@@ -98,13 +97,15 @@ class Carrier:
         msgs = []
         deferred: list[Task] = []
         inflight = worker.inflight
+        rec = board.timeline              # on: each task sent notes when (one clock read) and its bytes
+        now = monotonic() if rec is not None else 0.0
         for task in batch:
             decision = "wait" if deferred else self.admission(task)
             if decision == "wait":
                 deferred.append(task)
                 continue
             try:
-                msgs.append(self._task_message(worker, task, wait_for_room=decision == "try"))
+                msg = self._task_message(worker, task, wait_for_room=decision == "try")
             except NoRoomNow:            # the room went to someone else meanwhile: wait
                 deferred.append(task)
                 continue
@@ -118,33 +119,25 @@ class Carrier:
                 self._give_gpus([task])
                 self.table.fail(*transition(task, "failed", exc))
                 continue
+            msgs.append(msg)
             task.worker = worker
             inflight.append(task)
+            if rec is not None:           # read back by its END record (tasks/timeline.py)
+                task.t_sent = now
+                a = msg["args"]           # the common case inline: small arguments, no ref among them
+                task.sent_bytes = len(a[1]) if not a[2] and a[0] == "inline" else arg_bytes(a)
         if deferred:
             self._give_gpus(deferred)
             requeue_front(board, worker, deferred)
         if msgs:
             self._send_functions(worker, batch)
             worker.chan.send(M.Tasks(M.TASKS, msgs))
-            if board.timeline is not None:
-                self._record(worker, msgs)
+            if rec is not None:
+                rec.workers.setdefault(worker.wid, worker)     # its lane
+                if len(rec.recent) >= rec.seal_at:  # END records are added without this check
+                    rec.seal()
         elif worker.actor_id is None and not inflight:
             unhold(board.ledger, worker, board.owing)
-
-    def _record(self, worker: WorkerProc, msgs: list) -> None:
-        """For the timeline: on each task just sent, when (one clock read for the batch) and its
-        arguments' bytes. The batch's tasks are the last ones appended to the worker's inflight,
-        one per message, in order."""
-        rec = self.board.timeline
-        rec.workers.setdefault(worker.wid, worker)
-        if len(rec.recent) >= rec.seal_at:   # END records are appended without this check
-            rec.seal()
-        now = monotonic()
-        inflight = worker.inflight
-        for m, task in zip(msgs, islice(inflight, len(inflight) - len(msgs), None)):
-            task.t_sent = now
-            a = m["args"]         # the common case inline: small arguments, no ref among them
-            task.sent_bytes = len(a[1]) if not a[2] and a[0] == "inline" else arg_bytes(a)
 
     def _send_functions(self, worker: WorkerProc, batch: list[Task]) -> None:
         """The functions the worker has not seen yet, once each, before the tasks using them."""

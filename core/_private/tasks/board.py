@@ -161,8 +161,8 @@ def finished(board: Board, worker: Any, task_id: bytes, error: Any, seconds: flo
             out = len(loc[1]) if loc[0] == "inline" else loc[-1]
         except (TypeError, ValueError):        # an error's None, a stream's count, several results
             out = result_bytes(results)
-        rec.recent.append((END, monotonic(), task_id, ran.name, ran.kind, worker.wid, t_submit, submitter,
-                           ran.t_sent, ran.sent_bytes, seconds, None if error is None else error_text(error), out))
+        rec.recent += (END, monotonic(), task_id, ran.name, ran.kind, worker.wid, t_submit, submitter,
+                       ran.t_sent, ran.sent_bytes, seconds, None if error is None else error_text(error), out)
     if inflight and inflight[0].state == "pipelined":
         transition(inflight[0], "running")     # it starts now, on the share already held
     task = board.tasks.get(task_id)
