@@ -10,8 +10,9 @@ Measures, for each engine (Ray only when `ray` is installed):
      PSS over the driver and every process it started (the array must not be copied per task)
 and prints each figure with the ratio core/Ray and the issue's target. Then, core alone:
   5. the timeline's cost: 10,000 no-op tasks with `init(timeline=True)` and with
-     `timeline=False`, alternated over a few rounds in the same run: median throughput of each
-     and their ratio, and the driver's CPU time per task.
+     `timeline=False`, sessions alternated over rounds in the same run, and in each recording
+     session pairs of blocks with the recorder switched off and on (timeline_cost): median
+     throughputs, their ratios, and the driver's CPU time per task.
 """
 
 from __future__ import annotations
@@ -106,35 +107,63 @@ def run_engine(name: str, api, init_kwargs: dict, sizes: dict) -> dict:
     return out
 
 
-def timeline_cost(n: int, rounds: int) -> dict:
-    """`n` no-op tasks with the timeline recording and without: sessions started alternately
-    (off, on, then on, off, ...) so that drift of a shared machine hits both. Reports the median
-    throughput of each, the median of each round's on/off ratio, and the driver's CPU time per
-    task (the recording's cost lands there, and CPU time is less noisy than wall time on a busy
-    machine; on a shared one, count instructions instead: `valgrind --tool=cachegrind` of a
-    session of n and of 5n tasks, on and off)."""
+def timeline_cost(n: int, rounds: int, blocks: int = 8) -> dict:
+    """`n` no-op tasks with the timeline recording and without, two ways:
+
+    - sessions: `init(timeline=True)` and `timeline=False` started alternately (off, on, then
+      on, off, ...) so that drift of a shared machine hits both: what a user compares. One
+      session differs from the next by up to ±12% here (where its threads land on 2 cores),
+      more than the effect, so this needs many rounds.
+    - in one session: `blocks` pairs of `n` tasks per round with the session's recorder switched
+      on and off between them (nothing in flight; the engine's `board.timeline`, which is what
+      `init(timeline=...)` sets): the same workers and memory, so each pair's ratio shows the
+      recording's cost without the session-to-session spread (±8% a block).
+
+    Reports median throughputs and on/off ratios (medians of the per-pair ratios, and their
+    mean with two standard errors), and the driver's CPU time per task. To count instead of
+    time: `valgrind --tool=cachegrind` of a session of n and of 6n tasks, on and off, with
+    PYTHONHASHSEED=0."""
     import core
+    from core._private import runtime
 
     def noop():
         return None
 
+    def block(f) -> tuple[float, float]:
+        t, c = time.perf_counter(), time.process_time()
+        core.get([f.remote() for _ in range(n)])
+        return n / (time.perf_counter() - t), (time.process_time() - c) / n * 1e6
+
     tput: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
+    inside: list[float] = []
     for r in range(rounds):
         for on in ((False, True) if r % 2 == 0 else (True, False)):
             core.init(num_cpus=2, timeline=on)
             f = core.remote(noop)
             core.get([f.remote() for _ in range(500)])   # both workers up and warm
-            t, c = time.perf_counter(), time.process_time()
-            core.get([f.remote() for _ in range(n)])
-            tput[on].append(n / (time.perf_counter() - t))
-            cpu[on].append((time.process_time() - c) / n * 1e6)
+            tp, c = block(f)
+            tput[on].append(tp)
+            cpu[on].append(c)
+            if on:
+                board = runtime.current().board
+                recorder = board.timeline
+                for b in range(blocks):
+                    got = {}
+                    for rec_on in ((False, True) if b % 2 == 0 else (True, False)):
+                        board.timeline = recorder if rec_on else None
+                        got[rec_on] = block(f)[0]
+                    inside.append(got[True] / got[False])
+                board.timeline = recorder
             core.shutdown()
     med = statistics.median
+    mean, se = statistics.mean(inside), statistics.stdev(inside) / len(inside) ** 0.5
     out = {"throughput_timeline_off": med(tput[False]), "throughput_timeline_on": med(tput[True]),
            "timeline_on_over_off": med(tput[True]) / med(tput[False]),
            # each round's two sessions side by side: drift of a shared machine cancels out
            "timeline_on_over_off_paired": med(on / off for on, off in zip(tput[True], tput[False])),
+           "in_session_pairs": len(inside), "in_session_on_over_off": med(inside),
+           "in_session_mean": mean, "in_session_mean_2se": 2 * se,
            "driver_cpu_us_per_task_off": med(cpu[False]), "driver_cpu_us_per_task_on": med(cpu[True])}
     print("  core timeline: " + ", ".join(f"{k}={v:.4g}" for k, v in out.items()), flush=True)
     return out
@@ -191,12 +220,15 @@ def main() -> None:
         print(f"{key:<32}{c:>12.4g}{(r if r is not None else float('nan')):>12.4g}{ratio:>10}  {target}")
     print(f"{'array_gb':<32}{results['core']['array_gb']:>12.4g}")
 
-    cost = timeline_cost(sizes["throughput"], rounds=4 if args.quick else 6)
+    cost = timeline_cost(sizes["throughput"], rounds=2 if args.quick else 12)
     print()
     print(f"{'core timeline (median)':<32}{'off':>12}{'on':>12}{'on/off':>10}  target")
     print(f"{'throughput_tasks_per_s':<32}{cost['throughput_timeline_off']:>12.4g}"
           f"{cost['throughput_timeline_on']:>12.4g}{cost['timeline_on_over_off']:>10.3f}  >= 0.98 (<= 2% cost)")
     print(f"{'  per round (median)':<32}{'':>12}{'':>12}{cost['timeline_on_over_off_paired']:>10.3f}")
+    print(f"{'  in one session, per pair':<32}{'':>12}{cost['in_session_pairs']:>12}"
+          f"{cost['in_session_on_over_off']:>10.3f}  median; mean {cost['in_session_mean']:.3f}"
+          f" ± {cost['in_session_mean_2se']:.3f}")
     cpu_on, cpu_off = cost["driver_cpu_us_per_task_on"], cost["driver_cpu_us_per_task_off"]
     print(f"{'driver_cpu_us_per_task':<32}{cpu_off:>12.4g}{cpu_on:>12.4g}{cpu_on / cpu_off:>10.3f}")
 
