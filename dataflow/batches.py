@@ -24,7 +24,8 @@ def to_format(batch: pa.RecordBatch | pa.Table, fmt: str) -> Any:
     if fmt == "pyarrow":
         return pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
     if fmt == "pandas":
-        return batch.to_pandas()
+        # Columns convert in parallel; one column would only pay the thread pool's hand-offs.
+        return batch.to_pandas(use_threads=batch.num_columns > 1)
     arrays = {name: _to_numpy(batch.column(i), name) for i, name in enumerate(batch.schema.names)}
     if fmt == "numpy":
         return arrays
