@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import time
 
 import pyarrow as pa
@@ -283,3 +284,20 @@ def test_many_local_files_are_sampled_too_and_a_stray_one_fails_its_own_shard(tm
         read_shard(shards[3])
     with pytest.raises(SchemaError, match=r"six/f3\.parquet differs"):  # every footer, at once
         plan_shards(str(tmp_path / "six"), footers="all")
+
+
+def test_a_sampled_plan_checks_each_shard_after_travelling_to_another_process(tmp_path, sampled):
+    # A task receives its shard pickled: the sample's schema travels as Arrow IPC bytes and is
+    # rebuilt once per process; the check it makes is the same.
+    write_files(tmp_path / "six", count=6)
+    odd = small_table(0, 10).set_column(0, "id", pa.array([str(i) for i in range(10)]))
+    pq.write_table(odd, tmp_path / "six" / "f3.parquet")
+    planned = plan_shards(str(tmp_path / "six"), columns=["id", "value"])
+
+    shards = pickle.loads(pickle.dumps(planned))
+
+    assert shards == planned and shards[1].expect == planned[1].expect
+    assert shards[1].expect is shards[4].expect  # rebuilt once
+    assert sum(b.num_rows for b in iter_batches(shards[4], columns=["id", "value"])) == 100
+    with pytest.raises(SchemaError, match=r"six/f3\.parquet differs from .*six/f0\.parquet"):
+        list(iter_batches(shards[3], columns=["id", "value"]))
