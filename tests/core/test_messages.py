@@ -23,6 +23,7 @@ EXAMPLES = [
     M.Reclaim(M.RECLAIM, [b"t" * 20]),
     M.Hello(M.HELLO, 3, 1234),
     M.Done(M.DONE, b"t" * 20, [(("inline", b"r"), [])], None, 0.01),
+    M.Done(M.DONE, b"t" * 20, [(("inline", b"r"), [])], None, 0.01, (12.5, 30, 1)),   # timeline on
     M.Yield(M.YIELD, b"t" * 20, 0, (("inline", b"r"), [])),
     M.Request(M.REQUEST, 1, M.GET, M.GetArgs([b"o" * 20], None)),
     M.Request(M.REQUEST, 2, M.WAIT, M.WaitArgs([b"o" * 20], 1, 0.5)),
@@ -65,7 +66,7 @@ def test_round_trip_keeps_kind_and_fields(msg):
 
 def test_a_message_reads_by_name_and_by_position_alike():
     done = M.Done(M.DONE, b"t", [1], None, 0.5)
-    assert (done.kind, done.task_id, done.results, done.error, done.seconds) == tuple(done)
+    assert (done.kind, done.task_id, done.results, done.error, done.seconds, done.timing) == tuple(done)
     assert done[0] == M.DONE and done[1] == b"t"
 
 
@@ -101,3 +102,13 @@ def test_zygote_messages_decode_by_kind():
     assert M.decode_zygote(("exit", 99, -9)).returncode == -9
     with pytest.raises(CoreError, match="unknown zygote message"):
         M.decode_zygote(("fork", 1))
+
+
+def test_the_timelines_sizes_are_read_from_the_locations():
+    inline = ("inline", b"x" * 30, [])
+    with_refs = ("inline", b"x" * 30, [(b"a", ("shared", "seg", 4096)), (b"b", ("inline", b"yy")),
+                                       (b"c", ("inherited", b"c", 10**9))])   # core.build's: no copy
+    stored = ("stored", (b"s", ("shared", "seg", 300_000)), [])
+    assert [M.arg_bytes(a) for a in (inline, with_refs, stored)] == [30, 30 + 4096 + 2, 300_000]
+    assert M.result_bytes([(("inline", b"abc"), []), (("shared", "seg", 4096), [b"x"])]) == 3 + 4096
+    assert M.result_bytes(None) is None and M.result_bytes(3) is None    # an error's; a stream's count

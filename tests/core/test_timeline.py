@@ -50,7 +50,7 @@ TRACE_SCHEMA = {
                                   "ts": {"type": "number", "minimum": 0}, "dur": {"type": "number", "minimum": 0},
                                   "args": {"type": "object",
                                            "required": ["task_id", "function", "kind", "outcome", "attempt",
-                                                        "arg_bytes", "sent_us"],
+                                                        "sent_us"],
                                            "properties": {
                                                "task_id": {"type": "string", "pattern": "^[0-9a-f]{40}$"},
                                                "function": {"type": "string"},
@@ -87,16 +87,17 @@ def _tid(n: int) -> bytes:
 
 
 # ── the conversion, pure ──────────────────────────────────────────────────────────────────────
-def _end(t, task_id, name, wid, sent, seconds, error=None, out=None, sent_bytes=40, submit=None, submitter=None,
+def _end(t, task_id, name, wid, sent, seconds, error=None, out=None, arg_bytes=40, submit=None, submitter=None,
          kind="task"):
-    """An END record (timeline.py: the attempt's fields, then seconds, error, result bytes)."""
-    return (TL.END, t, task_id, name, kind, wid, submit, submitter, sent, sent_bytes, seconds, error, out)
+    """An END record (timeline.py: the attempt's fields, then seconds, error, result bytes; `t`:
+    when the call started, as its worker said)."""
+    return (TL.END, t, task_id, name, kind, wid, submit, submitter, sent, arg_bytes, seconds, error, out)
 
 
-def test_a_batch_sent_at_once_lines_up_on_its_worker_lane():
-    t0 = 100.0
-    records = [_end(100.020, _tid(1), "f", 7, 100.010, 0.002, out=24, submit=100.001),
-               _end(100.020, _tid(2), "f", 7, 100.010, 0.003, submit=100.002)]
+def test_an_ended_attempts_bar_is_where_its_worker_says_it_ran():
+    t0 = 100.0   # two tasks sent in one batch: the worker ran one, then the other
+    records = [_end(100.010, _tid(1), "f", 7, 100.010, 0.002, out=24, submit=100.001),
+               _end(100.012, _tid(2), "f", 7, 100.010, 0.003, submit=100.002)]
     out = TL.chrome_events(records, {7: TL.Lane(4242, "worker 4242")}, driver_pid=1, t0=t0, now=101.0)
     bars = [e for e in out if e["ph"] == "X"]
     assert [(b["pid"], b["ts"], b["dur"]) for b in bars] == [(4242, 10000.0, 2000.0), (4242, 12000.0, 3000.0)]
@@ -111,19 +112,22 @@ def test_a_batch_sent_at_once_lines_up_on_its_worker_lane():
                                                                           (1, 2000.0, _tid(2).hex())]
 
 
-def test_a_bar_never_outlasts_its_result_nor_starts_before_it_was_sent():
-    # The worker says it ran 5 s, the result came 1 ms after sending: the bar ends at the result.
-    records = [_end(1.001, _tid(1), "f", 0, 1.0, 5.0, sent_bytes=0)]
-    [bar] = [e for e in TL.chrome_events(records, {}, 1, 0.0, 2.0) if e["ph"] == "X"]
-    assert bar["ts"] == 1_000_000.0 and bar["dur"] == pytest.approx(1000.0)
+def test_an_attempt_with_no_done_starts_when_sent_or_after_the_bar_before_it():
+    # worker 0 ran one task 1.0-1.5 s; the next one, sent at 1.2 s (pipelined), was running at
+    # 1.6 s when its worker died: it started when the first ended. None knows its arguments' bytes.
+    records = [_end(1.0, _tid(1), "f", 0, 1.0, 0.5),
+               (TL.DIED, 1.6, _tid(2), "g", "task", 0, 1.1, None, 1.2, None, "fail")]
+    bars = [e for e in TL.chrome_events(records, {}, 1, 0.0, 2.0) if e["ph"] == "X"]
+    assert [(b["ts"], b["dur"]) for b in bars] == [(1e6, pytest.approx(5e5)), (1.5e6, pytest.approx(1e5))]
+    assert "arg_bytes" not in bars[1]["args"] and bars[1]["args"]["sent_us"] == 1.2e6
 
 
 def test_retries_deaths_and_running_tasks_are_marked():
     lanes = {0: TL.Lane(10, "worker 10"), 1: TL.Lane(11, "worker 11"), 2: TL.Lane(12, "actor C 12")}
     records = [
-        _end(1.5, _tid(1), "flaky", 0, 1.0, 0.5, "ValueError: no", sent_bytes=8, submit=0.9),
+        _end(1.0, _tid(1), "flaky", 0, 1.0, 0.5, "ValueError: no", arg_bytes=8, submit=0.9),
         (TL.RETRY, 1.5, _tid(1)),
-        _end(1.7, _tid(1), "flaky", 1, 1.6, 0.1, out=8, sent_bytes=8, submit=0.9),
+        _end(1.6, _tid(1), "flaky", 1, 1.6, 0.1, out=8, arg_bytes=8, submit=0.9),
         (TL.DIED, 2.5, _tid(2), "boom", "task", 1, 1.9, None, 2.0, 8, "retry"),
         (TL.DIED, 2.7, _tid(2), "boom", "task", 0, 1.9, None, 2.6, 8, "fail"),
         (TL.START, 3.0, _tid(3), "C.m", "actor_method", 2, 2.9, None, 3.0, 8),      # still running
@@ -144,7 +148,7 @@ def test_retries_deaths_and_running_tasks_are_marked():
 def test_a_task_taken_back_before_it_ran_has_one_bar_where_it_ran():
     # Sent to worker 0 behind a busy task, reclaimed, then sent again to worker 1: the carrier's
     # second sending replaced the first on the task, so its END has one bar, attempt 1.
-    records = [_end(2.5, _tid(1), "f", 1, 2.0, 0.1, sent_bytes=0)]
+    records = [_end(2.0, _tid(1), "f", 1, 2.0, 0.1, arg_bytes=0)]
     bars = [e for e in TL.chrome_events(records, {}, 1, 0.0, 3.0) if e["ph"] == "X"]
     assert [(b["pid"], b["args"]["attempt"], b["args"]["sent_us"]) for b in bars] == [(-2, 1, 2e6)]  # worker #1
 
@@ -164,11 +168,11 @@ def test_the_decisions_record_one_record_per_attempt_when_on():
     B.enqueue(board, task)
     board.queue.clear()
     task.state = "running"
-    task.t_sent, task.sent_bytes = task.t_submit + 0.001, 7       # what the carrier notes as it sends
+    task.t_sent = task.t_submit + 0.001                             # what the carrier notes as it sends
     worker.inflight.append(task)
-    B.finished(board, worker, task.task_id, TaskError("g", ValueError("bad"), "tb"), 0.25)
+    B.finished(board, worker, task.task_id, TaskError("g", ValueError("bad"), "tb"), 0.25)   # no timing: a cancel's
     worker.inflight.append(task)
-    B.finished(board, worker, task.task_id, None, 0.5, [(("inline", b"abc"), []), (("shared", 4096), [])])
+    B.finished(board, worker, task.task_id, None, 0.5, (task.t_sent + 0.1, 7, 3 + 4096))     # the worker's timing
     B.failed_run(board, task, TaskError("g", ValueError("bad"), "tb"), True)
     board.queue.clear()
     task.state = "running"
@@ -176,10 +180,11 @@ def test_the_decisions_record_one_record_per_attempt_when_on():
     B.worker_died(board, worker, "signal 9", closing=True)
     records = rec.records()
     assert [e[0] for e in records] == [TL.END, TL.END, TL.RETRY, TL.DIED]
-    attempt = (task.task_id, "g", "task", 3, task.t_submit, None, task.t_sent, 7)
-    assert records[0][2:10] == attempt and records[0][10] == 0.25 and records[0][11].startswith("ValueError")
-    assert records[0][12] is None and records[1][11:] == (None, 3 + 4096)   # results' bytes
-    assert records[3][2:10] == attempt and records[3][10] == "fail"
+    attempt = (task.task_id, "g", "task", 3, task.t_submit, None, task.t_sent)
+    assert records[0][2:9] == attempt and records[0][9] is None and records[0][10] == 0.25
+    assert records[0][11].startswith("ValueError") and records[0][12] is None
+    assert records[1][1] == task.t_sent + 0.1 and records[1][9] == 7 and records[1][11:] == (None, 3 + 4096)
+    assert records[3][2:10] == attempt + (None,) and records[3][10] == "fail"   # bytes: the worker's to say
 
 
 def test_the_recorder_is_bounded_and_out_of_the_collectors_way():
@@ -191,14 +196,11 @@ def test_the_recorder_is_bounded_and_out_of_the_collectors_way():
     for i in range(10 * TL.CHUNK):
         rec.add((TL.RETRY, float(i), _tid(i)))
     kept = rec.records()
-    assert len(kept) == rec.max_records and kept[-1][1] == 10 * TL.CHUNK - 1 and len(rec.recent) < rec.seal_at
-    assert kept[-1] == (TL.RETRY, 10 * TL.CHUNK - 1, _tid(10 * TL.CHUNK - 1)) + (None,) * (TL.WIDTH - 3)
-    # a record adds no object the collector tracks (its values are atomic, kept flat), and a
-    # sealed chunk is untracked by the first collection that sees it: the collector's full
-    # collections visit a few sealed chunks, not each record
-    assert not any(gc.is_tracked(v) for v in rec.recent)
-    gc.collect()
-    assert not any(gc.is_tracked(c) for c in rec.chunks)
+    assert len(kept) == rec.max_records and kept[-1][1] == 10 * TL.CHUNK - 1 and len(rec.recent) < TL.CHUNK
+    gc.collect()    # records are untracked by the first collection that sees them, a chunk by the
+    gc.collect()    # first that sees its records untracked (the second at most)
+    # so the collector's full collections visit the few sealed chunks, not each record
+    assert not gc.is_tracked(kept[0]) and not any(gc.is_tracked(c) for c in rec.chunks)
 
 
 # ── real sessions ─────────────────────────────────────────────────────────────────────────────

@@ -9,8 +9,8 @@
 
 What a dispatch cannot send after all goes back: arguments that no longer fit (`NoRoomNow`, or
 admission says wait) to the head of the queue, a lost argument to its rebuild, a failed one
-fails the task. With the session's timeline on, each task sent notes when it was sent and its
-arguments' bytes (`tasks/timeline.py`: read back by its END record).
+fails the task. With the session's timeline on, each task sent notes when it was sent, and its
+message asks the worker for its `Done.timing` (`tasks/timeline.py`: read by its END record).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class Carrier:
         msgs = []
         deferred: list[Task] = []
         inflight = worker.inflight
-        rec = board.timeline              # on: each task sent notes when (one clock read) and its bytes
+        rec = board.timeline              # on: each task sent notes when (one clock read for all)
         now = monotonic() if rec is not None else 0.0
         for task in batch:
             decision = "wait" if deferred else self.admission(task)
@@ -122,10 +122,9 @@ class Carrier:
             msgs.append(msg)
             task.worker = worker
             inflight.append(task)
-            if rec is not None:           # read back by its END record (tasks/timeline.py)
+            if rec is not None:           # (tasks/timeline.py) its Done says when it ran, its bytes
                 task.t_sent = now
-                a = msg["args"]           # the common case inline: small arguments, no ref among them
-                task.sent_bytes = len(a[1]) if not a[2] and a[0] == "inline" else arg_bytes(a)
+                msg["timeline"] = True
         if deferred:
             self._give_gpus(deferred)
             requeue_front(board, worker, deferred)
@@ -193,22 +192,6 @@ class Carrier:
         except ObjectLostError as exc:
             exc.oid = oid  # type: ignore[attr-defined]
             raise
-
-
-def arg_bytes(args: tuple) -> int:
-    """Bytes of a task message's arguments: the inline blob (or the stored one) and each ref
-    argument's object, as located (("inline", bytes) or ("shared", segment, size))."""
-    n = len(args[1]) if args[0] == "inline" else _loc_size(args[1][1])
-    for _, loc in args[2]:
-        n += _loc_size(loc)
-    return n
-
-
-def _loc_size(loc: tuple) -> int:
-    """Bytes a location makes the worker read: an inherited value is in its memory already."""
-    if loc[0] == "inherited":
-        return 0
-    return len(loc[1]) if loc[0] == "inline" else loc[2]
 
 
 def interrupt(ins: Interrupt) -> None:

@@ -53,7 +53,7 @@ class Inbox:
     def handle(self, worker: WorkerProc, msg: Any) -> None:
         kind = msg.kind
         if kind == M.DONE:
-            self.on_done(worker, msg.task_id, msg.results, msg.error, msg.seconds)
+            self.on_done(worker, msg.task_id, msg.results, msg.error, msg.seconds, msg.timing)
         elif kind == M.BATCH:
             for m in msg.messages:
                 self.handle(worker, m)
@@ -94,9 +94,10 @@ class Inbox:
             self.store.unpin(oid, worker.wid)
 
     # ── results ─────────────────────────────────────────────────────────────────────────────
-    def on_done(self, worker: WorkerProc, task_id: bytes, results: Any, error: Any, seconds: float) -> None:
+    def on_done(self, worker: WorkerProc, task_id: bytes, results: Any, error: Any, seconds: float,
+                timing: tuple | None = None) -> None:
         board = self.board
-        task = finished(board, worker, task_id, error, seconds, results)
+        task = finished(board, worker, task_id, error, seconds, timing)
         if task is None:
             self._discard_results(task_id, results)
             return

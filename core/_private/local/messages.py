@@ -62,6 +62,7 @@ class TaskMessage(TypedDict):
     num_returns: int
     streaming: bool
     env: dict[str, str] | None    # environment for the task's run (CUDA_VISIBLE_DEVICES)
+    # present (True) while the session records its timeline: the worker's Done carries `timing`
 
 
 class WireTask(TypedDict, total=False):
@@ -196,6 +197,10 @@ class Done(NamedTuple):
     results: Any
     error: BaseException | None
     seconds: float                # time it ran, loading its function left out
+    # when the task message asked (its "timeline" key): (started, arg bytes, result bytes or
+    # None), `started` read from time.monotonic() as it started (CLOCK_MONOTONIC: the driver's
+    # clock too); None otherwise
+    timing: tuple | None = None
 
 
 class Yield(NamedTuple):
@@ -249,6 +254,35 @@ _CLASSES: dict[str, Any] = {
     TASKS: Tasks, REPLY: Reply, FUNCTION: Function, RELEASE_SEGMENTS: ReleaseSegments, EXIT: Exit,
     RECLAIM: Reclaim, HELLO: Hello, DONE: Done, YIELD: Yield, REQUEST: Request, PUT: Put,
     SUBMIT: Submit, REFS: Refs, BATCH: Batch}
+
+
+# ─── sizes, for the timeline ───────────────────────────────────────────────────────────────────
+def arg_bytes(args: tuple) -> int:
+    """Bytes of a task message's arguments: the inline blob (or the stored one) and each ref
+    argument's object, as located (("inline", bytes) or ("shared", segment, size))."""
+    n = len(args[1]) if args[0] == "inline" else _loc_size(args[1][1])
+    for _, loc in args[2]:
+        n += _loc_size(loc)
+    return n
+
+
+def result_bytes(results: Any) -> int | None:
+    """Bytes of a Done's results, from their locations; None when there are none (a streaming
+    task's count, an error)."""
+    if not isinstance(results, list):
+        return None
+    n = 0
+    for loc, _contained in results:
+        n += _loc_size(loc)
+    return n
+
+
+def _loc_size(loc: tuple) -> int:
+    """Bytes a location makes the worker read or write: an inherited value (core.build) is in
+    its memory already."""
+    if loc[0] == "inherited":
+        return 0
+    return len(loc[1]) if loc[0] == "inline" else loc[-1]
 
 
 # ─── encode / decode ────────────────────────────────────────────────────────────────────────────

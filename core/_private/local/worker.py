@@ -378,7 +378,7 @@ class TaskRunner:
         if env:
             os.environ.update(env)
         client.current_task = task_id
-        t0 = time.perf_counter() - client.load_seconds   # the time loading functions is left out
+        t0 = time.monotonic() - client.load_seconds   # the time loading functions is left out
         try:
             value = self._call(task)
             if task.get("streaming"):
@@ -395,7 +395,12 @@ class TaskRunner:
             client.current_task = None
             if saved_env is not None:
                 _restore_env(saved_env)
-        client.queue(M.Done(M.DONE, task_id, results, error, time.perf_counter() - t0 - client.load_seconds))
+        began = t0 + client.load_seconds      # when it ran: after loading its function, if it did
+        seconds = time.monotonic() - began
+        timing = None
+        if "timeline" in task:    # the session records its timeline: what only the worker knows
+            timing = (began, M.arg_bytes(task["args"]), M.result_bytes(results))
+        client.queue(M.Done(M.DONE, task_id, results, error, seconds, timing))
 
     def _call(self, task: M.TaskMessage) -> Any:
         client = self.client

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from core._private.tasks.resources import ResourceLedger, unhold
 from core._private.tasks.retry import retry_decision, spend_retry
 from core._private.tasks.state import Actor, Obj, Stream, Task
-from core._private.tasks.timeline import DIED, END, RETRY, Recorder, attempt, error_text, result_bytes
+from core._private.tasks.timeline import DIED, END, RETRY, Recorder, attempt, error_text
 from core._private.tasks.transitions import Interrupt, Reclaim, Spawn, transition
 from core.exceptions import ActorDiedError, TaskCancelledError, WorkerCrashedError
 
@@ -138,10 +138,10 @@ def requeue_front(board: Board, worker: Any, tasks: list[Task]) -> None:
 
 # ─── DONE ──────────────────────────────────────────────────────────────────────────────────────
 def finished(board: Board, worker: Any, task_id: bytes, error: Any, seconds: float,
-             results: Any = None) -> Task | None:
+             timing: tuple | None = None) -> Task | None:
     """A worker reports a task done: take it off the worker, note its time, give back what it
-    held. Returns the task (None if nobody waits for it any more). `results`: the DONE's result
-    locations, read only for the timeline (their sizes)."""
+    held. Returns the task (None if nobody waits for it any more). `timing`: the Done's, for
+    the timeline (when it started, its arguments' and results' bytes)."""
     inflight = worker.inflight
     if inflight and inflight[0].task_id == task_id:
         ran = inflight.popleft()
@@ -149,20 +149,19 @@ def finished(board: Board, worker: Any, task_id: bytes, error: Any, seconds: flo
         ran = next((t for t in inflight if t.task_id == task_id), None)
         worker.inflight = inflight = deque(t for t in inflight if t.task_id != task_id)
     rec = board.timeline
-    # The attempt's one record (timeline.py: END): the fields of timeline.attempt() written out
-    # here, since this runs once per task and a call would cost a fifth of the recording.
+    # The attempt's one record (timeline.py: END), its fields written out here rather than
+    # gathered by a call: this runs once per task.
     if rec is not None and ran is not None:
         try:
             t_submit, submitter = ran.t_submit, ran.submitter
         except AttributeError:                 # an actor's constructor: never submitted as a task
             t_submit = submitter = None
-        try:
-            (loc, _), = results                # one result (the hot path: no call)
-            out = len(loc[1]) if loc[0] == "inline" else loc[-1]
-        except (TypeError, ValueError):        # an error's None, a stream's count, several results
-            out = result_bytes(results)
-        rec.recent += (END, monotonic(), task_id, ran.name, ran.kind, worker.wid, t_submit, submitter,
-                       ran.t_sent, ran.sent_bytes, seconds, None if error is None else error_text(error), out)
+        if timing is None:                     # a Done with none: a task cancelled before it ran
+            timing = (monotonic() - seconds, None, None)
+        began, arg_bytes, out = timing
+        rec.recent.append((END, began, task_id, ran.name, ran.kind, worker.wid, t_submit, submitter,
+                           ran.t_sent, arg_bytes, seconds,
+                           None if error is None else error_text(error), out))
     if inflight and inflight[0].state == "pipelined":
         transition(inflight[0], "running")     # it starts now, on the share already held
     task = board.tasks.get(task_id)

@@ -58,8 +58,8 @@ class Task:
                  "method", "state", "story", "deps", "worker", "gpu_ids",
                  # set only while the session records its timeline (tasks/timeline.py), unset
                  # otherwise: when it was submitted and by which worker (None: the driver), when
-                 # it was last sent and its arguments' bytes as sent
-                 "t_submit", "submitter", "t_sent", "sent_bytes")
+                 # it was last sent
+                 "t_submit", "submitter", "t_sent")
 
     def __init__(self, task_id: bytes, kind: TaskKind, name: str, fn_id: bytes | None, args: tuple,
                  arg_refs: list, held: list, return_ids: list, num_returns: int = 1,

@@ -1,21 +1,24 @@
 """The session's task timeline: what the engine records as tasks run, and its Chrome trace.
 
     board.register ─── task.t_submit, task.submitter ─┐  noted on the Task (slot stores, no
-    carrier.dispatch ─ task.t_sent, task.sent_bytes ──┘  allocation), read at its END
+    carrier.dispatch ─ task.t_sent ───────────────────┘  allocation), read at its END
+    worker ─────────── Done.timing: when it ran, its arguments' and results' bytes
     board.finished ─── END ─┐
-    board.failed_run ─ RETRY┼─► Recorder.recent: WIDTH plain values per task attempt ended (and
-    board.worker_died ─ DIED┘   per retry), under the engine lock; sealed in chunks (see Recorder)
+    board.failed_run ─ RETRY┼─► Recorder.recent: one plain tuple per task attempt ended (and per
+    board.worker_died ─ DIED┘   retry), under the engine lock; sealed in chunks (see Recorder)
                                    core.timeline() ──► Recorder.records() + not_ended(...): the
                                                        tasks running, and those not sent yet
                                                        ──► chrome_events(...) ──► [dict]
                                                        (pure; the JSON is built only here)
 
 One record per attempt, at its end, rather than one per event: a task's submit and its sending
-are two attribute stores on its `Task`, and the END record carries them. This keeps the cost on
-the driver's hot path (under the lock the submitting thread and the I/O thread share) to one
-list extend and one clock read per task (the sending's clock read is shared by its batch), and
-keeps the garbage collector out of it (see Recorder). The task's END extends
-`Recorder.recent` in place (no call: the hot path); the carrier seals it once per batch sent.
+are attribute stores on its `Task`, what only the worker knows (when the call started, its
+arguments' and results' bytes) comes in its Done, and the END record carries them all. This
+keeps the cost on the driver's hot path (under the lock the submitting thread and the I/O
+thread share) to one clock read and one tuple append per task (the sending's clock read is
+shared by its batch), and keeps the garbage collector out of it (see Recorder). The task's END
+appends to `Recorder.recent` in place (no call: the hot path); the carrier seals it once per
+batch sent. A worker measures only when its task message asks (the "timeline" key).
 
 Chrome's trace-event format (what Perfetto and chrome://tracing open): one "X" (complete) event
 per task attempt, on the lane (`pid`) of the worker that ran it, named after the function; "M"
@@ -23,14 +26,14 @@ events name the lanes ("worker <pid>", "actor <Class> <pid>", "driver <pid>"); a
 event per submitted task on the submitter's lane. Times are microseconds since the session
 started, read from `time.monotonic` (never a clock's absolute value).
 
-When an attempt ran: the driver knows when it sent the task and when the result came back
-(END), the worker how long the function ran (`seconds`). A worker runs its tasks one at a time
-in the order sent, so a bar starts when it was sent or when the worker's previous bar ended,
-whichever is later, and lasts `seconds` (cut at the result's arrival): tasks sent in one batch,
-or pipelined behind a running one, line up instead of overlapping.
+When an attempt ran: the worker says when the call started and how long it ran (its clock is
+the driver's: `time.monotonic` is CLOCK_MONOTONIC, one per machine), so an ended attempt's bar is
+exact. For an attempt with no Done (running when the trace is asked for, or its worker died) the
+driver knows when it sent it: a worker runs its tasks one at a time in the order sent, so its
+bar starts then or when the worker's previous bar ended, whichever is later.
 
 Memory is bounded: the recorder keeps the last `max_records` records (`DEFAULT_MAX_RECORDS`; one
-per attempt, ~320 bytes each with its task id and times: ~32 MB); older ones are dropped. `chrome_events`
+per attempt, ~370 bytes each with its task id: ~37 MB); older ones are dropped. `chrome_events`
 is pure; `write_trace` is this module's one I/O, called by the runtimes at the edge.
 """
 
@@ -45,9 +48,10 @@ from itertools import chain
 from typing import Any, Iterable, NamedTuple
 
 # Record kinds: the first field of each tuple. An attempt's fields come first, in one order:
-#   ATTEMPT = (kind, t, task_id, name, task kind, wid, t_submit, submitter wid, t_sent, sent bytes)
-# t_submit and the submitter are None for an actor's constructor (it is not submitted as a task).
-END = 2      # ATTEMPT + (seconds, error or None, result bytes or None)   t: the result's arrival
+#   ATTEMPT = (kind, t, task_id, name, task kind, wid, t_submit, submitter wid, t_sent, arg bytes)
+# t_submit and the submitter are None for an actor's constructor (it is not submitted as a task);
+# arg bytes are known from the worker's Done only (None in DIED and START).
+END = 2      # ATTEMPT + (seconds, error or None, result bytes or None)   t: when the call started
              #                                                             error: "Type: first line"
 RETRY = 3    # (RETRY, t, task_id)                                the END just before is retried
 DIED = 4     # ATTEMPT + (verdict,)                               its worker died while it ran
@@ -55,7 +59,6 @@ DIED = 4     # ATTEMPT + (verdict,)                               its worker die
 START = 1    # ATTEMPT                                            sent, running (t: when it was sent)
 SUBMIT = 0   # (SUBMIT, t_submit, task_id, name, submitter wid)   submitted, not sent
 
-WIDTH = 13       # values per record as kept (an END's; shorter records are padded with None)
 DEFAULT_MAX_RECORDS = 100_000
 CHUNK = 1024     # records sealed into one tuple (see Recorder)
 
@@ -63,31 +66,28 @@ CHUNK = 1024     # records sealed into one tuple (see Recorder)
 class Recorder:
     """The recorded attempts of one session (owned by the Board, added to under its lock).
 
-    Kept flat, out of the garbage collector's way: a record's values (ids, names, numbers) are
-    atomic objects, which the collector never tracks, and they are stored `WIDTH` at a time in
-    one list (`recent`), not as a tuple each. A tuple per record would be a tracked allocation
-    per task, which alone made the collector run every ~700 tasks and visit each record (a
-    sixth of the recording's cost). Every `CHUNK` records, `recent` is sealed into a tuple,
-    which the collector stops tracking (it holds only atomic values): a full collection sees a
-    few hundred chunks, not ~100,000 records. `records()` gives them back as tuples."""
+    Records are tuples of atomic values (ids, names, numbers), which the garbage collector stops
+    tracking the first time it sees them. The container still counts: a collection of the old
+    generation visits every item of a deque or list, and a long session keeps ~100,000 of them
+    (~0.1 µs each, at every full collection). So the last records are kept in a short list and
+    sealed, `CHUNK` at a time, into a tuple, which the collector untracks in turn (it holds only
+    untracked tuples): a full collection sees a few hundred chunks, not every record."""
 
     __slots__ = ("recent", "chunks", "seal_at", "max_records", "workers", "t0")
 
     def __init__(self, max_records: int = DEFAULT_MAX_RECORDS) -> None:
         self.max_records = max_records
-        per_chunk = min(CHUNK, max_records)
-        self.seal_at = per_chunk * WIDTH      # values in `recent` that make a chunk
-        self.recent: list = []                # the values of the records not sealed yet
+        self.seal_at = min(CHUNK, max_records)
+        self.recent: list[tuple] = []         # the records not sealed yet (fewer than seal_at)
         # sealed chunks: enough of them to hold `max_records` with `recent` empty
-        self.chunks: deque[tuple] = deque(maxlen=-(-max_records // per_chunk))
+        self.chunks: deque[tuple] = deque(maxlen=-(-max_records // self.seal_at))
         self.workers: dict[int, Any] = {}     # wid -> WorkerProc, noted on its first dispatch
         self.t0 = time.monotonic()            # the session's start: time 0 of the trace
 
     def add(self, record: tuple) -> None:
-        """Keep `record` (at most WIDTH values). The hot path, a task's END, extends `recent`
-        with its WIDTH values itself, and the carrier seals once per batch sent: `recent`
-        exceeds `seal_at` by the tasks in flight."""
-        self.recent += record + (None,) * (WIDTH - len(record))
+        """Keep `record`. (The hot path, a task's END, appends to `recent` itself, and the
+        carrier seals once per batch sent: `recent` exceeds `seal_at` by the tasks in flight.)"""
+        self.recent.append(record)
         if len(self.recent) >= self.seal_at:
             self.seal()
 
@@ -96,11 +96,10 @@ class Recorder:
         self.recent.clear()
 
     def records(self) -> list[tuple]:
-        """The last `max_records` records, oldest first (padded to WIDTH values)."""
-        flat = list(chain.from_iterable(self.chunks))
-        flat += self.recent
-        start = max(0, len(flat) // WIDTH - self.max_records) * WIDTH
-        return [tuple(flat[i:i + WIDTH]) for i in range(start, len(flat), WIDTH)]
+        """The last `max_records` records, oldest first."""
+        kept = list(chain.from_iterable(self.chunks))
+        kept += self.recent
+        return kept[-self.max_records:]
 
     def snapshot(self, workers: Iterable[Any], tasks: Iterable[Any]) -> tuple[list[tuple], list[Any]]:
         """What core.timeline() reads under the engine lock: the records, then those of the tasks
@@ -110,13 +109,14 @@ class Recorder:
 
 
 def attempt(task: Any, wid: int | None) -> tuple:
-    """The fields after (kind, t) an attempt's records share: what the task carries since its
-    submit and its sending (set while the timeline is on; an actor's constructor has no submit)."""
+    """The fields after (kind, t) of an attempt with no Done (DIED, START): what the task carries
+    since its submit and its sending (set while the timeline is on; an actor's constructor has no
+    submit). Its arguments' bytes are the worker's to say: None."""
     try:
         submitted, submitter = task.t_submit, task.submitter
     except AttributeError:
         submitted = submitter = None
-    return (task.task_id, task.name, task.kind, wid, submitted, submitter, task.t_sent, task.sent_bytes)
+    return (task.task_id, task.name, task.kind, wid, submitted, submitter, task.t_sent, None)
 
 
 def not_ended(workers: Iterable[Any], tasks: Iterable[Any]) -> list[tuple]:
@@ -128,17 +128,6 @@ def not_ended(workers: Iterable[Any], tasks: Iterable[Any]) -> list[tuple]:
     out += [(SUBMIT, task.t_submit, task.task_id, task.name, task.submitter) for task in tasks
             if getattr(task, "t_submit", None) is not None]
     return out
-
-
-def result_bytes(results: Any) -> int | None:
-    """Bytes of a DONE's results, from their locations (("inline", bytes) or ("shared", size),
-    or ("inherited", oid, size)); None when not given (a streaming task's count, an error)."""
-    if not isinstance(results, list):
-        return None
-    n = 0
-    for loc, _contained in results:
-        n += len(loc[1]) if loc[0] == "inline" else loc[-1]
-    return n
 
 
 def error_text(error: Any) -> str:
@@ -200,16 +189,23 @@ def chrome_events(records: Iterable[tuple], lanes: dict[int, Lane], driver_pid: 
         out.append({"name": f"submit {short_name(name)}", "cat": "submit", "ph": "i", "s": "t", "ts": us(t_submit),
                     "pid": lane(submitter), "tid": 0, "args": {"task_id": task_id.hex(), "function": name}})
 
-    def bar(rec: tuple, end_t: float, seconds: float | None, outcome: str, error: str | None,
-            out_bytes: int | None = None) -> None:
+    def bar(rec: tuple, begin: float | None, finish: float, seconds: float | None, outcome: str,
+            error: str | None, out_bytes: int | None = None) -> None:
+        """An attempt's bar, from `begin` (None: not known, so from its sending or the end of its
+        worker's previous bar, whichever is later) to `finish`."""
         task_id, name, kind, wid, t_submit, submitter, sent, arg_bytes = rec[2:10]
         submit_mark(task_id, name, t_submit, submitter)
-        begin = max(sent, lane_free.get(wid, sent))
-        finish = end_t if seconds is None else max(begin, min(begin + seconds, end_t))
-        lane_free[wid] = finish
+        if begin is None:
+            begin = sent if sent is not None else finish
+            begin = min(max(begin, lane_free.get(wid, begin)), finish)
+        lane_free[wid] = max(finish, lane_free.get(wid, finish))
         n = attempts[task_id] = attempts.get(task_id, 0) + 1
         args: dict[str, Any] = {"task_id": task_id.hex(), "function": name, "kind": kind, "outcome": outcome,
-                                "attempt": n, "arg_bytes": arg_bytes, "sent_us": us(sent)}
+                                "attempt": n}
+        if arg_bytes is not None:
+            args["arg_bytes"] = arg_bytes
+        if sent is not None:
+            args["sent_us"] = us(sent)
         if seconds is not None:
             args["run_s"] = seconds
         if out_bytes is not None:
@@ -225,15 +221,15 @@ def chrome_events(records: Iterable[tuple], lanes: dict[int, Lane], driver_pid: 
         kind = e[0]
         if kind == END:
             error = e[11]
-            bar(e, e[1], e[10], "ok" if error is None else "error", error, e[12])
+            bar(e, e[1], e[1] + e[10], e[10], "ok" if error is None else "error", error, e[12])
         elif kind == RETRY:
             ev = last_bar.get(e[2])
             if ev is not None and ev["args"]["outcome"] == "error":
                 ev["args"]["outcome"] = "retried"
         elif kind == DIED:
-            bar(e, e[1], None, "worker died, retried" if e[10] == "retry" else "worker died", None)
+            bar(e, None, e[1], None, "worker died, retried" if e[10] == "retry" else "worker died", None)
         elif kind == START:        # not finished when the timeline was asked for
-            bar(e, max(now, e[1]), None, "running", None)
+            bar(e, None, max(now, e[1]), None, "running", None)
         elif kind == SUBMIT:
             submit_mark(e[2], e[3], e[1], e[4])
     meta = [{"name": "process_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": label}}
@@ -263,5 +259,5 @@ def write_trace(path: str | os.PathLike, events: list[dict]) -> None:
         raise
 
 
-__all__ = ["Recorder", "Lane", "short_name", "chrome_events", "write_trace", "error_text", "result_bytes", "attempt",
-           "not_ended", "DEFAULT_MAX_RECORDS", "CHUNK", "WIDTH", "SUBMIT", "START", "END", "RETRY", "DIED"]
+__all__ = ["Recorder", "Lane", "short_name", "chrome_events", "write_trace", "error_text", "attempt",
+           "not_ended", "DEFAULT_MAX_RECORDS", "CHUNK", "SUBMIT", "START", "END", "RETRY", "DIED"]
