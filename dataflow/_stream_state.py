@@ -89,7 +89,8 @@ class Flight:
 class Pool:
     actors: list = field(default_factory=list)      # handles
     load: dict = field(default_factory=dict)        # id(handle) -> calls in flight
-    ready: dict = field(default_factory=dict)       # ready ref -> handle
+    ready: dict = field(default_factory=dict)       # ready ref -> handle (its constructor not done yet)
+    ready_sent: dict = field(default_factory=dict)  # ready ref -> time.monotonic() it was sent
     calls: dict = field(default_factory=dict)       # id(handle) -> deque of its calls' meta handles, in order
     lo: int = 1
     hi: int = 1
@@ -210,10 +211,12 @@ def pick_actor(pool: Pool) -> Any:
     return min(pool.actors, key=lambda a: pool.load.get(id(a), 0))
 
 
-def actor_starting(pool: Pool, actor: Any) -> bool:
-    """`actor`'s constructor has not finished (its ready call is out): a call sent to it waits,
-    and its clock starts when the actor is up."""
-    return any(a is actor for a in pool.ready.values())
+def actor_starting(pool: Pool, actor: Any, since: float | None = None) -> bool:
+    """`actor`'s constructor has not finished (a ready call is out): a call sent to it waits,
+    and its clock starts when the actor is up. `since`: only ready calls sent after then count
+    (after a crash, the one sent before it says nothing of the restart)."""
+    return any(a is actor and (since is None or pool.ready_sent.get(r, 0.0) > since)
+               for r, a in pool.ready.items())
 
 
 def on_failure(state: StreamState, item: Item) -> Literal["retry", "give_up"]:

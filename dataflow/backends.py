@@ -42,10 +42,12 @@ def store_stats() -> dict:
 
 class TaskFailure(Exception):
     """A task did not produce a result: it raised, its worker died, or it was cancelled.
-    `.cause` is the task's own exception when there is one."""
+    `.cause` is the task's own exception when there is one; `.died`: its worker (or actor)
+    process died."""
 
-    def __init__(self, message: str, cause: BaseException | None = None):
+    def __init__(self, message: str, cause: BaseException | None = None, died: bool = False):
         self.cause = cause
+        self.died = died
         super().__init__(message)
 
 
@@ -167,7 +169,7 @@ class CoreBackend:
 
     def result(self, handle: Any) -> Any:
         import core
-        from core.exceptions import CoreError, TaskError
+        from core.exceptions import ActorDiedError, CoreError, TaskError, WorkerCrashedError
 
         try:
             return core.get(handle)
@@ -175,7 +177,7 @@ class CoreBackend:
             cause = exc.cause if exc.cause is not None else exc
             raise TaskFailure(describe(cause), cause) from exc
         except CoreError as exc:  # worker crashed, object lost, store full, cancelled
-            raise TaskFailure(describe(exc), exc) from exc
+            raise TaskFailure(describe(exc), exc, isinstance(exc, (ActorDiedError, WorkerCrashedError))) from exc
 
     def cancel(self, handle: Any, force: bool = False) -> None:
         import core

@@ -27,9 +27,9 @@ driver's deadline catches the rest (C code, a thread, a signal blocked): a task 
 cancelled (its worker killed), an actor past it is killed and replaced, and its other blocks go
 back to the queue with no attempt spent. The block that ran over fails or is retried as any
 failure. An actor runs its calls one after the other, so a call's clock starts when the one
-before it on the same actor lands, and the first one's when the actor is up: a constructor that
-loads a model for a minute does not count against a call's `timeout` (as in Ray Data, the
-constructor itself has no deadline).
+before it on the same actor lands, and the first one's when the actor is up (started, or
+restarted by core after a crash): a constructor that loads a model for a minute does not count
+against a call's `timeout` (as in Ray Data, the constructor itself has no deadline).
 
 Order: with `order_window` (Dataset.iter_batches(preserve_order=True)), the first segment starts
 a shard only while it is fewer than `order_window` shards past the first one not yet yielded, so
@@ -175,7 +175,12 @@ class StreamExecutor:
         pool.actors.append(actor)
         pool.load[id(actor)] = 0
         pool.calls[id(actor)] = deque()
-        pool.ready[self.backend.call(actor, "ready")] = actor
+        self._ask_ready(pool, actor)
+
+    def _ask_ready(self, pool: Pool, actor: Any) -> None:
+        ref = self.backend.call(actor, "ready")
+        pool.ready[ref] = actor
+        pool.ready_sent[ref] = time.monotonic()
 
     def _remove_actor(self, s: SegState, actor: Any) -> None:
         pool = s.pool
@@ -184,6 +189,7 @@ class StreamExecutor:
         pool.calls.pop(id(actor), None)
         for ref in [r for r, a in pool.ready.items() if a is actor]:
             pool.ready.pop(ref)
+            pool.ready_sent.pop(ref, None)
         self.backend.kill(actor)
 
     def _scale_pools(self, state: StreamState) -> None:
@@ -253,6 +259,7 @@ class StreamExecutor:
         for s in state.segs:
             if s.pool is not None and handle in s.pool.ready:
                 actor = s.pool.ready.pop(handle)
+                s.pool.ready_sent.pop(handle, None)
                 try:
                     info = self.backend.result(handle)
                     s.pids.add(info["pid"])
@@ -269,15 +276,19 @@ class StreamExecutor:
             return
         flight = s.in_flight.pop(handle)
         item, actor, block = flight.item, flight.actor, flight.block
+        try:
+            result, failure = self.backend.result(handle), None
+        except TaskFailure as exc:
+            result, failure = None, exc
         if actor is not None and id(actor) in s.pool.load:
             s.pool.load[id(actor)] -= 1
+            if failure is not None and failure.died:
+                self._await_restart(s, actor, flight.submitted)
             self._next_call(s, actor, handle)
-        try:
-            result = self.backend.result(handle)
-        except TaskFailure as exc:
-            if s.pool is not None and _constructor_failed(exc):
-                raise RunError(f"stage {s.seg.head.name}: its actor pool cannot start: {exc}") from exc
-            yield from self._failed(state, item, str(exc), exc.cause)
+        if failure is not None:
+            if s.pool is not None and _constructor_failed(failure):
+                raise RunError(f"stage {s.seg.head.name}: its actor pool cannot start: {failure}") from failure
+            yield from self._failed(state, item, str(failure), failure.cause)
             return
         last = item.seg == len(state.segs) - 1
         meta = result  # a BlockMeta, or the last segment's ShardResult (the same fields)
@@ -310,9 +321,19 @@ class StreamExecutor:
             calls.remove(handle)
         self._start_clock(s, actor)
 
+    def _await_restart(self, s: SegState, actor: Any, sent: float) -> None:
+        """`actor` died under a call sent at `sent`, and core restarts it: the calls sent to it
+        wait for its constructor again, so their clocks start when it is up (a new ready call
+        tells), as a new actor's do. One ready per crash: the other calls it failed were sent
+        before that ready."""
+        if not actor_starting(s.pool, actor, since=sent):
+            self._ask_ready(s.pool, actor)
+
     def _start_clock(self, s: SegState, actor: Any) -> None:
         """The first call queued on `actor` runs from now: its deadline counts from here, not from
         its submission (which may have waited on the actor's constructor or on calls before it)."""
+        if actor_starting(s.pool, actor):
+            return                     # its clock starts when the actor is up
         calls = s.pool.calls.get(id(actor))
         if calls:
             first = s.in_flight.get(calls[0])

@@ -45,6 +45,18 @@ class SlowStart(Hang):
         time.sleep(float(os.environ["SLOW_START"]))
 
 
+class SlowStartDiesOnce(SlowStart):
+    """SlowStart whose process exits on shard $DIE_SHARD the first time (while $DIE_MARKER does
+    not exist): core restarts it, through its slow constructor again."""
+
+    def __call__(self, batch: dict) -> dict:
+        marker = os.environ["DIE_MARKER"]
+        if int(batch["id"][0]) // 100 == int(os.environ["DIE_SHARD"]) and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return super().__call__(batch)
+
+
 def stages(timeout="4s"):  # far above a normal block here, even on a loaded machine
     return [{"name": "parse", "fn": f"{H}:images", "fn_kwargs": {"size": 2}},
             {"name": "hang", "fn": "tests.dataflow.test_stage_timeout:Hang", "concurrency": 1, "timeout": timeout},
@@ -107,3 +119,20 @@ def test_an_actors_slow_constructor_does_not_count_against_its_first_calls_timeo
     summary = pipeline(tmp_path, data, plan, max_retries=0).run()
     assert summary.status == "done" and summary.rows == 300
     assert output(tmp_path)["id"].to_pylist() == list(range(300))
+
+
+def test_calls_sent_to_an_actor_restarting_after_a_crash_wait_for_its_constructor(tmp_path, monkeypatch):
+    # The actor dies on shard 1 and core restarts it (5 s constructor). The retried call and
+    # those sent meanwhile wait for it: counted from their sending, they would pass their 3+1 s
+    # and be failed (max_retries is spent by the crash).
+    monkeypatch.setattr(streaming, "POOL_GRACE", 1.0)
+    monkeypatch.setenv("SLOW_START", "5")
+    monkeypatch.setenv("DIE_SHARD", "1")
+    monkeypatch.setenv("DIE_MARKER", str(tmp_path / "died"))
+    data = helpers.make_dataset(tmp_path / "data", shards=4, rows=100)
+    plan = stages(timeout="3s")
+    plan[1]["fn"] = "tests.dataflow.test_stage_timeout:SlowStartDiesOnce"
+    summary = pipeline(tmp_path, data, plan, max_retries=1).run()
+    assert (tmp_path / "died").exists()
+    assert summary.status == "done" and summary.rows == 400
+    assert output(tmp_path)["id"].to_pylist() == list(range(400))
