@@ -10,7 +10,7 @@
 What a dispatch cannot send after all goes back: arguments that no longer fit (`NoRoomNow`, or
 admission says wait) to the head of the queue, a lost argument to its rebuild, a failed one
 fails the task. With the session's timeline on, each task sent notes when it was sent, and its
-message asks the worker for its `Done.timing` (`tasks/timeline.py`: read by its END record).
+Tasks message asks the worker for each `Done.timing` (`tasks/timeline.py`: read by the END records).
 """
 
 from __future__ import annotations
@@ -122,15 +122,14 @@ class Carrier:
             msgs.append(msg)
             task.worker = worker
             inflight.append(task)
-            if rec is not None:           # (tasks/timeline.py) its Done says when it ran, its bytes
+            if rec is not None:           # read back by its END record (tasks/timeline.py)
                 task.t_sent = now
-                msg["timeline"] = True
         if deferred:
             self._give_gpus(deferred)
             requeue_front(board, worker, deferred)
         if msgs:
             self._send_functions(worker, batch)
-            worker.chan.send(M.Tasks(M.TASKS, msgs))
+            worker.chan.send(M.Tasks(M.TASKS, msgs, rec is not None))   # on: each Done says when it ran
             if rec is not None:
                 rec.workers.setdefault(worker.wid, worker)     # its lane
                 if len(rec.recent) >= rec.seal_at:  # END records are added without this check

@@ -62,7 +62,6 @@ class TaskMessage(TypedDict):
     num_returns: int
     streaming: bool
     env: dict[str, str] | None    # environment for the task's run (CUDA_VISIBLE_DEVICES)
-    # present (True) while the session records its timeline: the worker's Done carries `timing`
 
 
 class WireTask(TypedDict, total=False):
@@ -149,6 +148,7 @@ class Tasks(NamedTuple):
     """Tasks to run, in order (a worker queues them; a batch of short tasks, or the next one)."""
     kind: Literal["tasks"]
     tasks: list[TaskMessage]
+    timeline: bool = False        # the session records its timeline: their Done carry `timing`
 
 
 class Reply(NamedTuple):
@@ -197,9 +197,9 @@ class Done(NamedTuple):
     results: Any
     error: BaseException | None
     seconds: float                # time it ran, loading its function left out
-    # when the task message asked (its "timeline" key): (started, arg bytes, result bytes or
-    # None), `started` read from time.monotonic() as it started (CLOCK_MONOTONIC: the driver's
-    # clock too); None otherwise
+    # when its Tasks message said the session records its timeline: (started, arg bytes, result
+    # bytes or None), `started` read from time.monotonic() as it started (CLOCK_MONOTONIC: the
+    # driver's clock too); None otherwise
     timing: tuple | None = None
 
 

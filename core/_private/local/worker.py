@@ -103,6 +103,7 @@ class WorkerClient(runtime.DriverOnlyCalls):
         self.current_task: bytes | None = None
         self.cancelled: set[bytes] = set()      # ids the driver asked to cancel (control pipe)
         self.load_seconds = 0.0                 # spent unpickling functions (imports), not running
+        self.timing = False                     # the session records its timeline: Done carries timing
 
     def new_id(self, index: int = 0) -> bytes:
         return self._ids.new(index)
@@ -398,7 +399,7 @@ class TaskRunner:
         began = t0 + client.load_seconds      # when it ran: after loading its function, if it did
         seconds = time.monotonic() - began
         timing = None
-        if "timeline" in task:    # the session records its timeline: what only the worker knows
+        if client.timing:         # the session records its timeline: what only the worker knows
             timing = (began, M.arg_bytes(task["args"]), M.result_bytes(results))
         client.queue(M.Done(M.DONE, task_id, results, error, seconds, timing))
 
@@ -486,6 +487,7 @@ def main(argv: list[str]) -> None:
                 kind = msg.kind
                 if kind == M.TASKS:
                     tasks.extend(msg.tasks)
+                    client.timing = msg.timeline
                 elif kind == M.RECLAIM:  # the task we ran blocked: the driver took these back
                     taken = set(msg.task_ids)
                     tasks = deque(t for t in tasks if t["task_id"] not in taken)

@@ -18,7 +18,7 @@ keeps the cost on the driver's hot path (under the lock the submitting thread an
 thread share) to one clock read and one tuple append per task (the sending's clock read is
 shared by its batch), and keeps the garbage collector out of it (see Recorder). The task's END
 appends to `Recorder.recent` in place (no call: the hot path); the carrier seals it once per
-batch sent. A worker measures only when its task message asks (the "timeline" key).
+batch sent. A worker measures only when the Tasks message says the session records.
 
 Chrome's trace-event format (what Perfetto and chrome://tracing open): one "X" (complete) event
 per task attempt, on the lane (`pid`) of the worker that ran it, named after the function; "M"
