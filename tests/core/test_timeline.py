@@ -196,11 +196,14 @@ def test_the_recorder_is_bounded_and_out_of_the_collectors_way():
     for i in range(10 * TL.CHUNK):
         rec.add((TL.RETRY, float(i), _tid(i)))
     kept = rec.records()
-    assert len(kept) == rec.max_records and kept[-1][1] == 10 * TL.CHUNK - 1 and len(rec.recent) < TL.CHUNK
-    gc.collect()    # records are untracked by the first collection that sees them, a chunk by the
-    gc.collect()    # first that sees its records untracked (the second at most)
-    # so the collector's full collections visit the few sealed chunks, not each record
-    assert not gc.is_tracked(kept[0]) and not any(gc.is_tracked(c) for c in rec.chunks)
+    assert len(kept) == rec.max_records and kept[-1][1] == 10 * TL.CHUNK - 1 and len(rec.recent) < rec.seal_at
+    assert kept[-1] == (TL.RETRY, 10 * TL.CHUNK - 1, _tid(10 * TL.CHUNK - 1)) + (None,) * (TL.WIDTH - 3)
+    # a record adds no object the collector tracks (its values are atomic, kept flat), and a
+    # sealed chunk is untracked by the first collection that sees it: the collector's full
+    # collections visit a few sealed chunks, not each record
+    assert not any(gc.is_tracked(v) for v in rec.recent)
+    gc.collect()
+    assert not any(gc.is_tracked(c) for c in rec.chunks)
 
 
 # ── real sessions ─────────────────────────────────────────────────────────────────────────────

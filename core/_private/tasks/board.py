@@ -159,9 +159,8 @@ def finished(board: Board, worker: Any, task_id: bytes, error: Any, seconds: flo
         if timing is None:                     # a Done with none: a task cancelled before it ran
             timing = (monotonic() - seconds, None, None)
         began, arg_bytes, out = timing
-        rec.recent.append((END, began, task_id, ran.name, ran.kind, worker.wid, t_submit, submitter,
-                           ran.t_sent, arg_bytes, seconds,
-                           None if error is None else error_text(error), out))
+        rec.recent += (END, began, task_id, ran.name, ran.kind, worker.wid, t_submit, submitter,
+                       ran.t_sent, arg_bytes, seconds, None if error is None else error_text(error), out)
     if inflight and inflight[0].state == "pipelined":
         transition(inflight[0], "running")     # it starts now, on the share already held
     task = board.tasks.get(task_id)

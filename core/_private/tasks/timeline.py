@@ -4,8 +4,8 @@
     carrier.dispatch ─ task.t_sent ───────────────────┘  allocation), read at its END
     worker ─────────── Done.timing: when it ran, its arguments' and results' bytes
     board.finished ─── END ─┐
-    board.failed_run ─ RETRY┼─► Recorder.recent: one plain tuple per task attempt ended (and per
-    board.worker_died ─ DIED┘   retry), under the engine lock; sealed in chunks (see Recorder)
+    board.failed_run ─ RETRY┼─► Recorder.recent: WIDTH plain values per task attempt ended (and
+    board.worker_died ─ DIED┘   per retry), under the engine lock; sealed in chunks (see Recorder)
                                    core.timeline() ──► Recorder.records() + not_ended(...): the
                                                        tasks running, and those not sent yet
                                                        ──► chrome_events(...) ──► [dict]
@@ -15,9 +15,9 @@ One record per attempt, at its end, rather than one per event: a task's submit a
 are attribute stores on its `Task`, what only the worker knows (when the call started, its
 arguments' and results' bytes) comes in its Done, and the END record carries them all. This
 keeps the cost on the driver's hot path (under the lock the submitting thread and the I/O
-thread share) to one clock read and one tuple append per task (the sending's clock read is
+thread share) to one clock read and one list extend per task (the sending's clock read is
 shared by its batch), and keeps the garbage collector out of it (see Recorder). The task's END
-appends to `Recorder.recent` in place (no call: the hot path); the carrier seals it once per
+extends `Recorder.recent` in place (no call: the hot path); the carrier seals it once per
 batch sent. A worker measures only when the Tasks message says the session records.
 
 Chrome's trace-event format (what Perfetto and chrome://tracing open): one "X" (complete) event
@@ -33,7 +33,7 @@ driver knows when it sent it: a worker runs its tasks one at a time in the order
 bar starts then or when the worker's previous bar ended, whichever is later.
 
 Memory is bounded: the recorder keeps the last `max_records` records (`DEFAULT_MAX_RECORDS`; one
-per attempt, ~370 bytes each with its task id: ~37 MB); older ones are dropped. `chrome_events`
+per attempt, ~320 bytes each with its task id: ~32 MB); older ones are dropped. `chrome_events`
 is pure; `write_trace` is this module's one I/O, called by the runtimes at the edge.
 """
 
@@ -59,6 +59,7 @@ DIED = 4     # ATTEMPT + (verdict,)                               its worker die
 START = 1    # ATTEMPT                                            sent, running (t: when it was sent)
 SUBMIT = 0   # (SUBMIT, t_submit, task_id, name, submitter wid)   submitted, not sent
 
+WIDTH = 13       # values per record as kept (an END's; shorter records are padded with None)
 DEFAULT_MAX_RECORDS = 100_000
 CHUNK = 1024     # records sealed into one tuple (see Recorder)
 
@@ -66,28 +67,32 @@ CHUNK = 1024     # records sealed into one tuple (see Recorder)
 class Recorder:
     """The recorded attempts of one session (owned by the Board, added to under its lock).
 
-    Records are tuples of atomic values (ids, names, numbers), which the garbage collector stops
-    tracking the first time it sees them. The container still counts: a collection of the old
-    generation visits every item of a deque or list, and a long session keeps ~100,000 of them
-    (~0.1 µs each, at every full collection). So the last records are kept in a short list and
-    sealed, `CHUNK` at a time, into a tuple, which the collector untracks in turn (it holds only
-    untracked tuples): a full collection sees a few hundred chunks, not every record."""
+    Kept flat, out of the garbage collector's way: a record's values (ids, names, numbers) are
+    atomic objects, which the collector never tracks, and they are stored `WIDTH` at a time in
+    one list (`recent`), not as a tuple each. A tuple per record is a tracked allocation per
+    task: it made the collector run ~5% more often, and each extra full collection of a driver
+    with 10,000 tasks in flight costs ~30 ms (measured: that was half of the recording's cost).
+    Every `CHUNK` records, `recent` is sealed into a tuple, which the collector stops tracking
+    (it holds only atomic values): a full collection sees a few hundred chunks, not ~100,000
+    records. `records()` gives them back as tuples."""
 
     __slots__ = ("recent", "chunks", "seal_at", "max_records", "workers", "t0")
 
     def __init__(self, max_records: int = DEFAULT_MAX_RECORDS) -> None:
         self.max_records = max_records
-        self.seal_at = min(CHUNK, max_records)
-        self.recent: list[tuple] = []         # the records not sealed yet (fewer than seal_at)
+        per_chunk = min(CHUNK, max_records)
+        self.seal_at = per_chunk * WIDTH      # values in `recent` that make a chunk
+        self.recent: list = []                # the values of the records not sealed yet
         # sealed chunks: enough of them to hold `max_records` with `recent` empty
-        self.chunks: deque[tuple] = deque(maxlen=-(-max_records // self.seal_at))
+        self.chunks: deque[tuple] = deque(maxlen=-(-max_records // per_chunk))
         self.workers: dict[int, Any] = {}     # wid -> WorkerProc, noted on its first dispatch
         self.t0 = time.monotonic()            # the session's start: time 0 of the trace
 
     def add(self, record: tuple) -> None:
-        """Keep `record`. (The hot path, a task's END, appends to `recent` itself, and the
-        carrier seals once per batch sent: `recent` exceeds `seal_at` by the tasks in flight.)"""
-        self.recent.append(record)
+        """Keep `record` (at most WIDTH values). The hot path, a task's END, extends `recent`
+        with its WIDTH values itself, and the carrier seals once per batch sent: `recent`
+        exceeds `seal_at` by the tasks in flight."""
+        self.recent += record + (None,) * (WIDTH - len(record))
         if len(self.recent) >= self.seal_at:
             self.seal()
 
@@ -96,10 +101,11 @@ class Recorder:
         self.recent.clear()
 
     def records(self) -> list[tuple]:
-        """The last `max_records` records, oldest first."""
-        kept = list(chain.from_iterable(self.chunks))
-        kept += self.recent
-        return kept[-self.max_records:]
+        """The last `max_records` records, oldest first (each padded to WIDTH values)."""
+        flat = list(chain.from_iterable(self.chunks))
+        flat += self.recent
+        start = max(0, len(flat) // WIDTH - self.max_records) * WIDTH
+        return [tuple(flat[i:i + WIDTH]) for i in range(start, len(flat), WIDTH)]
 
     def snapshot(self, workers: Iterable[Any], tasks: Iterable[Any]) -> tuple[list[tuple], list[Any]]:
         """What core.timeline() reads under the engine lock: the records, then those of the tasks
@@ -260,4 +266,4 @@ def write_trace(path: str | os.PathLike, events: list[dict]) -> None:
 
 
 __all__ = ["Recorder", "Lane", "short_name", "chrome_events", "write_trace", "error_text", "attempt",
-           "not_ended", "DEFAULT_MAX_RECORDS", "CHUNK", "SUBMIT", "START", "END", "RETRY", "DIED"]
+           "not_ended", "DEFAULT_MAX_RECORDS", "CHUNK", "WIDTH", "SUBMIT", "START", "END", "RETRY", "DIED"]
