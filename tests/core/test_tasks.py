@@ -415,3 +415,33 @@ def test_short_tasks_run_back_to_back_on_each_worker(make_session):
     _measured_short(rt)
     pids = rt.get([short.remote() for _ in range(40)], timeout=60)
     assert len(set(pids)) <= 2 and len(pids) == 40
+
+
+def test_a_result_held_for_batching_is_sent_while_the_next_task_runs_long(make_session, tmp_path):
+    # An actor handed, while its constructor runs, a tiny call and one that waits for a gate:
+    # the tiny one ends right after the constructor's result was sent, so its own would be kept
+    # for the next frame, which the gated call holds up. It arrives while the gated call still
+    # runs (the gate opens only once it is in).
+    rt = make_session(num_cpus=1)
+    gate = tmp_path / "gate"
+
+    @rt.remote
+    class Slow:
+        def __init__(self):
+            time.sleep(0.3)               # longer than a tiny task: its result is sent at once
+
+        def ping(self, i):
+            return i
+
+        def gated(self, path):
+            for _ in range(3000):          # until the test opens the gate (30 s at most)
+                if os.path.exists(path):
+                    return "opened"
+                time.sleep(0.01)
+            return "never opened"
+
+    actor = Slow.remote()
+    ping, gated = actor.ping.remote(7), actor.gated.remote(str(gate))
+    assert rt.get(ping, timeout=20) == 7
+    gate.touch()
+    assert rt.get(gated, timeout=30) == "opened"

@@ -92,6 +92,9 @@ class WorkerClient(runtime.DriverOnlyCalls):
         self.segments = SegmentCache()
         self.inbox: deque[M.Message] = deque()  # Tasks etc. that arrived while waiting for a reply
         self.outbox: list[M.Message] = []
+        # held by whoever touches the outbox or sends: the main thread, and HeldResults' thread
+        # (which sends what a long task would otherwise keep waiting)
+        self.send_lock = threading.Lock()
         self.ref_events: deque[tuple[str, bytes]] = deque()  # ("+"|"-"|"u", oid), lock-free
         self.counts: dict[bytes, int] = {}
         self.borrowed: set[bytes] = set()       # what the driver believes we hold
@@ -150,14 +153,26 @@ class WorkerClient(runtime.DriverOnlyCalls):
     # ── sending ──
     def queue(self, msg: M.Message) -> None:
         delta = self._ref_delta()
-        if delta:
-            self.outbox.append(delta)
-        self.outbox.append(msg)
+        with self.send_lock:
+            if delta:
+                self.outbox.append(delta)
+            self.outbox.append(msg)
 
     def flush(self) -> None:
         delta = self._ref_delta()
-        if delta:
-            self.outbox.append(delta)
+        with self.send_lock:
+            if delta:
+                self.outbox.append(delta)
+            self._send_outbox()
+
+    def flush_during(self, task_id: bytes) -> None:
+        """Send what is queued if `task_id` is still running (HeldResults' thread): the queued
+        messages and ref deltas were complete when queued, so they go as they are."""
+        with self.send_lock:
+            if self.current_task == task_id:
+                self._send_outbox()
+
+    def _send_outbox(self) -> None:
         if not self.outbox:
             return
         msgs, self.outbox = self.outbox, []
@@ -393,7 +408,8 @@ class TaskRunner:
             results = None
             error = error_payload(name, exc)
         finally:
-            client.current_task = None
+            with client.send_lock:   # HeldResults' thread sends only while a task runs
+                client.current_task = None
             if saved_env is not None:
                 _restore_env(saved_env)
         began = t0 + client.load_seconds      # when it ran: after loading its function, if it did
@@ -471,6 +487,7 @@ def main(argv: list[str]) -> None:
     preimport = threading.Thread(target=_preimport, daemon=True)
     preimport.start()
     runner = TaskRunner(client)
+    held = HeldResults(client)
     tasks: deque[M.TaskMessage] = deque()
     last_flush = time.monotonic()
     try:
@@ -506,6 +523,7 @@ def main(argv: list[str]) -> None:
                 client.cancelled.discard(task["task_id"])
                 client.queue(M.Done(M.DONE, task["task_id"], None, error_payload(task["name"], _Cancelled()), 0.0))
             else:
+                held.starting(task["task_id"])
                 try:
                     runner.run(task)
                 except KeyboardInterrupt:  # a cancel that landed between tasks: nothing to stop
@@ -521,6 +539,41 @@ def main(argv: list[str]) -> None:
         pass
     finally:
         os._exit(0)
+
+
+class HeldResults:
+    """Results held back for batching are sent if the task after them runs long.
+
+    Between tiny tasks the main loop keeps results for one frame (throughput); the task that
+    follows may run for minutes, and the driver must not wait that long to learn the earlier
+    ones are done (a caller waits for them; a deadline counts from them). When a task starts
+    with results held, this thread wakes, waits FLUSH_INTERVAL, and sends them if that same
+    task is still running."""
+
+    def __init__(self, client: WorkerClient) -> None:
+        self.client = client
+        self.task: bytes | None = None
+        self.wake = threading.Event()
+        threading.Thread(target=self._loop, name="held-results", daemon=True).start()
+
+    def starting(self, task_id: bytes) -> None:
+        """The main thread starts `task_id` (cheap when nothing is held)."""
+        if self.client.outbox:
+            self.task = task_id
+            if not self.wake.is_set():
+                self.wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            time.sleep(FLUSH_INTERVAL)
+            task = self.task
+            if task is not None:
+                try:
+                    self.client.flush_during(task)
+                except OSError:  # the driver is gone: the main loop finds out and exits
+                    return
 
 
 def _preimport() -> None:
