@@ -172,7 +172,9 @@ def test_pipeline_with_a_store_at_a_quarter_of_its_working_set(spill, tmp_path, 
     run."""
     from .conftest import make_data
 
-    data = make_data(tmp_path / "data", shards=16, scale=0.2)
+    # ~128,000 rows a shard: results of ~1 MiB of their own (read directly, a result no longer
+    # keeps the whole decoded row group alive, which made 0.2 of this enough before c5ad6b5)
+    data = make_data(tmp_path / "data", shards=16, scale=1.2)
     reference = stream_all(data, str(tmp_path / "ref-spill"), None, slow_consumer=False)
     core.init(num_cpus=2, object_store_memory=4 * MiB, spill=spill)
     try:
