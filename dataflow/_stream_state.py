@@ -89,8 +89,8 @@ class Flight:
 class Pool:
     actors: list = field(default_factory=list)      # handles
     load: dict = field(default_factory=dict)        # id(handle) -> calls in flight
-    ready: dict = field(default_factory=dict)       # ready ref -> handle (its constructor not done yet)
-    ready_sent: dict = field(default_factory=dict)  # ready ref -> time.monotonic() it was sent
+    ready: dict = field(default_factory=dict)       # ready ref -> (handle, time.monotonic() it was sent):
+                                                    # its constructor not done yet
     calls: dict = field(default_factory=dict)       # id(handle) -> deque of its calls' meta handles, in order
     lo: int = 1
     hi: int = 1
@@ -215,8 +215,7 @@ def actor_starting(pool: Pool, actor: Any, since: float | None = None) -> bool:
     """`actor`'s constructor has not finished (a ready call is out): a call sent to it waits,
     and its clock starts when the actor is up. `since`: only ready calls sent after then count
     (after a crash, the one sent before it says nothing of the restart)."""
-    return any(a is actor and (since is None or pool.ready_sent.get(r, 0.0) > since)
-               for r, a in pool.ready.items())
+    return any(a is actor and (since is None or sent > since) for a, sent in pool.ready.values())
 
 
 def on_failure(state: StreamState, item: Item) -> Literal["retry", "give_up"]:

@@ -178,18 +178,15 @@ class StreamExecutor:
         self._ask_ready(pool, actor)
 
     def _ask_ready(self, pool: Pool, actor: Any) -> None:
-        ref = self.backend.call(actor, "ready")
-        pool.ready[ref] = actor
-        pool.ready_sent[ref] = time.monotonic()
+        pool.ready[self.backend.call(actor, "ready")] = (actor, time.monotonic())
 
     def _remove_actor(self, s: SegState, actor: Any) -> None:
         pool = s.pool
         pool.actors.remove(actor)
         pool.load.pop(id(actor), None)
         pool.calls.pop(id(actor), None)
-        for ref in [r for r, a in pool.ready.items() if a is actor]:
+        for ref in [r for r, (a, _) in pool.ready.items() if a is actor]:
             pool.ready.pop(ref)
-            pool.ready_sent.pop(ref, None)
         self.backend.kill(actor)
 
     def _scale_pools(self, state: StreamState) -> None:
@@ -258,8 +255,7 @@ class StreamExecutor:
     def _landed(self, state: StreamState, handle: Any) -> Iterator[Any]:
         for s in state.segs:
             if s.pool is not None and handle in s.pool.ready:
-                actor = s.pool.ready.pop(handle)
-                s.pool.ready_sent.pop(handle, None)
+                actor, _ = s.pool.ready.pop(handle)
                 try:
                     info = self.backend.result(handle)
                     s.pids.add(info["pid"])
