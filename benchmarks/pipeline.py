@@ -27,7 +27,9 @@ Each contender is a whole process (`python benchmarks/pipeline.py --contender NA
 from outside, start-up included; peak memory is the largest sum of PSS over its process tree,
 sampled with psutil every 0.1 s (PSS counts a page shared by n processes 1/n in each, so the
 shared model counts once). Rounds alternate: each round runs every contender once, in an order
-that rotates; medians are reported.
+that rotates; medians are reported, and the median of each round's ratio. A first round
+(`--warm-up 1`, the default) is run and not counted: the first run after the machine sat idle
+pays for cold memory and a cold page cache, and without it that run is always dataflow's.
 
     python benchmarks/pipeline.py                  # local files, 12 shards, filled weights, 5 rounds
     python benchmarks/pipeline.py --scale 12       # 12x the rows (144 shards of the same size)
@@ -355,7 +357,7 @@ def warm_memory(gb: float) -> None:
 
 def run_config(label: str, data_uri: str, files: list[str], rows: int, extra_env: dict,
                contenders: list[str], repeat: int, fill: float, weights_dir: str | None = None,
-               warm_gb: float = 0.0) -> dict:
+               warm_gb: float = 0.0, warm_up: int = 1) -> dict:
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONPATH=ROOT, BENCH_FILL=str(fill),
                **extra_env)
     env.pop("AWS_PROFILE", None)
@@ -365,15 +367,20 @@ def run_config(label: str, data_uri: str, files: list[str], rows: int, extra_env
     # Round-robin: round i runs every contender once, so a slow spell of the host (this one is
     # noisy: the same command varies by +-15% from minute to minute) hits all of them alike; the
     # order rotates, so no contender always runs right after the same one.
+    # Round 0 is a warm-up, not counted: the first run after an idle spell pays for pages the VM
+    # handed back to the host meanwhile (seconds for 800 MB, see the docstring) and for a cold
+    # page cache, and without it that run is always the first contender's.
     runs: dict[str, list[dict]] = {name: [] for name in contenders}
-    for i in range(repeat):
+    for i in range(repeat + warm_up):
         for name in contenders[i % len(contenders):] + contenders[:i % len(contenders)]:
             out = os.path.join(RESULTS, "out", label, name)
             shutil.rmtree(out, ignore_errors=True)
             cmd, more_env = command(name, data_uri, files_json, out, fill, weights_dir)
             log = os.path.join(RESULTS, f"{label}-{name}.log")
             warm_memory(warm_gb)
-            runs[name].append(measure(cmd, {**env, **more_env}, log))
+            run = measure(cmd, {**env, **more_env}, log)
+            if i >= warm_up:
+                runs[name].append(run)
             shutil.rmtree(RAY_TMP, ignore_errors=True)
     results = {}
     for name in contenders:
@@ -398,8 +405,10 @@ def ratios(config: dict) -> list[str]:
         if a in r and b in r:
             w = r[a]["wall"] / r[b]["wall"]
             m = r[a]["peak_pss"] / r[b]["peak_pss"]
-            lines.append(f"  {label}: {a}/{b} wall {w:.2f} (goal {wall_goal}), peak PSS {m:.2f}"
-                         + (f" (goal {pss_goal})" if pss_goal else ""))
+            # the same round's two runs side by side: what a slow spell of the host does cancels
+            paired = statistics.median(x["wall"] / y["wall"] for x, y in zip(r[a]["runs"], r[b]["runs"]))
+            lines.append(f"  {label}: {a}/{b} wall {w:.2f} (goal {wall_goal}; per round {paired:.2f}), "
+                         f"peak PSS {m:.2f}" + (f" (goal {pss_goal})" if pss_goal else ""))
 
     # issue 17's "plain pool" is the one that builds the model before forking (plainfork)
     pair("dataflow", "plainfork", "<= 1.05" if config["files"] <= 12 else "<= 1.0", "<= 1.1")
@@ -438,6 +447,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warm-memory", type=float, default=0.0, metavar="GB",
                    help="touch and free GB of memory before each run (untimed): every run starts with "
                         "the same warm pages (see the docstring)")
+    p.add_argument("--warm-up", type=int, default=1, metavar="ROUNDS",
+                   help="rounds run first and not counted (default 1: see the docstring)")
     p.add_argument("--contender", help=argparse.SUPPRESS)
     p.add_argument("--files", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -467,16 +478,17 @@ def main(argv: list[str] | None = None) -> None:
                 uri = upload(moto, local, "taxi")
                 files = [f"{uri}{os.path.basename(f)}" for f in local_files]
                 configs.append(run_config(label, uri, files, rows, moto.env, contenders, args.repeat, fill,
-                                          warm_gb=args.warm_memory))
+                                          warm_gb=args.warm_memory, warm_up=args.warm_up))
         else:
             configs.append(run_config(label, local + "/", local_files, rows, {}, contenders, args.repeat, fill,
-                                      warm_gb=args.warm_memory))
+                                      warm_gb=args.warm_memory, warm_up=args.warm_up))
     if args.weights:
         local, rows = ensure_data(1)
         weights_dir = ensure_weights(args.weights_gb)
         configs.append(run_config(f"local-x1-file{args.weights_gb:g}gb", local + "/",
                                   sorted(glob.glob(os.path.join(local, "*.parquet"))), rows, {},
-                                  WEIGHTS_CONTENDERS, args.repeat, 0.0, weights_dir, warm_gb=args.warm_memory))
+                                  WEIGHTS_CONTENDERS, args.repeat, 0.0, weights_dir, warm_gb=args.warm_memory,
+                                  warm_up=args.warm_up))
     print("ratios:")
     for c in configs:
         for line in ratios(c):
