@@ -26,10 +26,11 @@ file of one 4-byte tensor the same way: the no-model baseline that "one copy" is
 Each contender is a whole process (`python benchmarks/pipeline.py --contender NAME ...`) timed
 from outside, start-up included; peak memory is the largest sum of PSS over its process tree,
 sampled with psutil every 0.1 s (PSS counts a page shared by n processes 1/n in each, so the
-shared model counts once). Rounds alternate: each round runs every contender once, in an order
-that rotates; medians are reported, and the median of each round's ratio. A first round
-(`--warm-up 1`, the default) is run and not counted: the first run after the machine sat idle
-pays for cold memory and a cold page cache, and without it that run is always dataflow's.
+shared model counts once). Rounds alternate: each round runs every contender once (who goes
+first rotates, the rest is shuffled); medians are reported, and the median of each round's
+ratio. A first round (`--warm-up 1`, the default) is run and not counted: the first run after
+the machine sat idle pays for cold memory and a cold page cache, and without it that run is
+always dataflow's.
 
     python benchmarks/pipeline.py                  # local files, 12 shards, filled weights, 5 rounds
     python benchmarks/pipeline.py --scale 12       # 12x the rows (144 shards of the same size)
@@ -60,6 +61,7 @@ import argparse
 import glob
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -365,14 +367,17 @@ def run_config(label: str, data_uri: str, files: list[str], rows: int, extra_env
     with open(files_json, "w") as f:
         json.dump(files, f)
     # Round-robin: round i runs every contender once, so a slow spell of the host (this one is
-    # noisy: the same command varies by +-15% from minute to minute) hits all of them alike; the
-    # order rotates, so no contender always runs right after the same one.
+    # noisy: the same command varies by +-15% from minute to minute) hits all of them alike. The
+    # first rotates and the rest is shuffled (seeded): a plain rotation keeps each contender right
+    # after the same one, and the run after the Ray tutorial's (10 GB freed) was always dataflow's.
     # Round 0 is a warm-up, not counted: the first run after an idle spell pays for pages the VM
     # handed back to the host meanwhile (seconds for 800 MB, see the docstring) and for a cold
     # page cache, and without it that run is always the first contender's.
     runs: dict[str, list[dict]] = {name: [] for name in contenders}
     for i in range(repeat + warm_up):
-        for name in contenders[i % len(contenders):] + contenders[:i % len(contenders)]:
+        first = contenders[i % len(contenders)]    # each contender leads as many rounds
+        rest = [c for c in contenders if c != first]
+        for name in [first] + random.Random(i).sample(rest, len(rest)):
             out = os.path.join(RESULTS, "out", label, name)
             shutil.rmtree(out, ignore_errors=True)
             cmd, more_env = command(name, data_uri, files_json, out, fill, weights_dir)

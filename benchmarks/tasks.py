@@ -120,7 +120,7 @@ def timeline_cost(n: int, rounds: int, blocks: int = 8) -> dict:
       recording's cost without the session-to-session spread (±8% a block).
 
     Reports median throughputs and on/off ratios (medians of the per-pair ratios, and their
-    mean with two standard errors), and the driver's CPU time per task. To count instead of
+    mean with two standard errors), and the driver's CPU time per task (also per pair). To count instead of
     time: `valgrind --tool=cachegrind` of a session of n and of 6n tasks, on and off, with
     PYTHONHASHSEED=0."""
     import core
@@ -137,6 +137,7 @@ def timeline_cost(n: int, rounds: int, blocks: int = 8) -> dict:
     tput: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
     inside: list[float] = []
+    inside_cpu: list[float] = []      # the driver's CPU time per task, on/off, per pair
     for r in range(rounds):
         for on in ((False, True) if r % 2 == 0 else (True, False)):
             core.init(num_cpus=2, timeline=on)
@@ -152,8 +153,9 @@ def timeline_cost(n: int, rounds: int, blocks: int = 8) -> dict:
                     got = {}
                     for rec_on in ((False, True) if b % 2 == 0 else (True, False)):
                         board.timeline = recorder if rec_on else None
-                        got[rec_on] = block(f)[0]
-                    inside.append(got[True] / got[False])
+                        got[rec_on] = block(f)
+                    inside.append(got[True][0] / got[False][0])
+                    inside_cpu.append(got[True][1] / got[False][1])
                 board.timeline = recorder
             core.shutdown()
     med = statistics.median
@@ -164,6 +166,10 @@ def timeline_cost(n: int, rounds: int, blocks: int = 8) -> dict:
            "timeline_on_over_off_paired": med(on / off for on, off in zip(tput[True], tput[False])),
            "in_session_pairs": len(inside), "in_session_on_over_off": med(inside),
            "in_session_mean": mean, "in_session_mean_2se": 2 * se,
+           # the driver is the busy process of a no-op flood: what recording costs it per task
+           "in_session_driver_cpu_on_over_off": med(inside_cpu),
+           "in_session_driver_cpu_mean": statistics.mean(inside_cpu),
+           "in_session_driver_cpu_mean_2se": 2 * statistics.stdev(inside_cpu) / len(inside_cpu) ** 0.5,
            "driver_cpu_us_per_task_off": med(cpu[False]), "driver_cpu_us_per_task_on": med(cpu[True])}
     print("  core timeline: " + ", ".join(f"{k}={v:.4g}" for k, v in out.items()), flush=True)
     return out
