@@ -120,9 +120,9 @@ def timeline_cost(n: int, rounds: int, blocks: int = 8) -> dict:
       recording's cost without the session-to-session spread (±8% a block).
 
     Reports median throughputs and on/off ratios (medians of the per-pair ratios, and their
-    mean with two standard errors), and the driver's CPU time per task (also per pair). To count instead of
-    time: `valgrind --tool=cachegrind` of a session of n and of 6n tasks, on and off, with
-    PYTHONHASHSEED=0."""
+    mean with two standard errors), and the driver's CPU time per task (also per pair). To
+    count instead of time: `valgrind --tool=cachegrind` of a session of n and of 6n tasks, on
+    and off, with PYTHONHASHSEED=0."""
     import core
     from core._private import runtime
 

@@ -416,7 +416,8 @@ def serve(fd: int, preload: list[str]) -> None:
         os._exit(0)
 
 
-def _serve_one(sock: socket.socket, own_fds: tuple[int, int], imports: Imports, deferred: list[tuple]) -> bool:
+def _serve_one(sock: socket.socket, own_fds: tuple[int, int], imports: Imports,
+               deferred: list[tuple]) -> bool:
     try:
         data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 4)
     except OSError:
