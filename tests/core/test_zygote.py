@@ -13,7 +13,6 @@ import pytest
 
 import core
 from core.exceptions import WorkerCrashedError
-from core._private.runtime import current as current_runtime
 from tests.services import descendants
 
 
@@ -193,26 +192,3 @@ def test_after_a_factory_left_threads_the_zygote_spawns_fresh_workers_it_still_r
     info = core.get(where.remote())           # a worker started after the build
     assert psutil.Process(info["pid"]).cmdline()[1:2] == ["-c"], "a fresh interpreter, not a fork"
     _zygote_of(info)
-
-
-def test_workers_asked_for_while_the_preload_imports_hold_no_sockets_but_their_own(make_session, tmp_path,
-                                                                                   monkeypatch):
-    """Workers asked for while the zygote still imports are forked one after the other once it is
-    done. The first must not keep the second's socket open: the driver learns of a death from its
-    socket's end, so the second's death would go unseen and its tasks would wait forever."""
-    go = tmp_path / "go"
-    (tmp_path / "preload_until_go.py").write_text(
-        f"import os, time\nwhile not os.path.exists({str(go)!r}):\n    time.sleep(0.005)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    make_session(num_cpus=2, worker_preload=["preload_until_go"])
-    refs = [where.remote() for _ in range(2)]
-    zygote = current_runtime().pool.zygote
-    deadline = time.monotonic() + 60
-    while len(zygote._children) < 2 and time.monotonic() < deadline:   # both asked for, none forked
-        time.sleep(0.005)
-    assert not psutil.Process(zygote.proc.pid).children()
-    go.touch()
-    pids = sorted({i["pid"] for i in core.get(refs)} | {c.pid for c in zygote._children.values()})
-    os.kill(pids[-1], signal.SIGKILL)         # the one forked last
-    infos = core.get([where.remote() for _ in range(4)], timeout=60)
-    assert pids[-1] not in {i["pid"] for i in infos}
