@@ -223,6 +223,74 @@ def test_an_unpicklable_factory_is_named(forked):
         core.build(with_a_lock)
 
 
+def _wait_for(path: str) -> None:
+    deadline = time.monotonic() + 60          # a safety net: the order is what is asserted
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _log(folder: str, line: str) -> None:
+    with open(os.path.join(folder, "log"), "a") as f:
+        f.write(line + "\n")
+
+
+def factory_marking(folder: str) -> dict:
+    _log(folder, "factory starts")
+    open(os.path.join(folder, "factory-started"), "w").close()
+    _wait_for(os.path.join(folder, "preload-thread-started"))   # (the second test's preload)
+    _log(folder, "factory ends")
+    return {"w": np.full(1000, 2.0)}
+
+
+def _preload_module(tmp_path, monkeypatch, name: str, body: str) -> None:
+    """A module for worker_preload that waits for the factory to start, then runs `body`."""
+    folder = str(tmp_path)
+    (tmp_path / f"{name}.py").write_text(
+        "import os\n"
+        f"from tests.core.test_build import _log, _wait_for\n"
+        f"_wait_for(os.path.join({folder!r}, 'factory-started'))\n"
+        f"{body}\n"
+        f"_log({folder!r}, 'preload imported')\n")
+    monkeypatch.syspath_prepend(folder)
+
+
+def test_a_factory_runs_while_the_preload_is_still_importing(make_session, tmp_path, monkeypatch):
+    """The zygote's imports (pandas: ~0.4 s) and a model's factory overlap (zygote_imports);
+    the workers are forked once both are done, with the module imported and the value inherited."""
+    _preload_module(tmp_path, monkeypatch, "preload_waits_for_the_factory",
+                    f"open(os.path.join({str(tmp_path)!r}, 'preload-thread-started'), 'w').close()")
+    make_session(num_cpus=1, worker_preload=["preload_waits_for_the_factory"])
+    ref = core.build(factory_marking, str(tmp_path))
+    assert core.get(inherited.remote(ref)) and core.get(total.remote(ref)) == 2000.0
+    assert core.get(import_state.remote("preload_waits_for_the_factory")), "imported before the fork"
+    first, *then = (tmp_path / "log").read_text().splitlines()
+    assert first == "factory starts", "the factory started while the preload was importing"
+    assert sorted(then) == ["factory ends", "preload imported"]
+    assert current_runtime().pool.zygote.forks
+
+
+def test_threads_the_preload_starts_during_a_factory_do_not_stop_forking(make_session, tmp_path,
+                                                                         monkeypatch):
+    """A thread started by an import (numpy's BLAS pool, pyarrow's jemalloc) while a factory runs
+    is the imports' (it inherits their thread's name), not the factory's: forking goes on."""
+    _preload_module(tmp_path, monkeypatch, "preload_starting_a_thread",
+                    "import threading\n"
+                    "threading.Thread(target=threading.Event().wait, daemon=True).start()\n"
+                    f"open(os.path.join({str(tmp_path)!r}, 'preload-thread-started'), 'w').close()")
+    make_session(num_cpus=1, worker_preload=["preload_starting_a_thread"])
+    ref = core.build(factory_marking, str(tmp_path))
+    assert current_runtime().pool.zygote.forks
+    assert core.get(inherited.remote(ref))
+    assert _materialized() == 0, "inherited by the forked worker, never written to the store"
+
+
+@core.remote
+def import_state(name: str) -> bool:
+    import sys
+
+    return name in sys.modules
+
+
 def test_a_factory_leaving_threads_is_put_once_and_forks_stop(forked):
     ref = core.build(factory_leaving_a_thread, 1_000_000)
     assert _materialized() == 1 and _store_used() >= 8_000_000, "in the store, written by the zygote"

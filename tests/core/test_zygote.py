@@ -13,6 +13,7 @@ import pytest
 
 import core
 from core.exceptions import WorkerCrashedError
+from core._private.runtime import current as current_runtime
 from tests.services import descendants
 
 
@@ -192,3 +193,44 @@ def test_after_a_factory_left_threads_the_zygote_spawns_fresh_workers_it_still_r
     info = core.get(where.remote())           # a worker started after the build
     assert psutil.Process(info["pid"]).cmdline()[1:2] == ["-c"], "a fresh interpreter, not a fork"
     _zygote_of(info)
+
+
+def test_workers_asked_for_while_the_preload_imports_hold_no_sockets_but_their_own(make_session, tmp_path,
+                                                                                   monkeypatch):
+    """Workers asked for while the zygote still imports are forked one after the other once it is
+    done. The first must not keep the second's socket open: the driver learns of a death from its
+    socket's end, so the second's death would go unseen and its tasks would wait forever."""
+    go = tmp_path / "go"
+    (tmp_path / "preload_until_go.py").write_text(
+        f"import os, time\nwhile not os.path.exists({str(go)!r}):\n    time.sleep(0.005)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    make_session(num_cpus=2, worker_preload=["preload_until_go"])
+    refs = [where.remote() for _ in range(2)]
+    zygote = current_runtime().pool.zygote
+    deadline = time.monotonic() + 60
+    while len(zygote._children) < 2 and time.monotonic() < deadline:   # both asked for, none forked
+        time.sleep(0.005)
+    assert not psutil.Process(zygote.proc.pid).children()
+    go.touch()
+    pids = sorted({i["pid"] for i in core.get(refs)} | {c.pid for c in zygote._children.values()})
+    os.kill(pids[-1], signal.SIGKILL)         # the one forked last
+    infos = core.get([where.remote() for _ in range(4)], timeout=60)
+    assert pids[-1] not in {i["pid"] for i in infos}
+
+
+def test_the_zygotes_import_thread_has_left_the_process_before_it_may_fork():
+    """A fork must not catch the helper thread in its exit: OpenSSL's exit handler holds a global
+    lock there, and a child forked meanwhile hangs at its first SSL context (zygote_imports)."""
+    from core._private.local.zygote_imports import Imports
+
+    r, w = os.pipe()
+    try:
+        imports = Imports(w)
+        imports.add(["json", "ssl"])
+        thread = imports._thread
+        assert os.read(r, 1) == b"\0"           # done: the helper wrote its byte on the way out
+        assert not imports.busy()
+        assert str(thread.native_id) not in os.listdir("/proc/self/task")
+    finally:
+        os.close(r)
+        os.close(w)

@@ -7,6 +7,8 @@ in a few milliseconds and shares those pages with its siblings.
     driver (Zygote)                                  zygote (python -c "...zygote.serve(...)")
     start(preload) ──── spawn, SEQPACKET socket ───►  import core's worker + the preload modules
     add_preload(modules) ── ("import", modules) ──►  import them too (before later forks)
+                            (the preload is imported by a helper thread, zygote_imports: a build
+                             runs meanwhile, a spawn asked for meanwhile waits for it)
     spawn(wid, args, fds) ── ("spawn", wid, args) + fds (SCM_RIGHTS) ──►  fork ─► worker.main(fds + args)
           ◄── ("pid", wid, pid) ───────────────────
           ◄── ("exit", pid, returncode) ───────────  SIGCHLD: reaped, as Popen.returncode
@@ -38,7 +40,6 @@ reports exit statuses, which the pool's crash handling needs.
 from __future__ import annotations
 
 import gc
-import importlib
 import os
 import pickle
 import select
@@ -53,6 +54,7 @@ from typing import Any, Callable, Sequence
 from core._private.local import messages as M
 from core._private.local import process, worker
 from core._private.local import zygote_builds as builds
+from core._private.local.zygote_imports import Imports
 from core.exceptions import CoreError, ObjectLostError
 
 _MAX_MESSAGE = 1 << 16
@@ -389,10 +391,13 @@ def serve(fd: int, preload: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     sock = socket.socket(fileno=fd)
     sock.set_inheritable(False)  # not passed on to workers it spawns fresh (see _spawn_fresh)
-    _import(preload)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
+    own_fds = (wake_r, wake_w)
+    imports = Imports(wake_w)     # in a helper thread: a build runs meanwhile (zygote_imports)
+    imports.add(preload)
+    deferred: list[tuple] = []    # spawns asked for while importing: forked once that is done
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes select() through the wake-up fd
     try:
@@ -401,7 +406,9 @@ def serve(fd: int, preload: list[str]) -> None:
             readable, _, _ = select.select([sock, wake_r], [], [])
             if wake_r in readable:
                 _drain(wake_r)
-            if sock in readable and not _serve_one(sock, (wake_r, wake_w)):
+            if sock in readable and not _serve_one(sock, own_fds, imports, deferred):
+                break
+            if deferred and not imports.busy() and not _fork_deferred(sock, own_fds, deferred):
                 break
         _wait_children(sock, wake_r, _DRAIN_S)
     finally:
@@ -409,7 +416,8 @@ def serve(fd: int, preload: list[str]) -> None:
         os._exit(0)
 
 
-def _serve_one(sock: socket.socket, own_fds: tuple[int, int]) -> bool:
+def _serve_one(sock: socket.socket, own_fds: tuple[int, int], imports: Imports,
+               deferred: list[tuple]) -> bool:
     try:
         data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 4)
     except OSError:
@@ -418,11 +426,36 @@ def _serve_one(sock: socket.socket, own_fds: tuple[int, int]) -> bool:
         return False
     msg = M.decode_zygote(pickle.loads(data))
     if msg.kind == "import":
-        _import(msg.modules)
+        imports.add(msg.modules)
         return True
     if msg.kind in ("build", "materialize", "drop"):
         return _serve_built(sock, msg, fds)
-    wid, args = msg.wid, msg.args
+    # A worker carries the values built before it was asked for (what the driver counts on),
+    # not those built while it waited for the imports.
+    spawn = (msg.wid, msg.args, fds, frozenset(worker.BUILT))
+    if deferred or imports.busy():
+        for fd in fds:  # until its turn: not passed on to a worker spawned fresh meanwhile
+            os.set_inheritable(fd, False)
+        deferred.append(spawn)
+        return True
+    return _fork_worker(sock, own_fds, *spawn)
+
+
+def _fork_deferred(sock: socket.socket, own_fds: tuple[int, int], deferred: list[tuple]) -> bool:
+    """Fork the spawns that waited for the imports, in the order asked for. Each child closes
+    the sockets of those forked after it: a copy held open would hide that worker's death from
+    the driver (it learns of one from its socket's end)."""
+    while deferred:
+        spawn = deferred.pop(0)
+        later = [fd for _, _, fds, _ in deferred for fd in fds]
+        if not _fork_worker(sock, (*own_fds, *later), *spawn):
+            return False
+    return True
+
+
+def _fork_worker(sock: socket.socket, own_fds: tuple[int, ...], wid: int, args: list[str], fds: list[int],
+                 built: frozenset) -> bool:
+    """`own_fds`: this process's files the worker closes."""
     if not _forks_safe:
         return _spawn_fresh(sock, wid, args, fds)
     # Objects made so far go to the permanent generation, which the workers' collections skip:
@@ -430,6 +463,8 @@ def _serve_one(sock: socket.socket, own_fds: tuple[int, int]) -> bool:
     gc.freeze()
     pid = os.fork()
     if pid == 0:  # the fds arrive renumbered: they lead the worker's arguments
+        for oid in set(worker.BUILT) - built:
+            del worker.BUILT[oid]
         _become_worker(sock, own_fds, [str(fd) for fd in fds] + list(args))
     for fd in fds:
         os.close(fd)
@@ -483,28 +518,7 @@ def _spawn_fresh(sock: socket.socket, wid: int, args: list[str], fds: list[int])
     return True
 
 
-def _import(modules: Sequence[str]) -> None:
-    # Without the collector: an import allocates hundreds of thousands of objects that live as
-    # long as the process, and the collections they trigger (pandas: ~0.1 s of CPU, on the
-    # critical path of every run) would find nothing to free. What they leave is frozen here
-    # (gc.freeze, as its docs advise for a pre-fork server): left in the young generations, it
-    # would make the first allocation after gc.enable() run a full collection (40-60 ms, before
-    # the next fork or build).
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except BaseException:  # the task that needs it reports the error, with context
-                pass
-    finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()
-
-
-def _become_worker(sock: socket.socket, own_fds: tuple[int, int], args: list[str]) -> None:
+def _become_worker(sock: socket.socket, own_fds: tuple[int, ...], args: list[str]) -> None:
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)

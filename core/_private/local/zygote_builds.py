@@ -11,6 +11,7 @@ from typing import Any
 
 from core._private.local import messages as M
 from core._private.local import worker
+from core._private.local import zygote_imports as imports
 from core._private.objects import shm
 from core._private.objects.serialization import deserialize, serialize
 from core.exceptions import CoreError, ObjectLostError, TaskError
@@ -37,13 +38,6 @@ def unpack_error(packed: tuple[bytes | None, str], name: str) -> BaseException:
     return TaskError.for_cause(name, RuntimeError(text), text)
 
 
-def _threads() -> int:
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return 1
-
-
 def serve_built(msg: Any, fds: list[int]) -> tuple[Any, bool]:
     """core.build's messages: run a factory and keep its value, copy one into the store, drop one.
     Returns (the reply, or None for a drop; whether a factory left threads running here)."""
@@ -54,7 +48,7 @@ def serve_built(msg: Any, fds: list[int]) -> tuple[Any, bool]:
     if msg.kind == "materialize":
         reply: tuple = M.ZygoteMaterialized("materialized", msg.oid, _write_into(msg.oid, msg.segment, msg.size))
     else:
-        before = _threads()
+        before = imports.threads()         # the preload may be importing meanwhile
         size, error = 0, None
         try:
             with open(fds.pop(0), "rb") as f:
@@ -66,7 +60,7 @@ def serve_built(msg: Any, fds: list[int]) -> tuple[Any, bool]:
             del value
         except BaseException as exc:  # noqa: BLE001 - the driver raises it
             error = pack_error(worker.error_payload(msg.name, exc))
-        threads = _threads() > before
+        threads = bool(imports.started_since(before))
         reply = M.ZygoteBuilt("built", msg.oid, size, error, threads)
     for fd in fds:
         os.close(fd)
