@@ -12,7 +12,9 @@ and prints each figure with the ratio core/Ray and the issue's target. Then, cor
   5. the timeline's cost: 10,000 no-op tasks with `init(timeline=True)` and with
      `timeline=False`, sessions alternated over rounds in the same run, and in each recording
      session pairs of blocks with the recorder switched off and on (timeline_cost): median
-     throughputs, their ratios, and the driver's CPU time per task.
+     throughputs, their ratios, the driver's CPU time per task, and in the pairs the CPU time
+     per task of the whole process tree (driver and workers: on 2 cores a no-op flood keeps
+     both busy, so what the workers spend recording slows it too).
 """
 
 from __future__ import annotations
@@ -107,6 +109,25 @@ def run_engine(name: str, api, init_kwargs: dict, sizes: dict) -> dict:
     return out
 
 
+def tree_cpu_seconds() -> float:
+    """CPU time of this process and its descendants (every thread), from the scheduler's
+    nanosecond counts (/proc/<pid>/task/<tid>/schedstat; /proc/<pid>/stat counts 10 ms ticks,
+    too coarse for a block of 10k no-op tasks)."""
+    import psutil
+
+    total = 0
+    procs = [psutil.Process()]
+    procs += procs[0].children(recursive=True)
+    for proc in procs:
+        try:
+            for tid in os.listdir(f"/proc/{proc.pid}/task"):
+                with open(f"/proc/{proc.pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):   # gone meanwhile: it was idle
+            pass
+    return total / 1e9
+
+
 def timeline_cost(n: int, rounds: int, blocks: int = 8) -> dict:
     """`n` no-op tasks with the timeline recording and without, two ways:
 
@@ -120,7 +141,8 @@ def timeline_cost(n: int, rounds: int, blocks: int = 8) -> dict:
       recording's cost without the session-to-session spread (±8% a block).
 
     Reports median throughputs and on/off ratios (medians of the per-pair ratios, and their
-    mean with two standard errors), and the driver's CPU time per task (also per pair). To
+    mean with two standard errors), the driver's CPU time per task (also per pair), and per
+    pair the CPU time per task of the driver and its workers together (`tree_cpu_seconds`). To
     count instead of time: `valgrind --tool=cachegrind` of a session of n and of 6n tasks, on
     and off, with PYTHONHASHSEED=0."""
     import core
@@ -129,21 +151,25 @@ def timeline_cost(n: int, rounds: int, blocks: int = 8) -> dict:
     def noop():
         return None
 
-    def block(f) -> tuple[float, float]:
+    def block(f) -> tuple[float, float, float]:
+        tree = tree_cpu_seconds()
         t, c = time.perf_counter(), time.process_time()
         core.get([f.remote() for _ in range(n)])
-        return n / (time.perf_counter() - t), (time.process_time() - c) / n * 1e6
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        return n / wall, cpu / n * 1e6, (tree_cpu_seconds() - tree) / n * 1e6
 
     tput: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
     inside: list[float] = []
     inside_cpu: list[float] = []      # the driver's CPU time per task, on/off, per pair
+    inside_tree: list[float] = []     # the driver's and its workers' CPU time per task, on/off
+    tree_off: list[float] = []        # ... with the recorder off (µs)
     for r in range(rounds):
         for on in ((False, True) if r % 2 == 0 else (True, False)):
             core.init(num_cpus=2, timeline=on)
             f = core.remote(noop)
             core.get([f.remote() for _ in range(500)])   # both workers up and warm
-            tp, c = block(f)
+            tp, c, _ = block(f)
             tput[on].append(tp)
             cpu[on].append(c)
             if on:
@@ -156,6 +182,8 @@ def timeline_cost(n: int, rounds: int, blocks: int = 8) -> dict:
                         got[rec_on] = block(f)
                     inside.append(got[True][0] / got[False][0])
                     inside_cpu.append(got[True][1] / got[False][1])
+                    inside_tree.append(got[True][2] / got[False][2])
+                    tree_off.append(got[False][2])
                 board.timeline = recorder
             core.shutdown()
     med = statistics.median
@@ -170,6 +198,11 @@ def timeline_cost(n: int, rounds: int, blocks: int = 8) -> dict:
            "in_session_driver_cpu_on_over_off": med(inside_cpu),
            "in_session_driver_cpu_mean": statistics.mean(inside_cpu),
            "in_session_driver_cpu_mean_2se": 2 * statistics.stdev(inside_cpu) / len(inside_cpu) ** 0.5,
+           # the workers record too, and share the 2 cores with the driver
+           "in_session_tree_cpu_us_per_task_off": med(tree_off),
+           "in_session_tree_cpu_on_over_off": med(inside_tree),
+           "in_session_tree_cpu_mean": statistics.mean(inside_tree),
+           "in_session_tree_cpu_mean_2se": 2 * statistics.stdev(inside_tree) / len(inside_tree) ** 0.5,
            "driver_cpu_us_per_task_off": med(cpu[False]), "driver_cpu_us_per_task_on": med(cpu[True])}
     print("  core timeline: " + ", ".join(f"{k}={v:.4g}" for k, v in out.items()), flush=True)
     return out
@@ -237,6 +270,11 @@ def main() -> None:
           f" ± {cost['in_session_mean_2se']:.3f}")
     cpu_on, cpu_off = cost["driver_cpu_us_per_task_on"], cost["driver_cpu_us_per_task_off"]
     print(f"{'driver_cpu_us_per_task':<32}{cpu_off:>12.4g}{cpu_on:>12.4g}{cpu_on / cpu_off:>10.3f}")
+    print(f"{'  in one session, per pair':<32}{'':>12}{'':>12}{cost['in_session_driver_cpu_on_over_off']:>10.3f}"
+          f"  median; mean {cost['in_session_driver_cpu_mean']:.3f} ± {cost['in_session_driver_cpu_mean_2se']:.3f}")
+    print(f"{'tree_cpu_per_task, per pair':<32}{'':>12}{'':>12}{cost['in_session_tree_cpu_on_over_off']:>10.3f}"
+          f"  median; mean {cost['in_session_tree_cpu_mean']:.3f} ± {cost['in_session_tree_cpu_mean_2se']:.3f}"
+          f" (driver and workers)")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ EXAMPLES = [
     M.Tasks(M.TASKS, [{"task_id": b"t" * 20, "kind": "task", "fn_id": b"f" * 16, "name": "f", "method": None,
                        "args": ("inline", b"xx", []), "return_ids": [b"t" * 20], "num_returns": 1,
                        "streaming": False, "env": None}]),
+    M.Tasks(M.TASKS, [{"task_id": b"u" * 20, "kind": "task", "fn_id": b"f" * 16, "name": "f", "method": None,
+                       "args": ("inline", b"xx", []), "return_ids": [b"u" * 20], "num_returns": 1,
+                       "streaming": False, "env": None}], True),   # the session records its timeline
     M.Reply(M.REPLY, 7, True, [("inline", b"abc")]),
     M.Function(M.FUNCTION, b"f" * 16, b"blob"),
     M.ReleaseSegments(M.RELEASE_SEGMENTS, ["seg-1"]),
@@ -23,7 +26,6 @@ EXAMPLES = [
     M.Reclaim(M.RECLAIM, [b"t" * 20]),
     M.Hello(M.HELLO, 3, 1234),
     M.Done(M.DONE, b"t" * 20, [(("inline", b"r"), [])], None, 0.01),
-    M.Done(M.DONE, b"t" * 20, [(("inline", b"r"), [])], None, 0.01, (12.5, 30, 1)),   # timeline on
     M.Yield(M.YIELD, b"t" * 20, 0, (("inline", b"r"), [])),
     M.Request(M.REQUEST, 1, M.GET, M.GetArgs([b"o" * 20], None)),
     M.Request(M.REQUEST, 2, M.WAIT, M.WaitArgs([b"o" * 20], 1, 0.5)),
@@ -35,6 +37,7 @@ EXAMPLES = [
     M.Put(M.PUT, b"o" * 20, ("inline", b"v"), []),
     M.Submit(M.SUBMIT, {"task_id": b"t" * 20, "kind": "task"}),
     M.Refs(M.REFS, [b"a" * 20], [], [b"b" * 20]),
+    M.Ended(M.ENDED, b"t" * 20 + bytes(32), [(0, "ValueError: no")]),
     M.Batch(M.BATCH, [M.Refs(M.REFS, [], [b"a" * 20], []), M.Done(M.DONE, b"t" * 20, None, ValueError("x"), 0.0)]),
 ]
 
@@ -66,7 +69,7 @@ def test_round_trip_keeps_kind_and_fields(msg):
 
 def test_a_message_reads_by_name_and_by_position_alike():
     done = M.Done(M.DONE, b"t", [1], None, 0.5)
-    assert (done.kind, done.task_id, done.results, done.error, done.seconds, done.timing) == tuple(done)
+    assert (done.kind, done.task_id, done.results, done.error, done.seconds) == tuple(done)
     assert done[0] == M.DONE and done[1] == b"t"
 
 
@@ -111,4 +114,10 @@ def test_the_timelines_sizes_are_read_from_the_locations():
     stored = ("stored", (b"s", ("shared", "seg", 300_000)), [])
     assert [M.arg_bytes(a) for a in (inline, with_refs, stored)] == [30, 30 + 4096 + 2, 300_000]
     assert M.result_bytes([(("inline", b"abc"), []), (("shared", "seg", 4096), [b"x"])]) == 3 + 4096
-    assert M.result_bytes(None) is None and M.result_bytes(3) is None    # an error's; a stream's count
+    assert M.result_bytes([(("inline", b"abc"), [])]) == 3 and M.result_bytes([(("shared", "s", 9), [])]) == 9
+    assert M.result_bytes(None) == -1 and M.result_bytes(3) == -1    # none: an error's; a stream's count
+    # a task's ENDED values: the same sizes, the common case without a call
+    one = [(("inline", b"abc"), [])]
+    assert M.ended(b"t", 1.5, 0.25, inline, one) == (b"t", 1.5, 0.25, 30, 3)
+    assert M.ended(b"t", 1.5, 0.25, with_refs, one + one) == (b"t", 1.5, 0.25, 30 + 4096 + 2, 6)
+    assert M.ended(b"t", 1.5, 0.25, stored, None)[3:] == (300_000, -1)

@@ -153,7 +153,7 @@ def test_a_task_taken_back_before_it_ran_has_one_bar_where_it_ran():
     assert [(b["pid"], b["args"]["attempt"], b["args"]["sent_us"]) for b in bars] == [(-2, 1, 2e6)]  # worker #1
 
 
-def test_the_decisions_record_one_record_per_attempt_when_on():
+def test_the_decisions_note_the_submit_and_record_retries_and_deaths():
     board = B.Board(ResourceLedger({"CPU": 2.0}), {}, pool_size=2, max_workers=8)
     off = Task(_tid(1), "task", "f", b"fn", ("inline", b""), [], [], [_tid(1)])
     B.register(board, off)
@@ -170,38 +170,107 @@ def test_the_decisions_record_one_record_per_attempt_when_on():
     task.state = "running"
     task.t_sent = task.t_submit + 0.001                             # what the carrier notes as it sends
     worker.inflight.append(task)
-    B.finished(board, worker, task.task_id, TaskError("g", ValueError("bad"), "tb"), 0.25)   # no timing: a cancel's
-    worker.inflight.append(task)
-    B.finished(board, worker, task.task_id, None, 0.5, (task.t_sent + 0.1, 7, 3 + 4096))     # the worker's timing
+    B.finished(board, worker, task.task_id, TaskError("g", ValueError("bad"), "tb"), 0.25)
+    assert rec.records() == []                                      # its ENDED is its worker's to keep
     B.failed_run(board, task, TaskError("g", ValueError("bad"), "tb"), True)
     board.queue.clear()
     task.state = "running"
     worker.inflight.append(task)
     B.worker_died(board, worker, "signal 9", closing=True)
     records = rec.records()
-    assert [e[0] for e in records] == [TL.END, TL.END, TL.RETRY, TL.DIED]
+    assert [e[0] for e in records] == [TL.RETRY, TL.DIED]
     attempt = (task.task_id, "g", "task", 3, task.t_submit, None, task.t_sent)
-    assert records[0][2:9] == attempt and records[0][9] is None and records[0][10] == 0.25
-    assert records[0][11].startswith("ValueError") and records[0][12] is None
-    assert records[1][1] == task.t_sent + 0.1 and records[1][9] == 7 and records[1][11:] == (None, 3 + 4096)
-    assert records[3][2:10] == attempt + (None,) and records[3][10] == "fail"   # bytes: the worker's to say
+    assert records[1][2:10] == attempt + (None,) and records[1][10] == "fail"   # bytes: the worker's to say
+
+
+def _task_message(n: int) -> dict:
+    return {"task_id": _tid(n), "kind": "task", "fn_id": b"f" * 16, "name": "g", "method": None,
+            "args": ("inline", b"x" * 30, [(_tid(90), ("shared", "seg", 4096))]), "return_ids": [_tid(n)],
+            "num_returns": 1, "streaming": False, "env": None}
+
+
+def test_a_worker_sends_its_endeds_ahead_of_its_dones_in_the_same_frame():
+    import socket
+
+    from core._private.local import messages as M
+    from core._private.local import protocol as P
+    from core._private.local.worker import WorkerClient
+
+    mine, drivers = socket.socketpair()
+    try:
+        client = WorkerClient(mine, 5, 1024)
+        client.done(_task_message(1), [(("inline", b"r" * 8), [])], None, 2.0, 0.25)    # off: nothing kept
+        client.timing = True                    # what a Tasks message of a recording session says
+        error = TaskError("g", ValueError("bad input\nmore"), "tb")
+        client.done(_task_message(2), [(("inline", b"r" * 8), [])], None, 2.0, 0.25)
+        client.done(_task_message(3), None, error, 2.25, 0.5)
+        client.flush()
+        batch = P.recv_blocking(drivers, P.FrameReader())[0]
+    finally:
+        mine.close()
+        drivers.close()
+    assert [m.kind for m in batch.messages] == [M.ENDED, M.DONE, M.DONE, M.DONE]
+    ended = batch.messages[0]
+    assert list(TL.ENDED.iter_unpack(ended.packed)) == [(_tid(2), 2.0, 0.25, 30 + 4096, 8),
+                                                       (_tid(3), 2.25, 0.5, 30 + 4096, -1)]   # -1: no results
+    assert ended.errors == [(1, "ValueError: bad input")] and not client.ended and not client.ended_errors
+
+
+def _sending(rec: TL.Recorder, n: int, wid: int, t_sent: float, t_submit: float | None = 0.5) -> None:
+    """What the carrier adds as it sends task `n` to worker `wid`."""
+    rec.sent += (_tid(n), f"f{n}", "task", wid, t_submit, None, t_sent)
+
+
+def _packed(*endeds: tuple) -> bytes:
+    """ENDEDs (task number, began, seconds, arg bytes, result bytes) as a worker packs them."""
+    return b"".join(TL.ENDED.pack(_tid(n), *rest) for n, *rest in endeds)
+
+
+def test_the_recorder_joins_each_ended_to_the_sending_its_call_came_from():
+    rec = TL.Recorder(max_records=100)
+    _sending(rec, 1, 7, 1.0)
+    _sending(rec, 2, 7, 1.0)
+    _sending(rec, 1, 8, 2.0)                          # task 1 retried on worker 8
+    _sending(rec, 3, 7, 2.5)                          # task 3 taken back from worker 7 before it ran ...
+    _sending(rec, 3, 7, 4.0)                          # ... and sent to it again
+    _sending(rec, 4, 7, 5.0)                          # its ENDED is not in (still running)
+    rec.add_ended(7, _packed((1, 1.1, 0.5, 30, -1), (2, 1.6, 0.1, 30, 8)), [(0, "ValueError: no")])
+    rec.add((TL.RETRY, 1.7, _tid(1)))
+    rec.add_ended(8, _packed((1, 2.1, 0.2, 30, 8)), [])
+    rec.add_ended(7, _packed((3, 4.2, 0.3, 0, 8)), [])
+    rec.add_ended(9, _packed((5, 4.2, 0.3, 0, 8)), [])   # its sending is not kept: left out
+    assert rec.records() == [
+        (TL.END, 1.1, _tid(1), "f1", "task", 7, 0.5, None, 1.0, 30, 0.5, "ValueError: no", None),
+        (TL.END, 1.6, _tid(2), "f2", "task", 7, 0.5, None, 1.0, 30, 0.1, None, 8),
+        (TL.RETRY, 1.7, _tid(1)),
+        (TL.END, 2.1, _tid(1), "f1", "task", 8, 0.5, None, 2.0, 30, 0.2, None, 8),
+        (TL.END, 4.2, _tid(3), "f3", "task", 7, 0.5, None, 4.0, 0, 0.3, None, 8)]
 
 
 def test_the_recorder_is_bounded_and_out_of_the_collectors_way():
-    rec = TL.Recorder(max_records=3)
-    for i in range(10):
-        rec.add((TL.RETRY, float(i), _tid(i)))
-    assert [e[1] for e in rec.records()] == [7.0, 8.0, 9.0]
+    rec = TL.Recorder(max_records=5)
+    for i in range(3):
+        _sending(rec, i, 7, float(i))
+    rec.add_ended(7, _packed(*[(i, i + 0.5, 0.1, 0, -1) for i in range(3)]), [])
+    rec.add((TL.RETRY, 3.0, _tid(2)))
+    for i in range(3, 7):
+        _sending(rec, i, 7, float(i))
+    rec.add_ended(7, _packed(*[(i, i + 0.5, 0.1, 0, -1) for i in range(3, 7)]), [])
+    assert [e[1] for e in rec.records()] == [3.0, 3.5, 4.5, 5.5, 6.5]
+    assert len(rec.entries) == 2 and rec.count == 5      # the first blob is gone: the rest holds 5
     rec = TL.Recorder(max_records=5 * TL.CHUNK // 2)
     for i in range(10 * TL.CHUNK):
-        rec.add((TL.RETRY, float(i), _tid(i)))
+        _sending(rec, i, 7, float(i))
+        if len(rec.sent) >= rec.seal_at:                # as the carrier does after each batch
+            rec.seal()
+        if i % 64 == 63:
+            rec.add_ended(7, _packed(*[(k, k + 0.5, 0.1, 0, -1) for k in range(i - 63, i + 1)]), [])
     kept = rec.records()
-    assert len(kept) == rec.max_records and kept[-1][1] == 10 * TL.CHUNK - 1 and len(rec.recent) < rec.seal_at
-    assert kept[-1] == (TL.RETRY, 10 * TL.CHUNK - 1, _tid(10 * TL.CHUNK - 1)) + (None,) * (TL.WIDTH - 3)
-    # a record adds no object the collector tracks (its values are atomic, kept flat), and a
-    # sealed chunk is untracked by the first collection that sees it: the collector's full
-    # collections visit a few sealed chunks, not each record
-    assert not any(gc.is_tracked(v) for v in rec.recent)
+    assert len(kept) == rec.max_records and kept[-1][2] == _tid(10 * TL.CHUNK - 1) and kept[-1][8] == kept[-1][1] - 0.5
+    assert rec.count <= rec.max_records + 64 and len(rec.chunks) <= rec.chunks.maxlen
+    # a sending adds no object the collector tracks (its values are atomic, kept flat), and a
+    # sealed chunk is untracked by the first collection that sees it
+    assert not any(gc.is_tracked(v) for v in rec.sent)
     gc.collect()
     assert not any(gc.is_tracked(c) for c in rec.chunks)
 

@@ -7,9 +7,11 @@
     object_table.py  reference counts, sealing and failing objects, lineage rebuilds
     worker_pool.py   worker processes, their sockets, the io thread
     zygote.py        the process that imports once and forks the workers
+    zygote_imports.py the zygote's imports, in a helper thread
     zygote_builds.py the zygote's side of core.build (values its forks inherit)
     builder.py       the driver's side of core.build
     process.py       what a worker or zygote sets up about itself (death with parent, cancel)
     worker.py        the worker process's loop and its runtime (WorkerClient)
+    held_results.py  the worker's thread that sends batched results when a long task follows
     messages.py      every message kind as a NamedTuple; protocol.py: framing and Channel
 """

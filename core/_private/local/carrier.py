@@ -9,8 +9,9 @@
 
 What a dispatch cannot send after all goes back: arguments that no longer fit (`NoRoomNow`, or
 admission says wait) to the head of the queue, a lost argument to its rebuild, a failed one
-fails the task. With the session's timeline on, each task sent notes when it was sent, and its
-Tasks message asks the worker for each `Done.timing` (`tasks/timeline.py`: read by the END records).
+fails the task. With the session's timeline on, each task sent notes when it was sent and adds
+its SENDING to the recorder, and the Tasks message asks the worker for its ENDEDs
+(`tasks/timeline.py`).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class Carrier:
         inflight = worker.inflight
         rec = board.timeline              # on: each task sent notes when (one clock read for all)
         now = monotonic() if rec is not None else 0.0
+        wid = worker.wid
         for task in batch:
             decision = "wait" if deferred else self.admission(task)
             if decision == "wait":
@@ -122,17 +124,21 @@ class Carrier:
             msgs.append(msg)
             task.worker = worker
             inflight.append(task)
-            if rec is not None:           # read back by its END record (tasks/timeline.py)
+            if rec is not None:           # its SENDING (tasks/timeline.py), flat
                 task.t_sent = now
+                try:
+                    rec.sent += (task.task_id, task.name, task.kind, wid, task.t_submit, task.submitter, now)
+                except AttributeError:    # an actor's constructor: not submitted as a task
+                    rec.sent += (task.task_id, task.name, task.kind, wid, None, None, now)
         if deferred:
             self._give_gpus(deferred)
             requeue_front(board, worker, deferred)
         if msgs:
             self._send_functions(worker, batch)
-            worker.chan.send(M.Tasks(M.TASKS, msgs, rec is not None))   # on: each Done says when it ran
+            worker.chan.send(M.Tasks(M.TASKS, msgs, rec is not None))   # on: the worker keeps ENDEDs
             if rec is not None:
-                rec.workers.setdefault(worker.wid, worker)     # its lane
-                if len(rec.recent) >= rec.seal_at:  # END records are added without this check
+                rec.workers.setdefault(wid, worker)     # its lane
+                if len(rec.sent) >= rec.seal_at:
                     rec.seal()
         elif worker.actor_id is None and not inflight:
             unhold(board.ledger, worker, board.owing)

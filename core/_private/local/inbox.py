@@ -2,6 +2,7 @@
 
     pool io thread ── on_io(messages, dead workers) ──► (engine lock)
         Done    ──► board.finished ─► results sealed, task done │ failed_run: retry or Fail
+        Ended   ──► the timeline's ENDEDs, kept as they came (tasks/timeline.py)
         Yield   ──► a stream item sealed          Put ──► a worker's object sealed
         Refs    ──► borrows counted / dropped, pins released
         Submit  ──► a task submitted inside a task     Request ──► requests.Requests
@@ -53,10 +54,14 @@ class Inbox:
     def handle(self, worker: WorkerProc, msg: Any) -> None:
         kind = msg.kind
         if kind == M.DONE:
-            self.on_done(worker, msg.task_id, msg.results, msg.error, msg.seconds, msg.timing)
+            self.on_done(worker, msg.task_id, msg.results, msg.error, msg.seconds)
         elif kind == M.BATCH:
             for m in msg.messages:
                 self.handle(worker, m)
+        elif kind == M.ENDED:                        # before the Dones: kept as it came
+            rec = self.board.timeline
+            if rec is not None:
+                rec.add_ended(worker.wid, msg.packed, msg.errors)
         elif kind == M.REFS:
             self._on_refs(worker, msg)
         elif kind == M.YIELD:
@@ -94,10 +99,9 @@ class Inbox:
             self.store.unpin(oid, worker.wid)
 
     # ── results ─────────────────────────────────────────────────────────────────────────────
-    def on_done(self, worker: WorkerProc, task_id: bytes, results: Any, error: Any, seconds: float,
-                timing: tuple | None = None) -> None:
+    def on_done(self, worker: WorkerProc, task_id: bytes, results: Any, error: Any, seconds: float) -> None:
         board = self.board
-        task = finished(board, worker, task_id, error, seconds, timing)
+        task = finished(board, worker, task_id, error, seconds)
         if task is None:
             self._discard_results(task_id, results)
             return

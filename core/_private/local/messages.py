@@ -1,7 +1,7 @@
 """Every message between the driver and a worker (and between the driver and the zygote), by name.
 
     driver ─► worker   Tasks  Reply  Function  ReleaseSegments  Exit  Reclaim
-    worker ─► driver   Hello  Done   Yield     Request  Put  Submit  Refs
+    worker ─► driver   Hello  Done   Yield     Request  Put  Submit  Refs  Ended
     either way         Batch (several messages in one frame)
     driver ◄► zygote   ZygoteImport  ZygoteSpawn  ZygotePid  ZygoteExit (own socket, own table)
                        ZygoteBuild ─► ZygoteBuilt   ZygoteMaterialize ─► ZygoteMaterialized
@@ -42,6 +42,7 @@ REQUEST = "request"
 PUT = "put"
 SUBMIT = "submit"
 REFS = "refs"
+ENDED = "ended"
 # either way
 BATCH = "batch"
 
@@ -148,7 +149,7 @@ class Tasks(NamedTuple):
     """Tasks to run, in order (a worker queues them; a batch of short tasks, or the next one)."""
     kind: Literal["tasks"]
     tasks: list[TaskMessage]
-    timeline: bool = False        # the session records its timeline: their Done carry `timing`
+    timeline: bool = False        # the session records its timeline: the worker keeps ENDEDs
 
 
 class Reply(NamedTuple):
@@ -197,10 +198,6 @@ class Done(NamedTuple):
     results: Any
     error: BaseException | None
     seconds: float                # time it ran, loading its function left out
-    # when its Tasks message said the session records its timeline: (started, arg bytes, result
-    # bytes or None), `started` read from time.monotonic() as it started (CLOCK_MONOTONIC: the
-    # driver's clock too); None otherwise
-    timing: tuple | None = None
 
 
 class Yield(NamedTuple):
@@ -241,6 +238,15 @@ class Refs(NamedTuple):
     unpinned: list[bytes]
 
 
+class Ended(NamedTuple):
+    """What the worker alone knows of the tasks whose Dones follow in the same batch, while the
+    session records its timeline: their ENDEDs (tasks/timeline.py), packed, and the text of their
+    errors; the driver keeps them as they came until core.timeline() reads them."""
+    kind: Literal["ended"]
+    packed: bytes
+    errors: list[tuple[int, str]]   # (index among the ENDEDs, "Type: first line")
+
+
 class Batch(NamedTuple):
     """Several messages in one frame, applied in order."""
     kind: Literal["batch"]
@@ -248,15 +254,29 @@ class Batch(NamedTuple):
 
 
 Message = Union[Tasks, Reply, Function, ReleaseSegments, Exit, Reclaim, Hello, Done, Yield, Request,
-                Put, Submit, Refs, Batch]
+                Put, Submit, Refs, Ended, Batch]
 
 _CLASSES: dict[str, Any] = {
     TASKS: Tasks, REPLY: Reply, FUNCTION: Function, RELEASE_SEGMENTS: ReleaseSegments, EXIT: Exit,
     RECLAIM: Reclaim, HELLO: Hello, DONE: Done, YIELD: Yield, REQUEST: Request, PUT: Put,
-    SUBMIT: Submit, REFS: Refs, BATCH: Batch}
+    SUBMIT: Submit, REFS: Refs, ENDED: Ended, BATCH: Batch}
 
 
 # ─── sizes, for the timeline ───────────────────────────────────────────────────────────────────
+def ended(task_id: bytes, began: float, seconds: float, args: tuple, results: Any) -> tuple:
+    """A task's ENDED values (tasks/timeline.py: ENDED_VALUES), as its worker keeps them while the
+    session records: its arguments' and results' bytes are read from their locations (-1: no
+    results). Most tasks (inline arguments without refs, one inline result) take no call: this
+    runs once per task."""
+    kind, payload, arg_locs = args
+    n_args = len(payload) if kind == "inline" and not arg_locs else arg_bytes(args)
+    if type(results) is list and len(results) == 1 and results[0][0][0] == "inline":
+        n_out = len(results[0][0][1])
+    else:
+        n_out = result_bytes(results)
+    return (task_id, began, seconds, n_args, n_out)
+
+
 def arg_bytes(args: tuple) -> int:
     """Bytes of a task message's arguments: the inline blob (or the stored one) and each ref
     argument's object, as located (("inline", bytes) or ("shared", segment, size))."""
@@ -266,11 +286,11 @@ def arg_bytes(args: tuple) -> int:
     return n
 
 
-def result_bytes(results: Any) -> int | None:
-    """Bytes of a Done's results, from their locations; None when there are none (a streaming
+def result_bytes(results: Any) -> int:
+    """Bytes of a Done's results, from their locations; -1 when there are none (a streaming
     task's count, an error)."""
-    if not isinstance(results, list):
-        return None
+    if type(results) is not list:
+        return -1
     n = 0
     for loc, _contained in results:
         n += _loc_size(loc)

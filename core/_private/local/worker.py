@@ -40,6 +40,7 @@ from typing import Any
 import cloudpickle
 
 from core._private import runtime
+from core._private.local.held_results import FLUSH_INTERVAL, HeldResults
 from core._private.local.process import die_with_parent, extend_sys_path, install_cancel_handler
 from core._private.local import messages as M
 from core._private.local import protocol as P
@@ -47,6 +48,7 @@ from core._private.objects import shm
 from core._private.objects.serialization import SerializedObject, deserialize, serialize
 from core._private.refs import IdSource, ObjectRef, return_id
 from core._private.taskspec import ArgPlaceholder, TaskSpec, pack_args, return_ids
+from core._private.tasks import timeline as TL
 from core._private.tasks.scheduler import FAST_TASK, demand
 from core.exceptions import ActorDiedError, CoreError, TaskCancelledError, TaskError
 
@@ -56,7 +58,6 @@ from core.exceptions import ActorDiedError, CoreError, TaskCancelledError, TaskE
 BUILT: dict[bytes, Any] = {}
 
 BATCH_FLUSH = 64          # results per DONE batch when more tasks are queued
-FLUSH_INTERVAL = 0.002    # seconds: never sit on finished results longer than this
 
 
 class SegmentCache:
@@ -106,7 +107,9 @@ class WorkerClient(runtime.DriverOnlyCalls):
         self.current_task: bytes | None = None
         self.cancelled: set[bytes] = set()      # ids the driver asked to cancel (control pipe)
         self.load_seconds = 0.0                 # spent unpickling functions (imports), not running
-        self.timing = False                     # the session records its timeline: Done carries timing
+        self.timing = False                     # the session records its timeline: keep ENDEDs
+        self.ended: list = []                   # ENDEDs of the Dones in the outbox, flat (tasks/timeline.py)
+        self.ended_errors: list[tuple[int, str]] = []   # (index among them, error text)
 
     def new_id(self, index: int = 0) -> bytes:
         return self._ids.new(index)
@@ -158,6 +161,23 @@ class WorkerClient(runtime.DriverOnlyCalls):
                 self.outbox.append(delta)
             self.outbox.append(msg)
 
+    def done(self, task: M.TaskMessage, results: Any, error: Any, began: float, seconds: float) -> None:
+        """Queue a task's Done and, while the session records its timeline, its ENDED: what only
+        this worker knows of it."""
+        task_id = task["task_id"]
+        ended = None
+        if self.timing:
+            ended = M.ended(task_id, began, seconds, task["args"], results)
+        delta = self._ref_delta()
+        with self.send_lock:
+            if delta:
+                self.outbox.append(delta)
+            self.outbox.append(M.Done(M.DONE, task_id, results, error, seconds))
+            if ended is not None:
+                if error is not None:
+                    self.ended_errors.append((len(self.ended) // TL.ENDED_VALUES, TL.error_text(error)))
+                self.ended += ended
+
     def flush(self) -> None:
         delta = self._ref_delta()
         with self.send_lock:
@@ -176,6 +196,10 @@ class WorkerClient(runtime.DriverOnlyCalls):
         if not self.outbox:
             return
         msgs, self.outbox = self.outbox, []
+        if self.ended:   # first: the driver keeps a task's ENDED before it may retry the task
+            msgs.insert(0, M.Ended(M.ENDED, TL.pack_endeds(self.ended), self.ended_errors))
+            self.ended = []
+            self.ended_errors = []
         msg = msgs[0] if len(msgs) == 1 else M.Batch(M.BATCH, msgs)
         self.bytes_sent += P.send_frame(self.sock, msg)
 
@@ -413,11 +437,7 @@ class TaskRunner:
             if saved_env is not None:
                 _restore_env(saved_env)
         began = t0 + client.load_seconds      # when it ran: after loading its function, if it did
-        seconds = time.monotonic() - began
-        timing = None
-        if client.timing:         # the session records its timeline: what only the worker knows
-            timing = (began, M.arg_bytes(task["args"]), M.result_bytes(results))
-        client.queue(M.Done(M.DONE, task_id, results, error, seconds, timing))
+        client.done(task, results, error, began, time.monotonic() - began)
 
     def _call(self, task: M.TaskMessage) -> Any:
         client = self.client
@@ -521,7 +541,7 @@ def main(argv: list[str]) -> None:
             began = time.monotonic()
             if task["task_id"] in client.cancelled:
                 client.cancelled.discard(task["task_id"])
-                client.queue(M.Done(M.DONE, task["task_id"], None, error_payload(task["name"], _Cancelled()), 0.0))
+                client.done(task, None, error_payload(task["name"], _Cancelled()), began, 0.0)
             else:
                 held.starting(task["task_id"])
                 try:
@@ -539,41 +559,6 @@ def main(argv: list[str]) -> None:
         pass
     finally:
         os._exit(0)
-
-
-class HeldResults:
-    """Results held back for batching are sent if the task after them runs long.
-
-    Between tiny tasks the main loop keeps results for one frame (throughput); the task that
-    follows may run for minutes, and the driver must not wait that long to learn the earlier
-    ones are done (a caller waits for them; a deadline counts from them). When a task starts
-    with results held, this thread wakes, waits FLUSH_INTERVAL, and sends them if that same
-    task is still running."""
-
-    def __init__(self, client: WorkerClient) -> None:
-        self.client = client
-        self.task: bytes | None = None
-        self.wake = threading.Event()
-        threading.Thread(target=self._loop, name="held-results", daemon=True).start()
-
-    def starting(self, task_id: bytes) -> None:
-        """The main thread starts `task_id` (cheap when nothing is held)."""
-        if self.client.outbox:
-            self.task = task_id
-            if not self.wake.is_set():
-                self.wake.set()
-
-    def _loop(self) -> None:
-        while True:
-            self.wake.wait()
-            self.wake.clear()
-            time.sleep(FLUSH_INTERVAL)
-            task = self.task
-            if task is not None:
-                try:
-                    self.client.flush_during(task)
-                except OSError:  # the driver is gone: the main loop finds out and exits
-                    return
 
 
 def _preimport() -> None:

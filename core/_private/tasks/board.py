@@ -9,8 +9,9 @@ scheduling (that is `scheduler.plan`).
 Each function changes the records it is handed (`Board`, tasks, workers' scheduling fields)
 and returns the instructions (`transitions.py`) the I/O layer must carry out. None sends,
 spawns, signals or touches the object store. With the session's timeline on
-(`board.timeline`, `timeline.Recorder`) a submit notes its time on the task, and a DONE, a retry
-or a death while running adds one record to it: the only clock these decisions read.
+(`board.timeline`, `timeline.Recorder`) a submit notes its time on the task, and a retry or a
+death while running adds one record to it (a DONE's comes from its worker): the only clock
+these decisions read.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Literal
 from core._private.tasks.resources import ResourceLedger, unhold
 from core._private.tasks.retry import retry_decision, spend_retry
 from core._private.tasks.state import Actor, Obj, Stream, Task
-from core._private.tasks.timeline import DIED, END, RETRY, Recorder, attempt, error_text
+from core._private.tasks.timeline import DIED, RETRY, Recorder, attempt
 from core._private.tasks.transitions import Interrupt, Reclaim, Spawn, transition
 from core.exceptions import ActorDiedError, TaskCancelledError, WorkerCrashedError
 
@@ -137,30 +138,15 @@ def requeue_front(board: Board, worker: Any, tasks: list[Task]) -> None:
 
 
 # ─── DONE ──────────────────────────────────────────────────────────────────────────────────────
-def finished(board: Board, worker: Any, task_id: bytes, error: Any, seconds: float,
-             timing: tuple | None = None) -> Task | None:
+def finished(board: Board, worker: Any, task_id: bytes, error: Any, seconds: float) -> Task | None:
     """A worker reports a task done: take it off the worker, note its time, give back what it
-    held. Returns the task (None if nobody waits for it any more). `timing`: the Done's, for
-    the timeline (when it started, its arguments' and results' bytes)."""
+    held. Returns the task (None if nobody waits for it any more). Its END record, when the
+    session records its timeline, came from the worker just before (timeline.py)."""
     inflight = worker.inflight
     if inflight and inflight[0].task_id == task_id:
-        ran = inflight.popleft()
+        inflight.popleft()
     else:
-        ran = next((t for t in inflight if t.task_id == task_id), None)
         worker.inflight = inflight = deque(t for t in inflight if t.task_id != task_id)
-    rec = board.timeline
-    # The attempt's one record (timeline.py: END), its fields written out here rather than
-    # gathered by a call: this runs once per task.
-    if rec is not None and ran is not None:
-        try:
-            t_submit, submitter = ran.t_submit, ran.submitter
-        except AttributeError:                 # an actor's constructor: never submitted as a task
-            t_submit = submitter = None
-        if timing is None:                     # a Done with none: a task cancelled before it ran
-            timing = (monotonic() - seconds, None, None)
-        began, arg_bytes, out = timing
-        rec.recent += (END, began, task_id, ran.name, ran.kind, worker.wid, t_submit, submitter,
-                       ran.t_sent, arg_bytes, seconds, None if error is None else error_text(error), out)
     if inflight and inflight[0].state == "pipelined":
         transition(inflight[0], "running")     # it starts now, on the share already held
     task = board.tasks.get(task_id)

@@ -1,24 +1,33 @@
 """The session's task timeline: what the engine records as tasks run, and its Chrome trace.
 
-    board.register ─── task.t_submit, task.submitter ─┐  noted on the Task (slot stores, no
-    carrier.dispatch ─ task.t_sent ───────────────────┘  allocation), read at its END
-    worker ─────────── Done.timing: when it ran, its arguments' and results' bytes
-    board.finished ─── END ─┐
-    board.failed_run ─ RETRY┼─► Recorder.recent: WIDTH plain values per task attempt ended (and
-    board.worker_died ─ DIED┘   per retry), under the engine lock; sealed in chunks (see Recorder)
-                                   core.timeline() ──► Recorder.records() + not_ended(...): the
-                                                       tasks running, and those not sent yet
+    board.register ─── task.t_submit, task.submitter     noted on the Task (slot stores)
+    carrier.dispatch ─ task.t_sent; Recorder.sent += a SENDING (task id, name, kind, worker,
+                       submitted, by whom, sent): flat values, sealed into chunks (see Recorder)
+    worker ─────────── what only it knows: an ENDED (task id, when the call started, how long
+                       it ran, its arguments' and results' bytes) and its error's text; those of
+                       a batch of Dones packed (52 bytes each) in one Ended message, first in
+                       their frame
+    inbox ──────────── Ended ─┐
+    board.failed_run ─ RETRY ─┼─► Recorder.entries: the Ended blobs as they came (bytes, not
+    board.worker_died ─ DIED ─┘   read) and the driver's own records, in order
+                                   core.timeline() ──► Recorder.records(): each ENDED joined to
+                                                       its SENDING: END records; + not_ended(...)
                                                        ──► chrome_events(...) ──► [dict]
                                                        (pure; the JSON is built only here)
 
-One record per attempt, at its end, rather than one per event: a task's submit and its sending
-are attribute stores on its `Task`, what only the worker knows (when the call started, its
-arguments' and results' bytes) comes in its Done, and the END record carries them all. This
-keeps the cost on the driver's hot path (under the lock the submitting thread and the I/O
-thread share) to one clock read and one list extend per task (the sending's clock read is
-shared by its batch), and keeps the garbage collector out of it (see Recorder). The task's END
-extends `Recorder.recent` in place (no call: the hot path); the carrier seals it once per
-batch sent. A worker measures only when the Tasks message says the session records.
+Each side keeps what it knows, and nothing crosses the socket twice: the driver's hot path
+(under the lock the submitting thread and the I/O thread share) costs one clock read per task
+submitted and one per batch sent, and one list extend per task sent; a batch of Dones costs it
+one bytes object kept as it came. The worker adds five values per task to a list and packs the
+list with one `struct` call per frame (pickling them, or a `struct` call per task, cost it
+several times more; on 2 cores the workers' time slows the driver too). Only core.timeline()
+unpacks and joins them: an ENDED goes with the latest SENDING of the same task to the same worker
+made before the call started (a task retried, or taken back and sent again, has several). A
+worker measures only while its Tasks messages say the session records.
+
+The Ended message goes first in the frame with the Dones, so an END is kept before the RETRY the
+driver decides on from its Done. A worker that dies loses only the ENDEDs of Dones the driver
+never got: those tasks were still in flight, and the driver records their DIED.
 
 Chrome's trace-event format (what Perfetto and chrome://tracing open): one "X" (complete) event
 per task attempt, on the lane (`pid`) of the worker that ran it, named after the function; "M"
@@ -28,19 +37,21 @@ started, read from `time.monotonic` (never a clock's absolute value).
 
 When an attempt ran: the worker says when the call started and how long it ran (its clock is
 the driver's: `time.monotonic` is CLOCK_MONOTONIC, one per machine), so an ended attempt's bar is
-exact. For an attempt with no Done (running when the trace is asked for, or its worker died) the
+exact. For an attempt with no END (running when the trace is asked for, or its worker died) the
 driver knows when it sent it: a worker runs its tasks one at a time in the order sent, so its
 bar starts then or when the worker's previous bar ended, whichever is later.
 
-Memory is bounded: the recorder keeps the last `max_records` records (`DEFAULT_MAX_RECORDS`; one
-per attempt, ~320 bytes each with its task id: ~32 MB); older ones are dropped. `chrome_events`
-is pure; `write_trace` is this module's one I/O, called by the runtimes at the edge.
+Memory is bounded: the recorder keeps the last `max_records` sendings and ENDEDs
+(`DEFAULT_MAX_RECORDS`; ~200 bytes a task attempt in all: ~20 MB); older ones are dropped a chunk
+or a blob at a time. `chrome_events` is pure; `write_trace` is this module's one I/O, called by
+the runtimes at the edge.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 import tempfile
 import time
 from collections import deque
@@ -50,7 +61,7 @@ from typing import Any, Iterable, NamedTuple
 # Record kinds: the first field of each tuple. An attempt's fields come first, in one order:
 #   ATTEMPT = (kind, t, task_id, name, task kind, wid, t_submit, submitter wid, t_sent, arg bytes)
 # t_submit and the submitter are None for an actor's constructor (it is not submitted as a task);
-# arg bytes are known from the worker's Done only (None in DIED and START).
+# arg bytes are known to the worker only (None in DIED and START).
 END = 2      # ATTEMPT + (seconds, error or None, result bytes or None)   t: when the call started
              #                                                             error: "Type: first line"
 RETRY = 3    # (RETRY, t, task_id)                                the END just before is retried
@@ -59,59 +70,106 @@ DIED = 4     # ATTEMPT + (verdict,)                               its worker die
 START = 1    # ATTEMPT                                            sent, running (t: when it was sent)
 SUBMIT = 0   # (SUBMIT, t_submit, task_id, name, submitter wid)   submitted, not sent
 
-WIDTH = 13       # values per record as kept (an END's; shorter records are padded with None)
+# What each side keeps per attempt (joined into an END by Recorder.records):
+SENDING = 7  # the driver's, 7 flat values: task_id, name, task kind, wid, t_submit, submitter wid, t_sent
+ENDED = struct.Struct("<20sddqq")   # the worker's, packed: task_id (20 bytes), began, seconds, arg
+                                    # bytes, result bytes (-1: none); its error's text beside it
+ENDED_VALUES = 5                    # values per ENDED, as the worker keeps them before packing
+
 DEFAULT_MAX_RECORDS = 100_000
-CHUNK = 1024     # records sealed into one tuple (see Recorder)
+CHUNK = 1024     # sendings sealed into one tuple (see Recorder)
 
 
 class Recorder:
     """The recorded attempts of one session (owned by the Board, added to under its lock).
 
-    Kept flat, out of the garbage collector's way: a record's values (ids, names, numbers) are
-    atomic objects, which the collector never tracks, and they are stored `WIDTH` at a time in
-    one list (`recent`), not as a tuple each. A tuple per record is a tracked allocation per
-    task: it made the collector run ~5% more often, and each extra full collection of a driver
-    with 10,000 tasks in flight costs ~30 ms (measured: that was half of the recording's cost).
-    Every `CHUNK` records, `recent` is sealed into a tuple, which the collector stops tracking
-    (it holds only atomic values): a full collection sees a few hundred chunks, not ~100,000
-    records. `records()` gives them back as tuples."""
+    `sent`: the sendings not sealed yet, SENDING values each, kept flat in one list rather than
+    as a tuple each: a tuple per task is a tracked allocation that made the garbage collector
+    run more often, and a full collection of a driver with 10,000 tasks in flight costs ~30 ms.
+    Every `CHUNK` sendings the carrier seals `sent` into a tuple of atomic values, which the
+    collector stops tracking. `entries`: in the order they came, the workers' Ended messages
+    (packed ENDEDs, kept as bytes, and their errors) and the driver's own records (RETRY, DIED:
+    one tuple each, as rare as retries and deaths)."""
 
-    __slots__ = ("recent", "chunks", "seal_at", "max_records", "workers", "t0")
+    __slots__ = ("sent", "chunks", "seal_at", "entries", "count", "max_records", "workers", "t0")
 
     def __init__(self, max_records: int = DEFAULT_MAX_RECORDS) -> None:
         self.max_records = max_records
         per_chunk = min(CHUNK, max_records)
-        self.seal_at = per_chunk * WIDTH      # values in `recent` that make a chunk
-        self.recent: list = []                # the values of the records not sealed yet
-        # sealed chunks: enough of them to hold `max_records` with `recent` empty
-        self.chunks: deque[tuple] = deque(maxlen=-(-max_records // per_chunk))
+        self.seal_at = per_chunk * SENDING    # values in `sent` that make a chunk
+        self.sent: list = []
+        # sealed chunks: enough of them to hold `max_records` sendings, and one more
+        self.chunks: deque[tuple] = deque(maxlen=-(-max_records // per_chunk) + 1)
+        self.entries: deque[tuple[int, int | None, Any]] = deque()   # (records, wid or None, Ended or record)
+        self.count = 0                        # records in `entries`
         self.workers: dict[int, Any] = {}     # wid -> WorkerProc, noted on its first dispatch
         self.t0 = time.monotonic()            # the session's start: time 0 of the trace
 
-    def add(self, record: tuple) -> None:
-        """Keep `record` (at most WIDTH values). The hot path, a task's END, extends `recent`
-        with its WIDTH values itself, and the carrier seals once per batch sent: `recent`
-        exceeds `seal_at` by the tasks in flight."""
-        self.recent += record + (None,) * (WIDTH - len(record))
-        if len(self.recent) >= self.seal_at:
-            self.seal()
-
     def seal(self) -> None:
-        self.chunks.append(tuple(self.recent))
-        self.recent.clear()
+        self.chunks.append(tuple(self.sent))
+        self.sent.clear()
+
+    def add(self, record: tuple) -> None:
+        """Keep one of the driver's records (RETRY, DIED)."""
+        self._keep((1, None, record))
+
+    def add_ended(self, wid: int, packed: bytes, errors: list[tuple[int, str]]) -> None:
+        """Keep worker `wid`'s Ended message as it came: ENDEDs `packed`, and `errors` (index
+        among them, error text)."""
+        self._keep((len(packed) // ENDED.size, wid, (packed, errors)))
+
+    def _keep(self, entry: tuple) -> None:
+        entries = self.entries
+        entries.append(entry)
+        self.count += entry[0]
+        while self.count - entries[0][0] >= self.max_records:   # the rest still holds enough
+            self.count -= entries.popleft()[0]
 
     def records(self) -> list[tuple]:
-        """The last `max_records` records, oldest first (each padded to WIDTH values)."""
+        """The last `max_records` records, oldest first: the workers' ENDEDs joined to their
+        sendings (END records), and the driver's own. An ENDED whose sending is no longer kept
+        is left out."""
+        sendings: dict[tuple, list[tuple]] = {}      # (task id, wid) -> its sendings, in order
         flat = list(chain.from_iterable(self.chunks))
-        flat += self.recent
-        start = max(0, len(flat) // WIDTH - self.max_records) * WIDTH
-        return [tuple(flat[i:i + WIDTH]) for i in range(start, len(flat), WIDTH)]
+        flat += self.sent
+        for i in range(0, len(flat), SENDING):
+            task_id, name, kind, wid, t_submit, submitter, t_sent = flat[i:i + SENDING]
+            sendings.setdefault((task_id, wid), []).append((name, kind, t_submit, submitter, t_sent))
+        out: list[tuple] = []
+        for _, wid, entry in self.entries:
+            if wid is None:
+                out.append(entry)
+                continue
+            packed, errors = entry
+            error_of = dict(errors)
+            for i, (task_id, began, seconds, arg_bytes, result_bytes) in enumerate(ENDED.iter_unpack(packed)):
+                sent = latest_sending(sendings.get((task_id, wid), ()), began)
+                if sent is not None:
+                    name, kind, t_submit, submitter, t_sent = sent
+                    out.append((END, began, task_id, name, kind, wid, t_submit, submitter, t_sent, arg_bytes,
+                                seconds, error_of.get(i), None if result_bytes < 0 else result_bytes))
+        return out[-self.max_records:]
 
     def snapshot(self, workers: Iterable[Any], tasks: Iterable[Any]) -> tuple[list[tuple], list[Any]]:
         """What core.timeline() reads under the engine lock: the records, then those of the tasks
         not ended (`not_ended`: the pool's `workers`, the engine's unfinished `tasks`), and the
         workers seen (for their lanes)."""
         return self.records() + not_ended(workers, tasks), list(self.workers.values())
+
+
+def pack_endeds(values: list) -> bytes:
+    """A worker's ENDEDs, ENDED_VALUES flat values each, packed in one call (`ENDED` each)."""
+    return struct.pack("<" + ENDED.format[1:] * (len(values) // ENDED_VALUES), *values)
+
+
+def latest_sending(sendings: Iterable[tuple], began: float) -> tuple | None:
+    """Of a task's sendings to one worker (name, kind, t_submit, submitter, t_sent; in order),
+    the one its call that `began` then came from: the latest sent before."""
+    found = None
+    for sent in sendings:
+        if sent[4] <= began:
+            found = sent
+    return found
 
 
 def attempt(task: Any, wid: int | None) -> tuple:
@@ -266,4 +324,5 @@ def write_trace(path: str | os.PathLike, events: list[dict]) -> None:
 
 
 __all__ = ["Recorder", "Lane", "short_name", "chrome_events", "write_trace", "error_text", "attempt",
-           "not_ended", "DEFAULT_MAX_RECORDS", "CHUNK", "WIDTH", "SUBMIT", "START", "END", "RETRY", "DIED"]
+           "pack_endeds", "latest_sending", "not_ended", "DEFAULT_MAX_RECORDS", "CHUNK", "SENDING", "ENDED", "ENDED_VALUES", "SUBMIT", "START",
+           "END", "RETRY", "DIED"]
