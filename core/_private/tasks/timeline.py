@@ -49,6 +49,7 @@ the runtimes at the edge.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -159,7 +160,13 @@ class Recorder:
 
 def pack_endeds(values: list) -> bytes:
     """A worker's ENDEDs, ENDED_VALUES flat values each, packed in one call (`ENDED` each)."""
-    return struct.pack("<" + ENDED.format[1:] * (len(values) // ENDED_VALUES), *values)
+    return _endeds_struct(len(values) // ENDED_VALUES).pack(*values)
+
+
+@functools.lru_cache(maxsize=256)
+def _endeds_struct(n: int) -> struct.Struct:
+    """`n` ENDEDs back to back (built once per count: a worker flushes a few counts over and over)."""
+    return struct.Struct("<" + ENDED.format[1:] * n)
 
 
 def latest_sending(sendings: Iterable[tuple], began: float) -> tuple | None:
