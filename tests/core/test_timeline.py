@@ -12,6 +12,7 @@ import gc
 import importlib.util
 import json
 import os
+import socket
 import time
 from collections import deque
 from types import SimpleNamespace
@@ -20,6 +21,9 @@ import jsonschema
 import pytest
 
 import core
+from core._private.local import messages as M
+from core._private.local import protocol as P
+from core._private.local.worker import WorkerClient
 from core._private.runtime import current
 from core._private.tasks import board as B
 from core._private.tasks import timeline as TL
@@ -190,12 +194,6 @@ def _task_message(n: int) -> dict:
 
 
 def test_a_worker_sends_its_endeds_ahead_of_its_dones_in_the_same_frame():
-    import socket
-
-    from core._private.local import messages as M
-    from core._private.local import protocol as P
-    from core._private.local.worker import WorkerClient
-
     mine, drivers = socket.socketpair()
     try:
         client = WorkerClient(mine, 5, 1024)
