@@ -267,10 +267,15 @@ def test_the_recorder_is_bounded_and_out_of_the_collectors_way():
     assert len(kept) == rec.max_records and kept[-1][2] == _tid(10 * TL.CHUNK - 1) and kept[-1][8] == kept[-1][1] - 0.5
     assert rec.count <= rec.max_records + 64 and len(rec.chunks) <= rec.chunks.maxlen
     # a sending adds no object the collector tracks (its values are atomic, kept flat), and a
-    # sealed chunk is untracked by the first collection that sees it
+    # sealed chunk is untracked by the first collection that sees it; a kept Ended message (with
+    # or without errors) or record by the first two (one for what it holds, one for it)
+    rec.add_ended(7, _packed((1, 1.5, 0.1, 0, -1)), [(0, "ValueError: no")])
+    rec.add((TL.RETRY, 2.0, _tid(1)))
     assert not any(gc.is_tracked(v) for v in rec.sent)
     gc.collect()
     assert not any(gc.is_tracked(c) for c in rec.chunks)
+    gc.collect()
+    assert not any(gc.is_tracked(e) for e in rec.entries)
 
 
 # ── real sessions ─────────────────────────────────────────────────────────────────────────────

@@ -99,7 +99,8 @@ class Carrier:
         deferred: list[Task] = []
         inflight = worker.inflight
         rec = board.timeline              # on: each task sent notes when (one clock read for all)
-        now = monotonic() if rec is not None else 0.0
+        if rec is not None:
+            now, sent = monotonic(), rec.sent
         wid = worker.wid
         for task in batch:
             decision = "wait" if deferred else self.admission(task)
@@ -127,9 +128,9 @@ class Carrier:
             if rec is not None:           # its SENDING (tasks/timeline.py), flat
                 task.t_sent = now
                 try:
-                    rec.sent += (task.task_id, task.name, task.kind, wid, task.t_submit, task.submitter, now)
+                    sent += (task.task_id, task.name, task.kind, wid, task.t_submit, task.submitter, now)
                 except AttributeError:    # an actor's constructor: not submitted as a task
-                    rec.sent += (task.task_id, task.name, task.kind, wid, None, None, now)
+                    sent += (task.task_id, task.name, task.kind, wid, None, None, now)
         if deferred:
             self._give_gpus(deferred)
             requeue_front(board, worker, deferred)
@@ -138,7 +139,7 @@ class Carrier:
             worker.chan.send(M.Tasks(M.TASKS, msgs, rec is not None))   # on: the worker keeps ENDEDs
             if rec is not None:
                 rec.workers.setdefault(wid, worker)     # its lane
-                if len(rec.sent) >= rec.seal_at:
+                if len(sent) >= rec.seal_at:
                     rec.seal()
         elif worker.actor_id is None and not inflight:
             unhold(board.ledger, worker, board.owing)

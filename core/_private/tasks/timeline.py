@@ -90,7 +90,10 @@ class Recorder:
     Every `CHUNK` sendings the carrier seals `sent` into a tuple of atomic values, which the
     collector stops tracking. `entries`: in the order they came, the workers' Ended messages
     (packed ENDEDs, kept as bytes, and their errors) and the driver's own records (RETRY, DIED:
-    one tuple each, as rare as retries and deaths)."""
+    one tuple each, as rare as retries and deaths). An entry holds atomic values and tuples of
+    them only (a frame with no error keeps None, not its empty list), so the collector stops
+    tracking it too: when it tracked them (3 objects a frame), each full collection took longer
+    as a run went on."""
 
     __slots__ = ("sent", "chunks", "seal_at", "entries", "count", "max_records", "workers", "t0")
 
@@ -101,7 +104,8 @@ class Recorder:
         self.sent: list = []
         # sealed chunks: enough of them to hold `max_records` sendings, and one more
         self.chunks: deque[tuple] = deque(maxlen=-(-max_records // per_chunk) + 1)
-        self.entries: deque[tuple[int, int | None, Any]] = deque()   # (records, wid or None, Ended or record)
+        # (records, wid, packed, errors or None) | (1, None, record, None)
+        self.entries: deque[tuple[int, int | None, Any, Any]] = deque()
         self.count = 0                        # records in `entries`
         self.workers: dict[int, Any] = {}     # wid -> WorkerProc, noted on its first dispatch
         self.t0 = time.monotonic()            # the session's start: time 0 of the trace
@@ -112,12 +116,12 @@ class Recorder:
 
     def add(self, record: tuple) -> None:
         """Keep one of the driver's records (RETRY, DIED)."""
-        self._keep((1, None, record))
+        self._keep((1, None, record, None))
 
     def add_ended(self, wid: int, packed: bytes, errors: list[tuple[int, str]]) -> None:
         """Keep worker `wid`'s Ended message as it came: ENDEDs `packed`, and `errors` (index
         among them, error text)."""
-        self._keep((len(packed) // ENDED.size, wid, (packed, errors)))
+        self._keep((len(packed) // ENDED.size, wid, packed, tuple(errors) if errors else None))
 
     def _keep(self, entry: tuple) -> None:
         entries = self.entries
@@ -137,13 +141,12 @@ class Recorder:
             task_id, name, kind, wid, t_submit, submitter, t_sent = flat[i:i + SENDING]
             sendings.setdefault((task_id, wid), []).append((name, kind, t_submit, submitter, t_sent))
         out: list[tuple] = []
-        for _, wid, entry in self.entries:
+        for _, wid, entry, errors in self.entries:
             if wid is None:
                 out.append(entry)
                 continue
-            packed, errors = entry
-            error_of = dict(errors)
-            for i, (task_id, began, seconds, arg_bytes, result_bytes) in enumerate(ENDED.iter_unpack(packed)):
+            error_of = dict(errors or ())
+            for i, (task_id, began, seconds, arg_bytes, result_bytes) in enumerate(ENDED.iter_unpack(entry)):
                 sent = latest_sending(sendings.get((task_id, wid), ()), began)
                 if sent is not None:
                     name, kind, t_submit, submitter, t_sent = sent
