@@ -1,6 +1,6 @@
 """Task runtime benchmark: core against Ray, side by side in one run.
 
-    python benchmarks/tasks.py [--quick]
+    python benchmarks/tasks.py [--quick] [--timeline-rounds N] [--timeline-only]
 
 Measures, for each engine (Ray only when `ray` is installed):
   1. init to first task result (seconds)
@@ -15,6 +15,9 @@ and prints each figure with the ratio core/Ray and the issue's target. Then, cor
      throughputs, their ratios, the driver's CPU time per task, and in the pairs the CPU time
      per task of the whole process tree (driver and workers: on 2 cores a no-op flood keeps
      both busy, so what the workers spend recording slows it too).
+     A pair of 10k-task blocks differs by ~10% here (where 4 busy threads land on 2 cores), so
+     the mean of 96 pairs (12 rounds) is known to ±2%: `--timeline-rounds 48` (384 pairs, ~10
+     minutes) gets it to ±1%; `--timeline-only` skips 1-4.
 """
 
 from __future__ import annotations
@@ -211,11 +214,22 @@ def timeline_cost(n: int, rounds: int, blocks: int = 8) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument("--timeline-rounds", type=int, default=12,
+                        help="rounds of the timeline's cost (each: 2 sessions, 8 pairs of blocks in one)")
+    parser.add_argument("--timeline-only", action="store_true", help="measure the timeline's cost only")
     args = parser.parse_args()
     sizes = {"roundtrips": 1000, "throughput": 10_000, "array_bytes": 800 * 10**6, "array_tasks": 100}
     if args.quick:
         sizes = {"roundtrips": 200, "throughput": 2_000, "array_bytes": 80 * 10**6, "array_tasks": 20}
 
+    rounds = 2 if args.quick else args.timeline_rounds
+    if not args.timeline_only:
+        compare(sizes)
+    report_timeline_cost(timeline_cost(sizes["throughput"], rounds=rounds))
+
+
+def compare(sizes: dict) -> None:
+    """Figures 1-4, core and Ray side by side."""
     import core
 
     results = {"core": run_engine("core", core, {"num_cpus": 2}, sizes)}
@@ -259,7 +273,8 @@ def main() -> None:
         print(f"{key:<32}{c:>12.4g}{(r if r is not None else float('nan')):>12.4g}{ratio:>10}  {target}")
     print(f"{'array_gb':<32}{results['core']['array_gb']:>12.4g}")
 
-    cost = timeline_cost(sizes["throughput"], rounds=2 if args.quick else 12)
+
+def report_timeline_cost(cost: dict) -> None:
     print()
     print(f"{'core timeline (median)':<32}{'off':>12}{'on':>12}{'on/off':>10}  target")
     print(f"{'throughput_tasks_per_s':<32}{cost['throughput_timeline_off']:>12.4g}"

@@ -245,35 +245,45 @@ def test_the_recorder_joins_each_ended_to_the_sending_its_call_came_from():
         (TL.END, 4.2, _tid(3), "f3", "task", 7, 0.5, None, 4.0, 0, 0.3, None, 8)]
 
 
-def test_the_recorder_is_bounded_and_out_of_the_collectors_way():
-    rec = TL.Recorder(max_records=5)
-    for i in range(3):
+def test_the_recorder_is_bounded_and_keeps_no_object_per_task():
+    rec = TL.Recorder(max_records=5)                    # a chunk: 5 sendings
+
+    def send(i):
         _sending(rec, i, 7, float(i))
-    rec.add_ended(7, _packed(*[(i, i + 0.5, 0.1, 0, -1) for i in range(3)]), [])
+        if len(rec.sent) >= rec.seal_at:                # as the carrier does after each batch
+            rec.seal()
+
+    for i in range(3):
+        send(i)
+    rec.add_ended(7, _packed(*[(i, i + 0.5, 0.1, 0, -1) for i in range(3)]), [(1, "ValueError: no")])
     rec.add((TL.RETRY, 3.0, _tid(2)))
     for i in range(3, 7):
-        _sending(rec, i, 7, float(i))
+        send(i)                                         # the 5th seals: 1 chunk, 1 blob of 4 records
     rec.add_ended(7, _packed(*[(i, i + 0.5, 0.1, 0, -1) for i in range(3, 7)]), [])
     assert [e[1] for e in rec.records()] == [3.0, 3.5, 4.5, 5.5, 6.5]
-    assert len(rec.entries) == 2 and rec.count == 5      # the first blob is gone: the rest holds 5
+    assert len(rec.chunks) == 1 and list(rec.entries)[0][0] == 4 and rec.count == 4
+    for i in range(7, 10):
+        send(i)                                         # sealed again: 2 blobs of 4, both needed
+    rec.add_ended(7, _packed(*[(i, i + 0.5, 0.1, 0, -1) for i in range(7, 10)]), [])
+    for i in range(10, 15):
+        send(i)                                         # a third blob: the rest holds 7, the first goes
+    assert [n for n, _ in rec.entries] == [4, 3] and rec.count == 7
+    assert [e[1] for e in rec.records()] == [5.5, 6.5, 7.5, 8.5, 9.5]
+
     rec = TL.Recorder(max_records=5 * TL.CHUNK // 2)
     for i in range(10 * TL.CHUNK):
         _sending(rec, i, 7, float(i))
-        if len(rec.sent) >= rec.seal_at:                # as the carrier does after each batch
+        if len(rec.sent) >= rec.seal_at:
             rec.seal()
         if i % 64 == 63:
             rec.add_ended(7, _packed(*[(k, k + 0.5, 0.1, 0, -1) for k in range(i - 63, i + 1)]), [])
     kept = rec.records()
     assert len(kept) == rec.max_records and kept[-1][2] == _tid(10 * TL.CHUNK - 1) and kept[-1][8] == kept[-1][1] - 0.5
-    assert rec.count <= rec.max_records + 64 and len(rec.chunks) <= rec.chunks.maxlen
-    # a sending adds no object the collector tracks (its values are atomic, kept flat), and a
-    # sealed chunk is untracked by the first collection that sees it; a kept Ended message (with
-    # or without errors) or record by the first two (one for what it holds, one for it)
-    rec.add_ended(7, _packed((1, 1.5, 0.1, 0, -1)), [(0, "ValueError: no")])
-    rec.add((TL.RETRY, 2.0, _tid(1)))
+    assert rec.count <= rec.max_records + TL.CHUNK and len(rec.chunks) <= rec.chunks.maxlen
+    # what stays after a seal is one bytes object per chunk of sendings and one per blob of
+    # records: no task's id, float or tuple outlives its chunk (they fragmented the heap)
+    assert all(type(c) is bytes for c in rec.chunks) and all(type(b) is bytes for _, b in rec.entries)
     assert not any(gc.is_tracked(v) for v in rec.sent)
-    gc.collect()
-    assert not any(gc.is_tracked(c) for c in rec.chunks)
     gc.collect()
     assert not any(gc.is_tracked(e) for e in rec.entries)
 

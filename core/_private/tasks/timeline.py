@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import functools
 import json
+import marshal
 import os
 import struct
 import tempfile
@@ -85,63 +86,70 @@ class Recorder:
     """The recorded attempts of one session (owned by the Board, added to under its lock).
 
     `sent`: the sendings not sealed yet, SENDING values each, kept flat in one list rather than
-    as a tuple each: a tuple per task is a tracked allocation that made the garbage collector
-    run more often, and a full collection of a driver with 10,000 tasks in flight costs ~30 ms.
-    Every `CHUNK` sendings the carrier seals `sent` into a tuple of atomic values, which the
-    collector stops tracking. `entries`: in the order they came, the workers' Ended messages
-    (packed ENDEDs, kept as bytes, and their errors) and the driver's own records (RETRY, DIED:
-    one tuple each, as rare as retries and deaths). An entry holds atomic values and tuples of
-    them only (a frame with no error keeps None, not its empty list), so the collector stops
-    tracking it too: when it tracked them (3 objects a frame), each full collection took longer
-    as a run went on."""
+    as a tuple each (a tuple per task is an allocation the garbage collector counts). `fresh`:
+    in the order they came since then, the workers' Ended messages (packed ENDEDs, kept as
+    bytes, and their errors) and the driver's own records (RETRY, DIED: as rare as retries and
+    deaths). Every `CHUNK` sendings the carrier seals both, each into one `marshal` blob: kept
+    as Python objects (a task id and a float a task), the records cost the driver ~5% of its
+    throughput for the rest of the session, in recording or not, its garbage collections
+    walking a heap they had fragmented; as blobs, nothing a task made outlives its chunk.
+    `chunks` keeps enough sendings' blobs to join `max_records` ENDEDs, `entries` enough
+    records' blobs to hold `max_records` (dropped a blob at a time)."""
 
-    __slots__ = ("sent", "chunks", "seal_at", "entries", "count", "max_records", "workers", "t0")
+    __slots__ = ("sent", "fresh", "fresh_count", "chunks", "seal_at", "entries", "count", "max_records",
+                 "workers", "t0")
 
     def __init__(self, max_records: int = DEFAULT_MAX_RECORDS) -> None:
         self.max_records = max_records
         per_chunk = min(CHUNK, max_records)
         self.seal_at = per_chunk * SENDING    # values in `sent` that make a chunk
         self.sent: list = []
-        # sealed chunks: enough of them to hold `max_records` sendings, and one more
-        self.chunks: deque[tuple] = deque(maxlen=-(-max_records // per_chunk) + 1)
-        # (records, wid, packed, errors or None) | (1, None, record, None)
-        self.entries: deque[tuple[int, int | None, Any, Any]] = deque()
+        self.fresh: list[tuple] = []          # (records, wid, packed, errors or None) | (1, None, record, None)
+        self.fresh_count = 0                  # records in `fresh`
+        # sealed sendings: enough of them to hold `max_records` sendings, and one more
+        self.chunks: deque[bytes] = deque(maxlen=-(-max_records // per_chunk) + 1)
+        self.entries: deque[tuple[int, bytes]] = deque()   # sealed (records, blob of `fresh` entries)
         self.count = 0                        # records in `entries`
         self.workers: dict[int, Any] = {}     # wid -> WorkerProc, noted on its first dispatch
         self.t0 = time.monotonic()            # the session's start: time 0 of the trace
 
     def seal(self) -> None:
-        self.chunks.append(tuple(self.sent))
+        self.chunks.append(marshal.dumps(self.sent))
         self.sent.clear()
+        if self.fresh:
+            self.entries.append((self.fresh_count, marshal.dumps(self.fresh)))
+            self.count += self.fresh_count
+            self.fresh.clear()
+            self.fresh_count = 0
+            entries = self.entries
+            while self.count - entries[0][0] >= self.max_records:   # the rest still holds enough
+                self.count -= entries.popleft()[0]
 
     def add(self, record: tuple) -> None:
         """Keep one of the driver's records (RETRY, DIED)."""
-        self._keep((1, None, record, None))
+        self.fresh.append((1, None, record, None))
+        self.fresh_count += 1
 
     def add_ended(self, wid: int, packed: bytes, errors: list[tuple[int, str]]) -> None:
         """Keep worker `wid`'s Ended message as it came: ENDEDs `packed`, and `errors` (index
         among them, error text)."""
-        self._keep((len(packed) // ENDED.size, wid, packed, tuple(errors) if errors else None))
-
-    def _keep(self, entry: tuple) -> None:
-        entries = self.entries
-        entries.append(entry)
-        self.count += entry[0]
-        while self.count - entries[0][0] >= self.max_records:   # the rest still holds enough
-            self.count -= entries.popleft()[0]
+        n = len(packed) // ENDED.size
+        self.fresh.append((n, wid, packed, tuple(errors) if errors else None))
+        self.fresh_count += n
 
     def records(self) -> list[tuple]:
         """The last `max_records` records, oldest first: the workers' ENDEDs joined to their
         sendings (END records), and the driver's own. An ENDED whose sending is no longer kept
         is left out."""
         sendings: dict[tuple, list[tuple]] = {}      # (task id, wid) -> its sendings, in order
-        flat = list(chain.from_iterable(self.chunks))
+        flat = list(chain.from_iterable(marshal.loads(c) for c in self.chunks))
         flat += self.sent
         for i in range(0, len(flat), SENDING):
             task_id, name, kind, wid, t_submit, submitter, t_sent = flat[i:i + SENDING]
             sendings.setdefault((task_id, wid), []).append((name, kind, t_submit, submitter, t_sent))
         out: list[tuple] = []
-        for _, wid, entry, errors in self.entries:
+        sealed = chain.from_iterable(marshal.loads(blob) for _, blob in self.entries)
+        for _, wid, entry, errors in chain(sealed, self.fresh):
             if wid is None:
                 out.append(entry)
                 continue
