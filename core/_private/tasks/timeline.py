@@ -8,8 +8,9 @@
                        a batch of Dones packed (52 bytes each) in one Ended message, first in
                        their frame
     inbox ──────────── Ended ─┐
-    board.failed_run ─ RETRY ─┼─► Recorder.entries: the Ended blobs as they came (bytes, not
+    board.failed_run ─ RETRY ─┼─► Recorder.fresh: the Ended blobs as they came (bytes, not
     board.worker_died ─ DIED ─┘   read) and the driver's own records, in order
+    carrier, every CHUNK sent ──► Recorder.seal(): `sent` and `fresh`, one marshal blob each
                                    core.timeline() ──► Recorder.records(): each ENDED joined to
                                                        its SENDING: END records; + not_ended(...)
                                                        ──► chrome_events(...) ──► [dict]
@@ -18,7 +19,8 @@
 Each side keeps what it knows, and nothing crosses the socket twice: the driver's hot path
 (under the lock the submitting thread and the I/O thread share) costs one clock read per task
 submitted and one per batch sent, and one list extend per task sent; a batch of Dones costs it
-one bytes object kept as it came. The worker adds five values per task to a list and packs the
+one bytes object kept as it came, and every CHUNK tasks two `marshal` calls pack it all: nothing
+a task made outlives its chunk (see Recorder). The worker adds five values per task to a list and packs the
 list with one `struct` call per frame (pickling them, or a `struct` call per task, cost it
 several times more; on 2 cores the workers' time slows the driver too). Only core.timeline()
 unpacks and joins them: an ENDED goes with the latest SENDING of the same task to the same worker
@@ -42,7 +44,7 @@ driver knows when it sent it: a worker runs its tasks one at a time in the order
 bar starts then or when the worker's previous bar ended, whichever is later.
 
 Memory is bounded: the recorder keeps the last `max_records` sendings and ENDEDs
-(`DEFAULT_MAX_RECORDS`; ~200 bytes a task attempt in all: ~20 MB); older ones are dropped a chunk
+(`DEFAULT_MAX_RECORDS`; ~120 bytes a task attempt in all: ~12 MB); older ones are dropped a chunk
 or a blob at a time. `chrome_events` is pure; `write_trace` is this module's one I/O, called by
 the runtimes at the edge.
 """
@@ -89,10 +91,11 @@ class Recorder:
     as a tuple each (a tuple per task is an allocation the garbage collector counts). `fresh`:
     in the order they came since then, the workers' Ended messages (packed ENDEDs, kept as
     bytes, and their errors) and the driver's own records (RETRY, DIED: as rare as retries and
-    deaths). Every `CHUNK` sendings the carrier seals both, each into one `marshal` blob: kept
-    as Python objects (a task id and a float a task), the records cost the driver ~5% of its
-    throughput for the rest of the session, in recording or not, its garbage collections
-    walking a heap they had fragmented; as blobs, nothing a task made outlives its chunk.
+    deaths). Every `CHUNK` sendings the carrier seals both, each into one `marshal` blob, so
+    nothing a task made outlives its chunk. Kept as Python objects (a task id and a float a
+    task), the records left the driver ~5% slower for the rest of the session, recording or
+    not: its garbage collections took ~40% longer, as many of them over as many objects (the
+    small objects kept, likely, scattered the ones it allocates and walks).
     `chunks` keeps enough sendings' blobs to join `max_records` ENDEDs, `entries` enough
     records' blobs to hold `max_records` (dropped a blob at a time)."""
 
