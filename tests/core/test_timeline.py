@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import time
+from array import array
 from collections import deque
 from types import SimpleNamespace
 
@@ -245,6 +246,15 @@ def test_the_recorder_joins_each_ended_to_the_sending_its_call_came_from():
         (TL.END, 4.2, _tid(3), "f3", "task", 7, 0.5, None, 4.0, 0, 0.3, None, 8)]
 
 
+def test_a_sealed_sending_without_a_submit_joins_as_one():
+    rec = TL.Recorder(max_records=2)                    # a chunk: 2 sendings
+    rec.sent += (_tid(1), "Actor", "actor_create", 7, None, None, 1.0)   # a constructor: no submit
+    _sending(rec, 2, 7, 1.5)
+    rec.seal()
+    rec.add_ended(7, _packed((1, 1.1, 0.2, 0, -1), (2, 1.6, 0.1, 30, 8)), [])
+    assert rec.sent == [] and [(r[3], r[6], r[7]) for r in rec.records()] == [("Actor", None, None), ("f2", 0.5, None)]
+
+
 def test_the_recorder_is_bounded_and_keeps_no_object_per_task():
     rec = TL.Recorder(max_records=5)                    # a chunk: 5 sendings
 
@@ -280,9 +290,11 @@ def test_the_recorder_is_bounded_and_keeps_no_object_per_task():
     kept = rec.records()
     assert len(kept) == rec.max_records and kept[-1][2] == _tid(10 * TL.CHUNK - 1) and kept[-1][8] == kept[-1][1] - 0.5
     assert rec.count <= rec.max_records + TL.CHUNK and len(rec.chunks) <= rec.chunks.maxlen
-    # what stays after a seal is one bytes object per chunk of sendings and one per blob of
-    # records: no task's id, float or tuple outlives its chunk (they fragmented the heap)
-    assert all(type(c) is bytes for c in rec.chunks) and all(type(b) is bytes for _, b in rec.entries)
+    # what stays after a seal: the sendings' ids in one bytes object and their times in arrays,
+    # the records in one blob: no task's id, float or tuple outlives its chunk (they slowed the
+    # driver for the rest of the session)
+    assert all(type(c[0]) is bytes and type(c[4]) is array and type(c[6]) is array for c in rec.chunks)
+    assert all(type(b) is bytes for _, b in rec.entries)
     assert not any(gc.is_tracked(v) for v in rec.sent)
     gc.collect()
     assert not any(gc.is_tracked(e) for e in rec.entries)

@@ -10,7 +10,7 @@
     inbox ──────────── Ended ─┐
     board.failed_run ─ RETRY ─┼─► Recorder.fresh: the Ended blobs as they came (bytes, not
     board.worker_died ─ DIED ─┘   read) and the driver's own records, in order
-    carrier, every CHUNK sent ──► Recorder.seal(): `sent` and `fresh`, one marshal blob each
+    carrier, every CHUNK sent ──► Recorder.seal(): `sent` into columns, `fresh` into a blob
                                    core.timeline() ──► Recorder.records(): each ENDED joined to
                                                        its SENDING: END records; + not_ended(...)
                                                        ──► chrome_events(...) ──► [dict]
@@ -19,8 +19,8 @@
 Each side keeps what it knows, and nothing crosses the socket twice: the driver's hot path
 (under the lock the submitting thread and the I/O thread share) costs one clock read per task
 submitted and one per batch sent, and one list extend per task sent; a batch of Dones costs it
-one bytes object kept as it came, and every CHUNK tasks two `marshal` calls pack it all: nothing
-a task made outlives its chunk (see Recorder). The worker adds five values per task to a list and packs the
+one bytes object kept as it came, and every CHUNK tasks a few C calls pack it all: nothing a
+task made outlives its chunk (see Recorder). The worker adds five values per task to a list and packs the
 list with one `struct` call per frame (pickling them, or a `struct` call per task, cost it
 several times more; on 2 cores the workers' time slows the driver too). Only core.timeline()
 unpacks and joins them: an ENDED goes with the latest SENDING of the same task to the same worker
@@ -54,10 +54,12 @@ from __future__ import annotations
 import functools
 import json
 import marshal
+import math
 import os
 import struct
 import tempfile
 import time
+from array import array
 from collections import deque
 from itertools import chain
 from typing import Any, Iterable, NamedTuple
@@ -79,6 +81,7 @@ SENDING = 7  # the driver's, 7 flat values: task_id, name, task kind, wid, t_sub
 ENDED = struct.Struct("<20sddqq")   # the worker's, packed: task_id (20 bytes), began, seconds, arg
                                     # bytes, result bytes (-1: none); its error's text beside it
 ENDED_VALUES = 5                    # values per ENDED, as the worker keeps them before packing
+TASK_ID = 20                        # bytes of a task id
 
 DEFAULT_MAX_RECORDS = 100_000
 CHUNK = 1024     # sendings sealed into one tuple (see Recorder)
@@ -91,12 +94,15 @@ class Recorder:
     as a tuple each (a tuple per task is an allocation the garbage collector counts). `fresh`:
     in the order they came since then, the workers' Ended messages (packed ENDEDs, kept as
     bytes, and their errors) and the driver's own records (RETRY, DIED: as rare as retries and
-    deaths). Every `CHUNK` sendings the carrier seals both, each into one `marshal` blob, so
-    nothing a task made outlives its chunk. Kept as Python objects (a task id and a float a
+    deaths). Every `CHUNK` sendings the carrier seals both (`sent` into columns: the task ids
+    joined in one bytes object, the times in arrays, the rest in tuples of shared objects;
+    `fresh` into one `marshal` blob), so nothing a task made outlives its chunk, and sealing
+    costs ~0.1 ms a chunk (a `marshal` of the sendings cost 0.5 ms: ~1% of the driver's time).
+    Kept as Python objects (a task id and a float a
     task), the records left the driver ~5% slower for the rest of the session, recording or
     not: its garbage collections took ~40% longer, as many of them over as many objects (the
     small objects kept, likely, scattered the ones it allocates and walks).
-    `chunks` keeps enough sendings' blobs to join `max_records` ENDEDs, `entries` enough
+    `chunks` keeps enough sendings to join `max_records` ENDEDs, `entries` enough
     records' blobs to hold `max_records` (dropped a blob at a time)."""
 
     __slots__ = ("sent", "fresh", "fresh_count", "chunks", "seal_at", "entries", "count", "max_records",
@@ -110,14 +116,14 @@ class Recorder:
         self.fresh: list[tuple] = []          # (records, wid, packed, errors or None) | (1, None, record, None)
         self.fresh_count = 0                  # records in `fresh`
         # sealed sendings: enough of them to hold `max_records` sendings, and one more
-        self.chunks: deque[bytes] = deque(maxlen=-(-max_records // per_chunk) + 1)
+        self.chunks: deque[tuple] = deque(maxlen=-(-max_records // per_chunk) + 1)   # columns
         self.entries: deque[tuple[int, bytes]] = deque()   # sealed (records, blob of `fresh` entries)
         self.count = 0                        # records in `entries`
         self.workers: dict[int, Any] = {}     # wid -> WorkerProc, noted on its first dispatch
         self.t0 = time.monotonic()            # the session's start: time 0 of the trace
 
     def seal(self) -> None:
-        self.chunks.append(marshal.dumps(self.sent))
+        self.chunks.append(sending_columns(self.sent))
         self.sent.clear()
         if self.fresh:
             self.entries.append((self.fresh_count, marshal.dumps(self.fresh)))
@@ -145,11 +151,11 @@ class Recorder:
         sendings (END records), and the driver's own. An ENDED whose sending is no longer kept
         is left out."""
         sendings: dict[tuple, list[tuple]] = {}      # (task id, wid) -> its sendings, in order
-        flat = list(chain.from_iterable(marshal.loads(c) for c in self.chunks))
-        flat += self.sent
-        for i in range(0, len(flat), SENDING):
-            task_id, name, kind, wid, t_submit, submitter, t_sent = flat[i:i + SENDING]
-            sendings.setdefault((task_id, wid), []).append((name, kind, t_submit, submitter, t_sent))
+        for ids, *columns in chain(self.chunks, [sending_columns(self.sent)]):
+            for i, (name, kind, wid, t_submit, submitter, t_sent) in enumerate(zip(*columns)):
+                submitted = None if math.isnan(t_submit) else t_submit
+                sendings.setdefault((ids[i * TASK_ID:(i + 1) * TASK_ID], wid), []).append(
+                    (name, kind, submitted, submitter, t_sent))
         out: list[tuple] = []
         sealed = chain.from_iterable(marshal.loads(blob) for _, blob in self.entries)
         for _, wid, entry, errors in chain(sealed, self.fresh):
@@ -170,6 +176,18 @@ class Recorder:
         not ended (`not_ended`: the pool's `workers`, the engine's unfinished `tasks`), and the
         workers seen (for their lanes)."""
         return self.records() + not_ended(workers, tasks), list(self.workers.values())
+
+
+def sending_columns(flat: list) -> tuple:
+    """Flat sendings as columns (task ids joined, name, kind, wid, submit time (NaN: none),
+    submitter, send time): each a C call over the chunk, and what they keep is shared (the
+    names, kinds and workers) or packed (the ids and times), so no task's objects outlive it."""
+    submits = flat[4::SENDING]
+    if None in submits:                      # an actor's constructor: not submitted as a task
+        submits = [math.nan if t is None else t for t in submits]
+    return (b"".join(flat[0::SENDING]), tuple(flat[1::SENDING]), tuple(flat[2::SENDING]),
+            tuple(flat[3::SENDING]), array("d", submits), tuple(flat[5::SENDING]),
+            array("d", flat[6::SENDING]))
 
 
 def pack_endeds(values: list) -> bytes:
