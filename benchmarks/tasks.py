@@ -17,7 +17,9 @@ and prints each figure with the ratio core/Ray and the issue's target. Then, cor
      both busy, so what the workers spend recording slows it too).
      A pair of 10k-task blocks differs by ~10% here (where 4 busy threads land on 2 cores), so
      the mean of 96 pairs (12 rounds) is known to ±2%: `--timeline-rounds 48` (384 pairs, ~10
-     minutes) gets it to ±1%; `--timeline-only` skips 1-4.
+     minutes) gets it to ±1%; `--timeline-only` skips 1-4. `--timeline-lasting ROUNDS` also
+     times sessions before and after recording in their middle (timeline_lasting): what the
+     recorder keeps must not slow what follows.
 """
 
 from __future__ import annotations
@@ -211,12 +213,60 @@ def timeline_cost(n: int, rounds: int, blocks: int = 8) -> dict:
     return out
 
 
+def timeline_lasting(n: int, rounds: int) -> dict:
+    """Whether recording slows a session after it: sessions (recorder dropped at init) of 3
+    blocks of `n` no-op tasks off, 2 blocks in the middle (recorded in kind "rec", not in
+    "ctl"), then 3 blocks off; kinds alternated over `rounds`. Reports, as geometric means over
+    the sessions of each kind, the wall time of the 3 blocks after over the 3 before
+    (post/pre: > 1 in "rec" only if what the recorder kept slowed what followed) and per
+    block in the middle over before (mid/pre)."""
+    import math
+
+    import core
+    from core._private import runtime
+
+    def noop():
+        return None
+
+    def blocks(f, k: int) -> float:
+        t = time.perf_counter()
+        for _ in range(k):
+            core.get([f.remote() for _ in range(n)])
+        return (time.perf_counter() - t) / k
+
+    logs: dict[str, dict[str, list[float]]] = {"rec": {"post": [], "mid": []}, "ctl": {"post": [], "mid": []}}
+    for r in range(rounds):
+        for kind in (("rec", "ctl") if r % 2 == 0 else ("ctl", "rec")):
+            core.init(num_cpus=2, timeline=True)
+            board = runtime.current().board
+            recorder, board.timeline = board.timeline, None
+            f = core.remote(noop)
+            core.get([f.remote() for _ in range(500)])
+            pre = blocks(f, 3)
+            board.timeline = recorder if kind == "rec" else None
+            mid = blocks(f, 2)
+            board.timeline = None
+            post = blocks(f, 3)
+            core.shutdown()
+            logs[kind]["post"].append(math.log(post / pre))
+            logs[kind]["mid"].append(math.log(mid / pre))
+    out = {}
+    for kind, got in logs.items():
+        for what, v in got.items():
+            out[f"{kind}_{what}_over_pre"] = math.exp(statistics.mean(v))
+            out[f"{kind}_{what}_2se"] = 2 * statistics.stdev(v) / len(v) ** 0.5 if len(v) > 1 else math.nan
+    print("  core timeline, lasting: " + ", ".join(f"{k}={v:.4g}" for k, v in out.items()), flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--timeline-rounds", type=int, default=12,
                         help="rounds of the timeline's cost (each: 2 sessions, 8 pairs of blocks in one)")
     parser.add_argument("--timeline-only", action="store_true", help="measure the timeline's cost only")
+    parser.add_argument("--timeline-lasting", type=int, default=0, metavar="ROUNDS",
+                        help="also measure whether recording slows the rest of a session (timeline_lasting)")
     args = parser.parse_args()
     sizes = {"roundtrips": 1000, "throughput": 10_000, "array_bytes": 800 * 10**6, "array_tasks": 100}
     if args.quick:
@@ -226,6 +276,8 @@ def main() -> None:
     if not args.timeline_only:
         compare(sizes)
     report_timeline_cost(timeline_cost(sizes["throughput"], rounds=rounds))
+    if args.timeline_lasting:
+        timeline_lasting(sizes["throughput"], args.timeline_lasting)
 
 
 def compare(sizes: dict) -> None:
