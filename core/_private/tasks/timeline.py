@@ -20,8 +20,8 @@ Each side keeps what it knows, and nothing crosses the socket twice: the driver'
 (under the lock the submitting thread and the I/O thread share) costs one clock read per task
 submitted and one per batch sent, and one list extend per task sent; a batch of Dones costs it
 one bytes object kept as it came, and every CHUNK tasks a few C calls pack it all: nothing a
-task made outlives its chunk (see Recorder). The worker adds five values per task to a list and packs the
-list with one `struct` call per frame (pickling them, or a `struct` call per task, cost it
+task made outlives its chunk (see Recorder). The worker adds five values per task to a list and
+packs the list with one `struct` call per frame (pickling them, or a `struct` call per task, cost it
 several times more; on 2 cores the workers' time slows the driver too). Only core.timeline()
 unpacks and joins them: an ENDED goes with the latest SENDING of the same task to the same worker
 made before the call started (a task retried, or taken back and sent again, has several). A
@@ -84,7 +84,7 @@ ENDED_VALUES = 5                    # values per ENDED, as the worker keeps them
 TASK_ID = 20                        # bytes of a task id
 
 DEFAULT_MAX_RECORDS = 100_000
-CHUNK = 1024     # sendings sealed into one tuple (see Recorder)
+CHUNK = 1024     # sendings sealed at a time (see Recorder)
 
 
 class Recorder:
@@ -96,14 +96,14 @@ class Recorder:
     bytes, and their errors) and the driver's own records (RETRY, DIED: as rare as retries and
     deaths). Every `CHUNK` sendings the carrier seals both (`sent` into columns: the task ids
     joined in one bytes object, the times in arrays, the rest in tuples of shared objects;
-    `fresh` into one `marshal` blob), so nothing a task made outlives its chunk, and sealing
-    costs ~0.1 ms a chunk (a `marshal` of the sendings cost 0.5 ms: ~1% of the driver's time).
-    Kept as Python objects (a task id and a float a
-    task), the records left the driver ~5% slower for the rest of the session, recording or
-    not: its garbage collections took ~40% longer, as many of them over as many objects (the
-    small objects kept, likely, scattered the ones it allocates and walks).
-    `chunks` keeps enough sendings to join `max_records` ENDEDs, `entries` enough
-    records' blobs to hold `max_records` (dropped a blob at a time)."""
+    `fresh` into one `marshal` blob), so nothing a task made outlives its chunk. A seal takes
+    0.2-0.3 ms in a 10k-task flood (a `marshal` of the sendings took 0.5 ms: ~1% of the
+    driver's time). Kept as Python objects (a task id and a float a task), the records left the
+    driver ~5% slower for the rest of the session, recording or not: its garbage collections
+    took ~40% longer, as many of them over as many objects (the small objects kept, likely,
+    scattered the ones it allocates and walks). `chunks` keeps enough sendings to join
+    `max_records` ENDEDs, `entries` enough records' blobs to hold `max_records` (dropped a blob
+    at a time)."""
 
     __slots__ = ("sent", "fresh", "fresh_count", "chunks", "seal_at", "entries", "count", "max_records",
                  "workers", "t0")
