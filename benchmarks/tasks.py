@@ -1,6 +1,6 @@
 """Task runtime benchmark: core against Ray, side by side in one run.
 
-    python benchmarks/tasks.py [--quick] [--timeline-rounds N] [--timeline-only]
+    python benchmarks/tasks.py [--quick] [--timeline-rounds N] [--timeline-only] [--timeline-lasting ROUNDS]
 
 Measures, for each engine (Ray only when `ray` is installed):
   1. init to first task result (seconds)
