@@ -11,10 +11,10 @@ from __future__ import annotations
 import gc
 import importlib.util
 import json
+import math
 import os
 import socket
 import time
-from array import array
 from collections import deque
 from types import SimpleNamespace
 
@@ -188,10 +188,10 @@ def test_the_decisions_note_the_submit_and_record_retries_and_deaths():
     assert records[1][2:10] == attempt + (None,) and records[1][10] == "fail"   # bytes: the worker's to say
 
 
-def _task_message(n: int) -> dict:
+def _task_message(n: int, **timeline) -> dict:
     return {"task_id": _tid(n), "kind": "task", "fn_id": b"f" * 16, "name": "g", "method": None,
             "args": ("inline", b"x" * 30, [(_tid(90), ("shared", "seg", 4096))]), "return_ids": [_tid(n)],
-            "num_returns": 1, "streaming": False, "env": None}
+            "num_returns": 1, "streaming": False, "env": None, **timeline}
 
 
 def test_a_worker_sends_its_endeds_ahead_of_its_dones_in_the_same_frame():
@@ -199,10 +199,11 @@ def test_a_worker_sends_its_endeds_ahead_of_its_dones_in_the_same_frame():
     try:
         client = WorkerClient(mine, 5, 1024)
         client.done(_task_message(1), [(("inline", b"r" * 8), [])], None, 2.0, 0.25)    # off: nothing kept
-        client.timing = True                    # what a Tasks message of a recording session says
+        # what a recording session's messages say: the submit (carrier) and when sent (Tasks)
+        submitted = {"t_submit": 1.5, "submitter": None, "t_sent": 1.75}
         error = TaskError("g", ValueError("bad input\nmore"), "tb")
-        client.done(_task_message(2), [(("inline", b"r" * 8), [])], None, 2.0, 0.25)
-        client.done(_task_message(3), None, error, 2.25, 0.5)
+        client.done(_task_message(2, **submitted), [(("inline", b"r" * 8), [])], None, 2.0, 0.25)
+        client.done(_task_message(3, **submitted), None, error, 2.25, 0.5)
         client.flush()
         batch = P.recv_blocking(drivers, P.FrameReader())[0]
     finally:
@@ -210,92 +211,67 @@ def test_a_worker_sends_its_endeds_ahead_of_its_dones_in_the_same_frame():
         drivers.close()
     assert [m.kind for m in batch.messages] == [M.ENDED, M.DONE, M.DONE, M.DONE]
     ended = batch.messages[0]
-    assert list(TL.ENDED.iter_unpack(ended.packed)) == [(_tid(2), 2.0, 0.25, 30 + 4096, 8),
-                                                       (_tid(3), 2.25, 0.5, 30 + 4096, -1)]   # -1: no results
-    assert ended.errors == [(1, "ValueError: bad input")] and not client.ended and not client.ended_errors
-
-
-def _sending(rec: TL.Recorder, n: int, wid: int, t_sent: float, t_submit: float | None = 0.5) -> None:
-    """What the carrier adds as it sends task `n` to worker `wid`."""
-    rec.sent += (_tid(n), f"f{n}", "task", wid, t_submit, None, t_sent)
+    assert list(TL.ENDED.iter_unpack(ended.packed)) == [(_tid(2), 2.0, 0.25, 30 + 4096, 8, 1.5, 1.75, -1, 0),
+                                                       (_tid(3), 2.25, 0.5, 30 + 4096, -1, 1.5, 1.75, -1, 0)]
+    assert ended.names == ["g", "g"] and ended.errors == [(1, "ValueError: bad input")]
+    assert not client.ended and not client.ended_names and not client.ended_errors
 
 
 def _packed(*endeds: tuple) -> bytes:
-    """ENDEDs (task number, began, seconds, arg bytes, result bytes) as a worker packs them."""
-    return b"".join(TL.ENDED.pack(_tid(n), *rest) for n, *rest in endeds)
+    """ENDEDs (task number, began, seconds, arg bytes, result bytes, t_submit, t_sent,
+    submitter, kind) as a worker packs them; the last four default to (0.5, began - 0.1, -1, 0)."""
+    out = []
+    for n, began, *rest in endeds:
+        rest += [0.5, began - 0.1, -1, 0][len(rest) - 3:]
+        out.append(TL.ENDED.pack(_tid(n), began, *rest))
+    return b"".join(out)
 
 
-def test_the_recorder_joins_each_ended_to_the_sending_its_call_came_from():
+def test_the_recorder_keeps_endeds_as_they_came_and_reads_them_into_end_records():
     rec = TL.Recorder(max_records=100)
-    _sending(rec, 1, 7, 1.0)
-    _sending(rec, 2, 7, 1.0)
-    _sending(rec, 1, 8, 2.0)                          # task 1 retried on worker 8
-    _sending(rec, 3, 7, 2.5)                          # task 3 taken back from worker 7 before it ran ...
-    _sending(rec, 3, 7, 4.0)                          # ... and sent to it again
-    _sending(rec, 4, 7, 5.0)                          # its ENDED is not in (still running)
-    rec.add_ended(7, _packed((1, 1.1, 0.5, 30, -1), (2, 1.6, 0.1, 30, 8)), [(0, "ValueError: no")])
+    rec.add_ended(7, _packed((1, 1.1, 0.5, 30, -1), (2, 1.6, 0.1, 30, 8)), ["f1", "f2"], [(0, "ValueError: no")])
     rec.add((TL.RETRY, 1.7, _tid(1)))
-    rec.add_ended(8, _packed((1, 2.1, 0.2, 30, 8)), [])
-    rec.add_ended(7, _packed((3, 4.2, 0.3, 0, 8)), [])
-    rec.add_ended(9, _packed((5, 4.2, 0.3, 0, 8)), [])   # its sending is not kept: left out
+    rec.add_ended(8, _packed((1, 2.1, 0.2, 30, 8, 0.5, 2.0, 3, 0)), ["f1"], [])      # submitted by worker 3
+    # an actor's constructor (no submit: NaN, -1), then a call on it
+    rec.add_ended(9, _packed((4, 4.2, 0.3, 0, -1, math.nan, 4.0, -1, 1), (5, 4.6, 0.1, 8, 8, 4.1, 4.5, -1, 2)),
+                  ["Actor", "Actor.m"], [])
     assert rec.records() == [
         (TL.END, 1.1, _tid(1), "f1", "task", 7, 0.5, None, 1.0, 30, 0.5, "ValueError: no", None),
-        (TL.END, 1.6, _tid(2), "f2", "task", 7, 0.5, None, 1.0, 30, 0.1, None, 8),
+        (TL.END, 1.6, _tid(2), "f2", "task", 7, 0.5, None, 1.5, 30, 0.1, None, 8),
         (TL.RETRY, 1.7, _tid(1)),
-        (TL.END, 2.1, _tid(1), "f1", "task", 8, 0.5, None, 2.0, 30, 0.2, None, 8),
-        (TL.END, 4.2, _tid(3), "f3", "task", 7, 0.5, None, 4.0, 0, 0.3, None, 8)]
-
-
-def test_a_sealed_sending_without_a_submit_joins_as_one():
-    rec = TL.Recorder(max_records=2)                    # a chunk: 2 sendings
-    rec.sent += (_tid(1), "Actor", "actor_create", 7, None, None, 1.0)   # a constructor: no submit
-    _sending(rec, 2, 7, 1.5)
-    rec.seal()
-    rec.add_ended(7, _packed((1, 1.1, 0.2, 0, -1), (2, 1.6, 0.1, 30, 8)), [])
-    assert rec.sent == [] and [(r[3], r[6], r[7]) for r in rec.records()] == [("Actor", None, None), ("f2", 0.5, None)]
+        (TL.END, 2.1, _tid(1), "f1", "task", 8, 0.5, 3, 2.0, 30, 0.2, None, 8),
+        (TL.END, 4.2, _tid(4), "Actor", "actor_create", 9, None, None, 4.0, 0, 0.3, None, None),
+        (TL.END, 4.6, _tid(5), "Actor.m", "actor_method", 9, 4.1, None, 4.5, 8, 0.1, None, 8)]
 
 
 def test_the_recorder_is_bounded_and_keeps_no_object_per_task():
-    rec = TL.Recorder(max_records=5)                    # a chunk: 5 sendings
+    rec = TL.Recorder(max_records=5)                    # a blob: 5 records
 
-    def send(i):
-        _sending(rec, i, 7, float(i))
-        if len(rec.sent) >= rec.seal_at:                # as the carrier does after each batch
-            rec.seal()
+    def ended(first, n):
+        rec.add_ended(7, _packed(*[(i, i + 0.5, 0.1, 0, -1) for i in range(first, first + n)]), ["f"] * n, [])
 
-    for i in range(3):
-        send(i)
-    rec.add_ended(7, _packed(*[(i, i + 0.5, 0.1, 0, -1) for i in range(3)]), [(1, "ValueError: no")])
+    ended(0, 3)
     rec.add((TL.RETRY, 3.0, _tid(2)))
-    for i in range(3, 7):
-        send(i)                                         # the 5th seals: 1 chunk, 1 blob of 4 records
-    rec.add_ended(7, _packed(*[(i, i + 0.5, 0.1, 0, -1) for i in range(3, 7)]), [])
+    assert rec.fresh_count == 4 and not rec.entries
+    ended(3, 2)                                         # 6 records: sealed in one blob
+    assert [n for n, _ in rec.entries] == [6] and rec.count == 6 and not rec.fresh
+    ended(5, 2)
     assert [e[1] for e in rec.records()] == [3.0, 3.5, 4.5, 5.5, 6.5]
-    assert len(rec.chunks) == 1 and list(rec.entries)[0][0] == 4 and rec.count == 4
-    for i in range(7, 10):
-        send(i)                                         # sealed again: 2 blobs of 4, both needed
-    rec.add_ended(7, _packed(*[(i, i + 0.5, 0.1, 0, -1) for i in range(7, 10)]), [])
-    for i in range(10, 15):
-        send(i)                                         # a third blob: the rest holds 7, the first goes
-    assert [n for n, _ in rec.entries] == [4, 3] and rec.count == 7
-    assert [e[1] for e in rec.records()] == [5.5, 6.5, 7.5, 8.5, 9.5]
+    ended(7, 4)                                         # a second blob holds enough: the first goes
+    assert [n for n, _ in rec.entries] == [6] and rec.count == 6
+    assert [e[1] for e in rec.records()] == [6.5, 7.5, 8.5, 9.5, 10.5]
+    ended(11, 3)                                        # not sealed yet: both are read
+    assert [e[1] for e in rec.records()] == [9.5, 10.5, 11.5, 12.5, 13.5]
 
     rec = TL.Recorder(max_records=5 * TL.CHUNK // 2)
-    for i in range(10 * TL.CHUNK):
-        _sending(rec, i, 7, float(i))
-        if len(rec.sent) >= rec.seal_at:
-            rec.seal()
-        if i % 64 == 63:
-            rec.add_ended(7, _packed(*[(k, k + 0.5, 0.1, 0, -1) for k in range(i - 63, i + 1)]), [])
+    for i in range(0, 10 * TL.CHUNK, 64):
+        ended(i, 64)
     kept = rec.records()
-    assert len(kept) == rec.max_records and kept[-1][2] == _tid(10 * TL.CHUNK - 1) and kept[-1][8] == kept[-1][1] - 0.5
-    assert rec.count <= rec.max_records + TL.CHUNK and len(rec.chunks) <= rec.chunks.maxlen
-    # what stays after a seal: the sendings' ids in one bytes object and their times in arrays,
-    # the records in one blob: no task's id, float or tuple outlives its chunk (they slowed the
-    # driver for the rest of the session)
-    assert all(type(c[0]) is bytes and type(c[4]) is array and type(c[6]) is array for c in rec.chunks)
-    assert all(type(b) is bytes for _, b in rec.entries)
-    assert not any(gc.is_tracked(v) for v in rec.sent)
+    assert len(kept) == rec.max_records and kept[-1][2] == _tid(10 * TL.CHUNK - 1)
+    assert rec.count <= rec.max_records + TL.CHUNK + 64
+    # what stays after a seal is one blob of bytes: no task's id, float or tuple outlives its
+    # chunk (kept as objects, they slowed the driver for the rest of the session)
+    assert all(type(b) is bytes for _, b in rec.entries) and rec.fresh_count < TL.CHUNK
     gc.collect()
     assert not any(gc.is_tracked(e) for e in rec.entries)
 

@@ -9,9 +9,9 @@
 
 What a dispatch cannot send after all goes back: arguments that no longer fit (`NoRoomNow`, or
 admission says wait) to the head of the queue, a lost argument to its rebuild, a failed one
-fails the task. With the session's timeline on, each task sent notes when it was sent and adds
-its SENDING to the recorder, and the Tasks message asks the worker for its ENDEDs
-(`tasks/timeline.py`).
+fails the task. With the session's timeline on, each task sent notes when it was sent, its
+message carries its submit, and the Tasks message says when the batch was sent: its worker
+echoes both in the task's ENDED (`tasks/timeline.py`).
 """
 
 from __future__ import annotations
@@ -100,8 +100,7 @@ class Carrier:
         inflight = worker.inflight
         rec = board.timeline              # on: each task sent notes when (one clock read for all)
         if rec is not None:
-            now, sent = monotonic(), rec.sent
-        wid = worker.wid
+            now = monotonic()
         for task in batch:
             decision = "wait" if deferred else self.admission(task)
             if decision == "wait":
@@ -125,22 +124,20 @@ class Carrier:
             msgs.append(msg)
             task.worker = worker
             inflight.append(task)
-            if rec is not None:           # its SENDING (tasks/timeline.py), flat
+            if rec is not None:           # its worker echoes these in its ENDED (tasks/timeline.py)
                 task.t_sent = now
                 try:
-                    sent += (task.task_id, task.name, task.kind, wid, task.t_submit, task.submitter, now)
+                    msg["t_submit"], msg["submitter"] = task.t_submit, task.submitter
                 except AttributeError:    # an actor's constructor: not submitted as a task
-                    sent += (task.task_id, task.name, task.kind, wid, None, None, now)
+                    pass
         if deferred:
             self._give_gpus(deferred)
             requeue_front(board, worker, deferred)
         if msgs:
             self._send_functions(worker, batch)
-            worker.chan.send(M.Tasks(M.TASKS, msgs, rec is not None))   # on: the worker keeps ENDEDs
+            worker.chan.send(M.Tasks(M.TASKS, msgs, None if rec is None else now))   # on: ENDEDs kept
             if rec is not None:
-                rec.workers.setdefault(wid, worker)     # its lane
-                if len(sent) >= rec.seal_at:
-                    rec.seal()
+                rec.workers.setdefault(worker.wid, worker)     # its lane
         elif worker.actor_id is None and not inflight:
             unhold(board.ledger, worker, board.owing)
 

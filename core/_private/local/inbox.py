@@ -61,7 +61,7 @@ class Inbox:
         elif kind == M.ENDED:                        # before the Dones: kept as it came
             rec = self.board.timeline
             if rec is not None:
-                rec.add_ended(worker.wid, msg.packed, msg.errors)
+                rec.add_ended(worker.wid, msg.packed, msg.names, msg.errors)
         elif kind == M.REFS:
             self._on_refs(worker, msg)
         elif kind == M.YIELD:

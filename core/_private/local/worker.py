@@ -107,8 +107,8 @@ class WorkerClient(runtime.DriverOnlyCalls):
         self.current_task: bytes | None = None
         self.cancelled: set[bytes] = set()      # ids the driver asked to cancel (control pipe)
         self.load_seconds = 0.0                 # spent unpickling functions (imports), not running
-        self.timing = False                     # the session records its timeline: keep ENDEDs
         self.ended: list = []                   # ENDEDs of the Dones in the outbox, flat (tasks/timeline.py)
+        self.ended_names: list[str] = []        # their functions' names
         self.ended_errors: list[tuple[int, str]] = []   # (index among them, error text)
 
     def new_id(self, index: int = 0) -> bytes:
@@ -162,12 +162,13 @@ class WorkerClient(runtime.DriverOnlyCalls):
             self.outbox.append(msg)
 
     def done(self, task: M.TaskMessage, results: Any, error: Any, began: float, seconds: float) -> None:
-        """Queue a task's Done and, while the session records its timeline, its ENDED: what only
-        this worker knows of it."""
+        """Queue a task's Done and, if its Tasks message said when it was sent (the session
+        records its timeline), its ENDED."""
         task_id = task["task_id"]
         ended = None
-        if self.timing:
-            ended = M.ended(task_id, began, seconds, task["args"], results)
+        t_sent = task.get("t_sent")
+        if t_sent is not None:
+            ended = M.ended(task, began, seconds, results, t_sent)
         delta = self._ref_delta()
         with self.send_lock:
             if delta:
@@ -177,6 +178,7 @@ class WorkerClient(runtime.DriverOnlyCalls):
                 if error is not None:
                     self.ended_errors.append((len(self.ended) // TL.ENDED_VALUES, TL.error_text(error)))
                 self.ended += ended
+                self.ended_names.append(task["name"])
 
     def flush(self) -> None:
         delta = self._ref_delta()
@@ -197,8 +199,9 @@ class WorkerClient(runtime.DriverOnlyCalls):
             return
         msgs, self.outbox = self.outbox, []
         if self.ended:   # first: the driver keeps a task's ENDED before it may retry the task
-            msgs.insert(0, M.Ended(M.ENDED, TL.pack_endeds(self.ended), self.ended_errors))
+            msgs.insert(0, M.Ended(M.ENDED, TL.pack_endeds(self.ended), self.ended_names, self.ended_errors))
             self.ended = []
+            self.ended_names = []
             self.ended_errors = []
         msg = msgs[0] if len(msgs) == 1 else M.Batch(M.BATCH, msgs)
         self.bytes_sent += P.send_frame(self.sock, msg)
@@ -523,8 +526,10 @@ def main(argv: list[str]) -> None:
                 msg = client.inbox.popleft()
                 kind = msg.kind
                 if kind == M.TASKS:
+                    if msg.timeline is not None:   # the session records: each task's ENDED says when
+                        for t in msg.tasks:
+                            t["t_sent"] = msg.timeline
                     tasks.extend(msg.tasks)
-                    client.timing = msg.timeline
                 elif kind == M.RECLAIM:  # the task we ran blocked: the driver took these back
                     taken = set(msg.task_ids)
                     tasks = deque(t for t in tasks if t["task_id"] not in taken)

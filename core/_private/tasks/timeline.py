@@ -1,31 +1,29 @@
 """The session's task timeline: what the engine records as tasks run, and its Chrome trace.
 
     board.register ─── task.t_submit, task.submitter     noted on the Task (slot stores)
-    carrier.dispatch ─ task.t_sent; Recorder.sent += a SENDING (task id, name, kind, worker,
-                       submitted, by whom, sent): flat values, sealed into chunks (see Recorder)
-    worker ─────────── what only it knows: an ENDED (task id, when the call started, how long
-                       it ran, its arguments' and results' bytes) and its error's text; those of
-                       a batch of Dones packed (52 bytes each) in one Ended message, first in
-                       their frame
+    carrier.dispatch ─ task.t_sent; the task's message carries its submit (t_submit, submitter)
+                       and the Tasks message when it was sent (one time for the batch)
+    worker ─────────── an ENDED per task: all of that, echoed, and what only it knows (when the
+                       call started, how long it ran, its arguments' and results' bytes), and
+                       its error's text; those of a batch of Dones packed (73 bytes each, with
+                       their functions' names beside) in one Ended message, first in their frame
     inbox ──────────── Ended ─┐
-    board.failed_run ─ RETRY ─┼─► Recorder.fresh: the Ended blobs as they came (bytes, not
-    board.worker_died ─ DIED ─┘   read) and the driver's own records, in order
-    carrier, every CHUNK sent ──► Recorder.seal(): `sent` into columns, `fresh` into a blob
-                                   core.timeline() ──► Recorder.records(): each ENDED joined to
-                                                       its SENDING: END records; + not_ended(...)
+    board.failed_run ─ RETRY ─┼─► Recorder.fresh: the Ended messages as they came (bytes, not
+    board.worker_died ─ DIED ─┘   read) and the driver's own records, in order; every CHUNK
+                                  records sealed into one blob (Recorder.seal)
+                                   core.timeline() ──► Recorder.records(): each ENDED unpacked
+                                                       into an END record; + not_ended(...)
                                                        ──► chrome_events(...) ──► [dict]
                                                        (pure; the JSON is built only here)
 
-Each side keeps what it knows, and nothing crosses the socket twice: the driver's hot path
-(under the lock the submitting thread and the I/O thread share) costs one clock read per task
-submitted and one per batch sent, and one list extend per task sent; a batch of Dones costs it
-one bytes object kept as it came, and every CHUNK tasks a few C calls pack it all: nothing a
-task made outlives its chunk (see Recorder). The worker adds five values per task to a list and
-packs the list with one `struct` call per frame (pickling them, or a `struct` call per task, cost it
-several times more; on 2 cores the workers' time slows the driver too). Only core.timeline()
-unpacks and joins them: an ENDED goes with the latest SENDING of the same task to the same worker
-made before the call started (a task retried, or taken back and sent again, has several). A
-worker measures only while its Tasks messages say the session records.
+The driver keeps nothing per task: its hot path (under the lock the submitting thread and the
+I/O thread share) costs one clock read per task submitted and one per batch sent, and two items
+in each task's message; a batch of Dones costs it one Ended message kept as it came, and every
+CHUNK records one `marshal` call seals them: nothing a task made outlives its chunk (see
+Recorder). Everything else is the worker's: it echoes the submit and the sending in the task's
+ENDED, adds what it measured, and packs a frame's ENDEDs with one `struct` call (pickling them,
+or a `struct` call per task, cost it several times more). Only core.timeline() unpacks them. A
+worker measures the tasks whose Tasks message says when they were sent (the session records).
 
 The Ended message goes first in the frame with the Dones, so an END is kept before the RETRY the
 driver decides on from its Done. A worker that dies loses only the ENDEDs of Dones the driver
@@ -43,10 +41,9 @@ exact. For an attempt with no END (running when the trace is asked for, or its w
 driver knows when it sent it: a worker runs its tasks one at a time in the order sent, so its
 bar starts then or when the worker's previous bar ended, whichever is later.
 
-Memory is bounded: the recorder keeps the last `max_records` sendings and ENDEDs
-(`DEFAULT_MAX_RECORDS`; ~120 bytes a task attempt in all: ~12 MB); older ones are dropped a chunk
-or a blob at a time. `chrome_events` is pure; `write_trace` is this module's one I/O, called by
-the runtimes at the edge.
+Memory is bounded: the recorder keeps the last `max_records` records (`DEFAULT_MAX_RECORDS`;
+~80 bytes a task attempt: ~8 MB); older ones are dropped a blob at a time. `chrome_events` is
+pure; `write_trace` is this module's one I/O, called by the runtimes at the edge.
 """
 
 from __future__ import annotations
@@ -59,7 +56,6 @@ import os
 import struct
 import tempfile
 import time
-from array import array
 from collections import deque
 from itertools import chain
 from typing import Any, Iterable, NamedTuple
@@ -76,99 +72,85 @@ DIED = 4     # ATTEMPT + (verdict,)                               its worker die
 START = 1    # ATTEMPT                                            sent, running (t: when it was sent)
 SUBMIT = 0   # (SUBMIT, t_submit, task_id, name, submitter wid)   submitted, not sent
 
-# What each side keeps per attempt (joined into an END by Recorder.records):
-SENDING = 7  # the driver's, 7 flat values: task_id, name, task kind, wid, t_submit, submitter wid, t_sent
-ENDED = struct.Struct("<20sddqq")   # the worker's, packed: task_id (20 bytes), began, seconds, arg
-                                    # bytes, result bytes (-1: none); its error's text beside it
-ENDED_VALUES = 5                    # values per ENDED, as the worker keeps them before packing
-TASK_ID = 20                        # bytes of a task id
+# A worker's record of an attempt, packed: task_id (20 bytes), began, seconds, arg bytes, result
+# bytes (-1: none), t_submit (NaN: none), t_sent, submitter wid (-1: the driver or none), task
+# kind (its index in KINDS); its function's name and its error's text beside it
+ENDED = struct.Struct("<20sddqqddiB")
+ENDED_VALUES = 9                    # values per ENDED, as the worker keeps them before packing
+KINDS = ("task", "actor_create", "actor_method")
+KIND_CODE = {kind: i for i, kind in enumerate(KINDS)}
 
 DEFAULT_MAX_RECORDS = 100_000
-CHUNK = 1024     # sendings sealed at a time (see Recorder)
+CHUNK = 1024     # records sealed at a time (see Recorder)
 
 
 class Recorder:
     """The recorded attempts of one session (owned by the Board, added to under its lock).
 
-    `sent`: the sendings not sealed yet, SENDING values each, kept flat in one list rather than
-    as a tuple each (a tuple per task is an allocation the garbage collector counts). `fresh`:
-    in the order they came since then, the workers' Ended messages (packed ENDEDs, kept as
-    bytes, and their errors) and the driver's own records (RETRY, DIED: as rare as retries and
-    deaths). Every `CHUNK` sendings the carrier seals both (`sent` into columns: the task ids
-    joined in one bytes object, the times in arrays, the rest in tuples of shared objects;
-    `fresh` into one `marshal` blob), so nothing a task made outlives its chunk. A seal takes
-    0.2-0.3 ms in a 10k-task flood (a `marshal` of the sendings took 0.5 ms: ~1% of the
-    driver's time). Kept as Python objects (a task id and a float a task), the records left the
-    driver ~5% slower for the rest of the session, recording or not: its garbage collections
-    took ~40% longer, as many of them over as many objects (the small objects kept, likely,
-    scattered the ones it allocates and walks). `chunks` keeps enough sendings to join
-    `max_records` ENDEDs, `entries` enough records' blobs to hold `max_records` (dropped a blob
-    at a time)."""
+    `fresh`: in the order they came, the workers' Ended messages (packed ENDEDs kept as bytes,
+    their functions' names, their errors) and the driver's own records (RETRY, DIED: as rare as
+    retries and deaths). Every `CHUNK` records they are sealed into one `marshal` blob, so no
+    object a task made outlives its chunk: kept as Python objects (a task id and a float a
+    task), records left the driver ~5% slower for the rest of the session, recording or not
+    (its garbage collections took ~40% longer, as many of them over as many objects: the small
+    objects kept, likely, scattered the ones it allocates and walks). `entries` keeps enough
+    blobs to hold `max_records` records, dropped a blob at a time."""
 
-    __slots__ = ("sent", "fresh", "fresh_count", "chunks", "seal_at", "entries", "count", "max_records",
-                 "workers", "t0")
+    __slots__ = ("fresh", "fresh_count", "seal_at", "entries", "count", "max_records", "workers", "t0")
 
     def __init__(self, max_records: int = DEFAULT_MAX_RECORDS) -> None:
         self.max_records = max_records
-        per_chunk = min(CHUNK, max_records)
-        self.seal_at = per_chunk * SENDING    # values in `sent` that make a chunk
-        self.sent: list = []
-        self.fresh: list[tuple] = []          # (records, wid, packed, errors or None) | (1, None, record, None)
-        self.fresh_count = 0                  # records in `fresh`
-        # sealed sendings: enough of them to hold `max_records` sendings, and one more
-        self.chunks: deque[tuple] = deque(maxlen=-(-max_records // per_chunk) + 1)   # columns
+        self.seal_at = min(CHUNK, max_records)     # records in `fresh` that make a blob
+        self.fresh: list[tuple] = []   # (records, wid, packed, names, errors | None) | (1, None, record, None, None)
+        self.fresh_count = 0                       # records in `fresh`
         self.entries: deque[tuple[int, bytes]] = deque()   # sealed (records, blob of `fresh` entries)
-        self.count = 0                        # records in `entries`
-        self.workers: dict[int, Any] = {}     # wid -> WorkerProc, noted on its first dispatch
-        self.t0 = time.monotonic()            # the session's start: time 0 of the trace
+        self.count = 0                             # records in `entries`
+        self.workers: dict[int, Any] = {}          # wid -> WorkerProc, noted on its first dispatch
+        self.t0 = time.monotonic()                 # the session's start: time 0 of the trace
 
     def seal(self) -> None:
-        self.chunks.append(sending_columns(self.sent))
-        self.sent.clear()
-        if self.fresh:
-            self.entries.append((self.fresh_count, marshal.dumps(self.fresh)))
-            self.count += self.fresh_count
-            self.fresh.clear()
-            self.fresh_count = 0
-            entries = self.entries
-            while self.count - entries[0][0] >= self.max_records:   # the rest still holds enough
-                self.count -= entries.popleft()[0]
+        if not self.fresh:
+            return
+        self.entries.append((self.fresh_count, marshal.dumps(self.fresh)))
+        self.count += self.fresh_count
+        self.fresh.clear()
+        self.fresh_count = 0
+        entries = self.entries
+        while self.count - entries[0][0] >= self.max_records:   # the rest still holds enough
+            self.count -= entries.popleft()[0]
 
     def add(self, record: tuple) -> None:
         """Keep one of the driver's records (RETRY, DIED)."""
-        self.fresh.append((1, None, record, None))
+        self.fresh.append((1, None, record, None, None))
         self.fresh_count += 1
+        if self.fresh_count >= self.seal_at:
+            self.seal()
 
-    def add_ended(self, wid: int, packed: bytes, errors: list[tuple[int, str]]) -> None:
-        """Keep worker `wid`'s Ended message as it came: ENDEDs `packed`, and `errors` (index
-        among them, error text)."""
+    def add_ended(self, wid: int, packed: bytes, names: list[str], errors: list[tuple[int, str]]) -> None:
+        """Keep worker `wid`'s Ended message as it came: ENDEDs `packed`, their functions'
+        `names`, and `errors` (index among them, error text)."""
         n = len(packed) // ENDED.size
-        self.fresh.append((n, wid, packed, tuple(errors) if errors else None))
+        self.fresh.append((n, wid, packed, names, errors or None))
         self.fresh_count += n
+        if self.fresh_count >= self.seal_at:
+            self.seal()
 
     def records(self) -> list[tuple]:
-        """The last `max_records` records, oldest first: the workers' ENDEDs joined to their
-        sendings (END records), and the driver's own. An ENDED whose sending is no longer kept
-        is left out."""
-        sendings: dict[tuple, list[tuple]] = {}      # (task id, wid) -> its sendings, in order
-        for ids, *columns in chain(self.chunks, [sending_columns(self.sent)]):
-            for i, (name, kind, wid, t_submit, submitter, t_sent) in enumerate(zip(*columns)):
-                submitted = None if math.isnan(t_submit) else t_submit
-                sendings.setdefault((ids[i * TASK_ID:(i + 1) * TASK_ID], wid), []).append(
-                    (name, kind, submitted, submitter, t_sent))
+        """The last `max_records` records, oldest first: the workers' ENDEDs (END records) and
+        the driver's own."""
         out: list[tuple] = []
+        nan = math.isnan
         sealed = chain.from_iterable(marshal.loads(blob) for _, blob in self.entries)
-        for _, wid, entry, errors in chain(sealed, self.fresh):
+        for _, wid, entry, names, errors in chain(sealed, self.fresh):
             if wid is None:
                 out.append(entry)
                 continue
             error_of = dict(errors or ())
-            for i, (task_id, began, seconds, arg_bytes, result_bytes) in enumerate(ENDED.iter_unpack(entry)):
-                sent = latest_sending(sendings.get((task_id, wid), ()), began)
-                if sent is not None:
-                    name, kind, t_submit, submitter, t_sent = sent
-                    out.append((END, began, task_id, name, kind, wid, t_submit, submitter, t_sent, arg_bytes,
-                                seconds, error_of.get(i), None if result_bytes < 0 else result_bytes))
+            for i, (task_id, began, seconds, arg_bytes, result_bytes, t_submit, t_sent, submitter,
+                    kind) in enumerate(ENDED.iter_unpack(entry)):
+                out.append((END, began, task_id, names[i], KINDS[kind], wid, None if nan(t_submit) else t_submit,
+                            None if submitter < 0 else submitter, t_sent, arg_bytes, seconds, error_of.get(i),
+                            None if result_bytes < 0 else result_bytes))
         return out[-self.max_records:]
 
     def snapshot(self, workers: Iterable[Any], tasks: Iterable[Any]) -> tuple[list[tuple], list[Any]]:
@@ -176,18 +158,6 @@ class Recorder:
         not ended (`not_ended`: the pool's `workers`, the engine's unfinished `tasks`), and the
         workers seen (for their lanes)."""
         return self.records() + not_ended(workers, tasks), list(self.workers.values())
-
-
-def sending_columns(flat: list) -> tuple:
-    """Flat sendings as columns (task ids joined, name, kind, wid, submit time (NaN: none),
-    submitter, send time): each a C call over the chunk, and what they keep is shared (the
-    names, kinds and workers) or packed (the ids and times), so no task's objects outlive it."""
-    submits = flat[4::SENDING]
-    if None in submits:                      # an actor's constructor: not submitted as a task
-        submits = [math.nan if t is None else t for t in submits]
-    return (b"".join(flat[0::SENDING]), tuple(flat[1::SENDING]), tuple(flat[2::SENDING]),
-            tuple(flat[3::SENDING]), array("d", submits), tuple(flat[5::SENDING]),
-            array("d", flat[6::SENDING]))
 
 
 def pack_endeds(values: list) -> bytes:
@@ -199,16 +169,6 @@ def pack_endeds(values: list) -> bytes:
 def _endeds_struct(n: int) -> struct.Struct:
     """`n` ENDEDs back to back (built once per count: a worker flushes a few counts over and over)."""
     return struct.Struct("<" + ENDED.format[1:] * n)
-
-
-def latest_sending(sendings: Iterable[tuple], began: float) -> tuple | None:
-    """Of a task's sendings to one worker (name, kind, t_submit, submitter, t_sent; in order),
-    the one its call that `began` then came from: the latest sent before."""
-    found = None
-    for sent in sendings:
-        if sent[4] <= began:
-            found = sent
-    return found
 
 
 def attempt(task: Any, wid: int | None) -> tuple:
@@ -363,5 +323,5 @@ def write_trace(path: str | os.PathLike, events: list[dict]) -> None:
 
 
 __all__ = ["Recorder", "Lane", "short_name", "chrome_events", "write_trace", "error_text", "attempt",
-           "pack_endeds", "latest_sending", "not_ended", "DEFAULT_MAX_RECORDS", "CHUNK", "SENDING", "ENDED", "ENDED_VALUES", "SUBMIT", "START",
-           "END", "RETRY", "DIED"]
+           "pack_endeds", "not_ended", "DEFAULT_MAX_RECORDS", "CHUNK", "ENDED", "ENDED_VALUES", "KINDS",
+           "KIND_CODE", "SUBMIT", "START", "END", "RETRY", "DIED"]
