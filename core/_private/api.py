@@ -57,7 +57,7 @@ def init(num_cpus: float | None = None, num_gpus: float | None = None, resources
     """Start a session: the local engine, or attach to Ray when `address` is given.
     `worker_preload`: modules every worker has imported when it starts (see preload_workers).
     `timeline`: record the session's task attempts for `core.timeline()`. Off by default: on, it
-    costs ~2% of the driver's work per no-op task (docs/core.md: counted and timed) and keeps up
+    costs 2-3% of a no-op task flood's throughput (benchmarks/RESULTS.md) and keeps up
     to 100,000 records in memory (one per attempt, ~80 bytes each); True turns it on, a number
     bounds the records kept. Ray records its own whatever this says."""
     global _backend, _zygote
