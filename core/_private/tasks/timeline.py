@@ -109,8 +109,6 @@ class Recorder:
         self.t0 = time.monotonic()                 # the session's start: time 0 of the trace
 
     def seal(self) -> None:
-        if not self.fresh:
-            return
         self.entries.append((self.fresh_count, marshal.dumps(self.fresh)))
         self.count += self.fresh_count
         self.fresh.clear()
