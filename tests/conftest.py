@@ -8,6 +8,7 @@ the standard AWS environment. `s3_bucket` gives each test a fresh, empty bucket.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,12 @@ import pytest
 from tests.services import SERVICE_PIDS
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+# A script's `cmd &` (no job control; nohup too) starts cmd with SIGINT ignored, and exec keeps
+# it ignored, so the runs these tests interrupt (Ctrl-C; Ray's cancel) would never see theirs.
+# A handler, unlike SIG_IGN, is reset to the default by exec: each child takes Ctrl-C again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _free_port() -> int:
