@@ -21,7 +21,7 @@ from tests.services import SERVICE_PIDS
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-# A script's `cmd &` (no job control; nohup too) starts cmd with SIGINT ignored, and exec keeps
+# A script's `cmd &` (a shell without job control) starts cmd with SIGINT ignored, and exec keeps
 # it ignored, so the runs these tests interrupt (Ctrl-C; Ray's cancel) would never see theirs.
 # A handler, unlike SIG_IGN, is reset to the default by exec: each child takes Ctrl-C again.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
