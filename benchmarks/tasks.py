@@ -17,14 +17,17 @@ and prints each figure with the ratio core/Ray and the issue's target. Then, cor
      both busy, so what the workers spend recording slows it too).
      A pair of 10k-task blocks differs by ~10% here (where 4 busy threads land on 2 cores), so
      the mean of 96 pairs (12 rounds) is known to ±2%: `--timeline-rounds 48` (384 pairs, ~10
-     minutes) gets it to ±1%; `--timeline-only` skips 1-4. `--timeline-lasting ROUNDS` also
-     times sessions before and after recording in their middle (timeline_lasting): what the
-     recorder keeps must not slow what follows.
+     minutes) gets it to ±1%, 160 rounds (~38 minutes) to ±0.6%. The geometric mean of the pair
+     ratios is the estimate of a cost by a factor (their mean reads ~0.5% high).
+     `--timeline-only` skips 1-4. `--timeline-lasting ROUNDS` also times sessions before and
+     after recording in their middle (timeline_lasting): what the recorder keeps must not slow
+     what follows.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import threading
@@ -166,6 +169,7 @@ def timeline_cost(n: int, rounds: int, blocks: int = 8) -> dict:
     tput: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
     inside: list[float] = []
+    inside_walls: dict[bool, float] = {False: 0.0, True: 0.0}   # the pairs' blocks' wall time, summed
     inside_cpu: list[float] = []      # the driver's CPU time per task, on/off, per pair
     inside_tree: list[float] = []     # the driver's and its workers' CPU time per task, on/off
     tree_off: list[float] = []        # ... with the recorder off (µs)
@@ -186,6 +190,8 @@ def timeline_cost(n: int, rounds: int, blocks: int = 8) -> dict:
                         board.timeline = recorder if rec_on else None
                         got[rec_on] = block(f)
                     inside.append(got[True][0] / got[False][0])
+                    for rec_on in (False, True):
+                        inside_walls[rec_on] += n / got[rec_on][0]
                     inside_cpu.append(got[True][1] / got[False][1])
                     inside_tree.append(got[True][2] / got[False][2])
                     tree_off.append(got[False][2])
@@ -193,12 +199,19 @@ def timeline_cost(n: int, rounds: int, blocks: int = 8) -> dict:
             core.shutdown()
     med = statistics.median
     mean, se = statistics.mean(inside), statistics.stdev(inside) / len(inside) ** 0.5
+    logs = [math.log(r) for r in inside]
+    log_mean, log_se = statistics.mean(logs), statistics.stdev(logs) / len(logs) ** 0.5
     out = {"throughput_timeline_off": med(tput[False]), "throughput_timeline_on": med(tput[True]),
            "timeline_on_over_off": med(tput[True]) / med(tput[False]),
            # each round's two sessions side by side: drift of a shared machine cancels out
            "timeline_on_over_off_paired": med(on / off for on, off in zip(tput[True], tput[False])),
            "in_session_pairs": len(inside), "in_session_on_over_off": med(inside),
            "in_session_mean": mean, "in_session_mean_2se": 2 * se,
+           # the estimate of a cost by a factor: a mean of ratios reads high by about their
+           # variance (~0.5% at ±7% a block), a geometric mean does not
+           "in_session_geomean": math.exp(log_mean), "in_session_geomean_2se": 2 * log_se * math.exp(log_mean),
+           # all the pairs' tasks over all their time, on against off
+           "in_session_total": inside_walls[False] / inside_walls[True],
            # the driver is the busy process of a no-op flood: what recording costs it per task
            "in_session_driver_cpu_on_over_off": med(inside_cpu),
            "in_session_driver_cpu_mean": statistics.mean(inside_cpu),
@@ -335,6 +348,9 @@ def report_timeline_cost(cost: dict) -> None:
     print(f"{'  in one session, per pair':<32}{'':>12}{cost['in_session_pairs']:>12}"
           f"{cost['in_session_on_over_off']:>10.3f}  median; mean {cost['in_session_mean']:.3f}"
           f" ± {cost['in_session_mean_2se']:.3f}")
+    print(f"{'    geometric mean':<32}{'':>12}{'':>12}{cost['in_session_geomean']:>10.3f}"
+          f"  ± {cost['in_session_geomean_2se']:.3f}; all their tasks over all their time"
+          f" {cost['in_session_total']:.3f}")
     cpu_on, cpu_off = cost["driver_cpu_us_per_task_on"], cost["driver_cpu_us_per_task_off"]
     print(f"{'driver_cpu_us_per_task':<32}{cpu_off:>12.4g}{cpu_on:>12.4g}{cpu_on / cpu_off:>10.3f}")
     print(f"{'  in one session, per pair':<32}{'':>12}{'':>12}{cost['in_session_driver_cpu_on_over_off']:>10.3f}"
