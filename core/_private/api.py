@@ -57,9 +57,9 @@ def init(num_cpus: float | None = None, num_gpus: float | None = None, resources
     """Start a session: the local engine, or attach to Ray when `address` is given.
     `worker_preload`: modules every worker has imported when it starts (see preload_workers).
     `timeline`: record the session's task attempts for `core.timeline()`. Off by default: on, it
-    costs ~2% of a no-op task flood's throughput (benchmarks/RESULTS.md) and keeps up to 100,000
-    records (one per attempt: 57 bytes in its worker's ring, ~29 on the driver); True turns it
-    on, a number bounds the records kept. Ray records its own whatever this says."""
+    costs 2-3% of a no-op task flood's throughput (benchmarks/RESULTS.md) and keeps up
+    to 100,000 records in memory (one per attempt, ~80 bytes each); True turns it on, a number
+    bounds the records kept. Ray records its own whatever this says."""
     global _backend, _zygote
     with _init_lock:
         if _backend is not None:

@@ -3,7 +3,6 @@ and what goes on the wire is a plain tuple (no class pickled with each message).
 
 from __future__ import annotations
 
-
 import pickle
 import socket
 
@@ -38,7 +37,7 @@ EXAMPLES = [
     M.Put(M.PUT, b"o" * 20, ("inline", b"v"), []),
     M.Submit(M.SUBMIT, {"task_id": b"t" * 20, "kind": "task"}),
     M.Refs(M.REFS, [b"a" * 20], [], [b"b" * 20]),
-    M.Ended(M.ENDED, [(0, "ValueError: no")]),
+    M.Ended(M.ENDED, b"t" * 20 + bytes(53), ["f"], [(0, "ValueError: no")]),
     M.Batch(M.BATCH, [M.Refs(M.REFS, [], [b"a" * 20], []), M.Done(M.DONE, b"t" * 20, None, ValueError("x"), 0.0)]),
 ]
 
@@ -117,3 +116,16 @@ def test_the_timelines_sizes_are_read_from_the_locations():
     assert M.result_bytes([(("inline", b"abc"), []), (("shared", "seg", 4096), [b"x"])]) == 3 + 4096
     assert M.result_bytes([(("inline", b"abc"), [])]) == 3 and M.result_bytes([(("shared", "s", 9), [])]) == 9
     assert M.result_bytes(None) == -1 and M.result_bytes(3) == -1    # none: an error's; a stream's count
+    # a task's ENDED values: the same sizes, the common case without a call
+    # and what the driver's messages said of it, echoed: its submit and when it was sent
+    one = [(("inline", b"abc"), [])]
+
+    def task(args, **submit):
+        return {"task_id": b"t", "kind": "actor_method", "name": "A.f", "args": args, **submit}
+
+    assert M.ended(task(inline, t_submit=1.0, submitter=None), 1.5, 0.25, one, 1.25) == (
+        b"t", 1.5, 0.25, 30, 3, 1.0, 1.25, -1, 2)                     # -1: the driver; 2: actor_method
+    assert M.ended(task(with_refs, t_submit=1.0, submitter=4), 1.5, 0.25, one + one, 1.25)[3:8] == (
+        30 + 4096 + 2, 6, 1.0, 1.25, 4)
+    constructor = M.ended(task(stored), 1.5, 0.25, None, 1.25)       # no submit: not a task's
+    assert constructor[3:5] == (300_000, -1) and constructor[5] != constructor[5] and constructor[7] == -1

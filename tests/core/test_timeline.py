@@ -15,7 +15,6 @@ import math
 import os
 import socket
 import time
-from array import array
 from collections import deque
 from types import SimpleNamespace
 
@@ -25,7 +24,6 @@ import pytest
 import core
 from core._private.local import messages as M
 from core._private.local import protocol as P
-from core._private.local.timeline_ring import NAMES_SIZE, Ring, TraceWriter
 from core._private.local.worker import WorkerClient
 from core._private.runtime import current
 from core._private.tasks import board as B
@@ -167,7 +165,7 @@ def test_the_decisions_note_the_submit_and_record_retries_and_deaths():
     assert board.timeline is None and not hasattr(off, "t_submit")   # off: nothing kept anywhere
     board.timeline = rec = TL.Recorder(max_records=100)
     worker = _Worker(wid=3, actor_id=None, inflight=deque(), held_need={}, holding=False, blocked=0,
-                     proc=SimpleNamespace(pid=99), ring=None)
+                     proc=SimpleNamespace(pid=99))
     task = Task(_tid(2), "task", "g", b"fn", ("inline", b""), [], [], [_tid(2)], max_retries=1,
                 retry_exceptions=True)
     B.register(board, task)
@@ -190,151 +188,92 @@ def test_the_decisions_note_the_submit_and_record_retries_and_deaths():
     assert records[1][2:10] == attempt + (None,) and records[1][10] == "fail"   # bytes: the worker's to say
 
 
-def _task_message(n: int) -> dict:
+def _task_message(n: int, **timeline) -> dict:
     return {"task_id": _tid(n), "kind": "task", "fn_id": b"f" * 16, "name": "g", "method": None,
             "args": ("inline", b"x" * 30, [(_tid(90), ("shared", "seg", 4096))]), "return_ids": [_tid(n)],
-            "num_returns": 1, "streaming": False, "env": None}
+            "num_returns": 1, "streaming": False, "env": None, **timeline}
 
 
-def test_a_worker_writes_its_endeds_to_its_ring_after_the_frame_and_sends_errors_in_it():
+def test_a_worker_sends_its_endeds_ahead_of_its_dones_in_the_same_frame():
     mine, drivers = socket.socketpair()
-    fd, ring = Ring.create(8)
-    os.close(fd)
     try:
         client = WorkerClient(mine, 5, 1024)
-        client.trace = TraceWriter(ring)
         client.done(_task_message(1), [(("inline", b"r" * 8), [])], None, 2.0, 0.25)    # off: nothing kept
-        client.trace.on = True             # a recording session's Tasks message says so
+        # what a recording session's messages say: the submit (carrier) and when sent (Tasks)
+        submitted = {"t_submit": 1.5, "submitter": None, "t_sent": 1.75}
         error = TaskError("g", ValueError("bad input\nmore"), "tb")
-        client.done(_task_message(2), [(("inline", b"r" * 8), [])], None, 2.0, 0.25)
-        client.done(_task_message(3), None, error, 2.25, 0.5)
-        assert ring.read() == (0, b"", []) and ring.caught_up()      # nothing made before the frame
+        client.done(_task_message(2, **submitted), [(("inline", b"r" * 8), [])], None, 2.0, 0.25)
+        client.done(_task_message(3, **submitted), None, error, 2.25, 0.5)
         client.flush()
         batch = P.recv_blocking(drivers, P.FrameReader())[0]
-        # the arguments: 30 bytes inline and a 4096-byte ref; the result: 8 bytes, or none
-        assert ring.caught_up() and ring.read() == (0, TL.ENDED.pack(_tid(2), 2.0, 0.25, 30 + 4096, 8, 0, 0)
-                                                    + TL.ENDED.pack(_tid(3), 2.25, 0.5, 30 + 4096, -1, 0, 0), ["g"])
-        assert [m.kind for m in batch.messages] == [M.ENDED, M.DONE, M.DONE, M.DONE]
-        assert batch.messages[0] == M.Ended(M.ENDED, [(1, "ValueError: bad input")])
-        client.done(dict(_task_message(4), name="h"), [(("inline", b"r" * 8), [])], None, 3.0, 0.25)
-        client.flush()                                                # no error: no text
-        assert P.recv_blocking(drivers, P.FrameReader())[0].kind == M.DONE
-        first, packed, names = ring.read()
-        assert names == ["g", "h"] and TL.ENDED.unpack(packed[-TL.ENDED.size:])[::6] == (_tid(4), 1)
     finally:
         mine.close()
         drivers.close()
-        ring.close()
+    assert [m.kind for m in batch.messages] == [M.ENDED, M.DONE, M.DONE, M.DONE]
+    ended = batch.messages[0]
+    assert list(TL.ENDED.iter_unpack(ended.packed)) == [(_tid(2), 2.0, 0.25, 30 + 4096, 8, 1.5, 1.75, -1, 0),
+                                                       (_tid(3), 2.25, 0.5, 30 + 4096, -1, 1.5, 1.75, -1, 0)]
+    assert ended.names == ["g", "g"] and ended.errors == [(1, "ValueError: bad input")]
+    assert not client.ended and not client.ended_names and not client.ended_errors
 
 
-def _values(n: int, began: float, seconds: float = 0.1, arg_bytes: int = 30, result_bytes: int = -1, kind: int = 0,
-            name: int = 0) -> list:
-    """An ENDED's values: task number `n`, what its worker measured."""
-    return [_tid(n), began, seconds, arg_bytes, result_bytes, kind, name]
+def _packed(*endeds: tuple) -> bytes:
+    """ENDEDs (task number, began, seconds, arg bytes, result bytes, t_submit, t_sent,
+    submitter, kind) as a worker packs them; the last four default to (0.5, began - 0.1, -1, 0)."""
+    out = []
+    for n, began, *rest in endeds:
+        rest += [0.5, began - 0.1, -1, 0][len(rest) - 3:]
+        out.append(TL.ENDED.pack(_tid(n), began, *rest))
+    return b"".join(out)
 
 
-def _ring_worker(wid: int, names: list[str], capacity: int = 100) -> SimpleNamespace:
-    fd, ring = Ring.create(capacity)
-    os.close(fd)
-    for name in names:
-        ring.add_name(name)
-    return SimpleNamespace(wid=wid, ring=ring)
-
-
-def _sent(n: int, t_submit: float | None = 0.5, submitter: int | None = None) -> SimpleNamespace:
-    """A task as the recorder reads it when sent (an actor's constructor has no submit)."""
-    task = SimpleNamespace(task_id=_tid(n))
-    if t_submit is not None:
-        task.t_submit, task.submitter = t_submit, submitter
-    return task
-
-
-def test_a_ring_keeps_its_last_endeds_in_order_across_the_wrap():
-    fd, ring = Ring.create(4)
-    os.close(fd)
-    try:
-        ring.write(0, sum((_values(i, float(i)) for i in range(3)), []))
-        assert ring.read() == (0, b"".join(TL.ENDED.pack(*_values(i, float(i))) for i in range(3)), [])
-        ring.write(3, sum((_values(i, float(i)) for i in range(3, 6)), []))      # wraps: 0 and 1 gone
-        first, packed, _ = ring.read()
-        assert first == 2 and [e[1] for e in TL.ENDED.iter_unpack(packed)] == [2.0, 3.0, 4.0, 5.0]
-        ring.write(6, sum((_values(i, float(i)) for i in range(6, 15)), []))     # more than it holds
-        first, packed, _ = ring.read()
-        assert first == 11 and [e[1] for e in TL.ENDED.iter_unpack(packed)] == [11.0, 12.0, 13.0, 14.0]
-        # a writer that has begun its next batch (15, 16) is overwriting 11 and 12: not read
-        ring.buf[8:16] = (17).to_bytes(8, "little")
-        first, packed, _ = ring.read()
-        assert first == 13 and [e[1] for e in TL.ENDED.iter_unpack(packed)] == [13.0, 14.0]
-        ring.promise(17)
-        assert not ring.caught_up()
-        ring.add_name("f\0g é")                                      # a NUL would end it: read as a space
-        ring.add_name("x" * NAMES_SIZE)                               # does not fit: left out, read as "?"
-        assert ring.read()[2] == ["f g é"]
-    finally:
-        ring.close()
-
-
-def test_the_recorder_joins_the_rings_endeds_with_its_sendings_by_time():
+def test_the_recorder_keeps_endeds_as_they_came_and_reads_them_into_end_records():
     rec = TL.Recorder(max_records=100)
-    w7, w8, w9 = _ring_worker(7, ["f1", "f2"]), _ring_worker(8, ["f1"]), _ring_worker(9, ["Actor", "Actor.m"])
-    rec.workers.update({7: w7, 8: w8, 9: w9})
-    rec.sent(7, 1.0, [_sent(1)])
-    rec.sent(7, 1.5, [_sent(2)])
-    rec.add_errors(7, [(0, "ValueError: no")])
-    w7.ring.write(0, _values(1, 1.1, 0.5) + _values(2, 1.6, 0.1, name=1, result_bytes=8))
+    rec.add_ended(7, _packed((1, 1.1, 0.5, 30, -1), (2, 1.6, 0.1, 30, 8)), ["f1", "f2"], [(0, "ValueError: no")])
     rec.add((TL.RETRY, 1.7, _tid(1)))
-    rec.sent(8, 2.0, [_sent(1, submitter=3)])                         # submitted by worker 3
-    w8.ring.write(0, _values(1, 2.1, 0.2, result_bytes=8))
-    # an actor's constructor (not submitted), then a call on it
-    rec.sent(9, 4.0, [_sent(4, t_submit=None)])
-    rec.sent(9, 4.5, [_sent(5, t_submit=4.1)])
-    w9.ring.write(0, _values(4, 4.2, 0.3, arg_bytes=0, kind=1) + _values(5, 4.6, 0.1, 8, 8, kind=2, name=1))
-    expected = [
+    rec.add_ended(8, _packed((1, 2.1, 0.2, 30, 8, 0.5, 2.0, 3, 0)), ["f1"], [])      # submitted by worker 3
+    # an actor's constructor (no submit: NaN, -1), then a call on it
+    rec.add_ended(9, _packed((4, 4.2, 0.3, 0, -1, math.nan, 4.0, -1, 1), (5, 4.6, 0.1, 8, 8, 4.1, 4.5, -1, 2)),
+                  ["Actor", "Actor.m"], [])
+    assert rec.records() == [
         (TL.END, 1.1, _tid(1), "f1", "task", 7, 0.5, None, 1.0, 30, 0.5, "ValueError: no", None),
         (TL.END, 1.6, _tid(2), "f2", "task", 7, 0.5, None, 1.5, 30, 0.1, None, 8),
         (TL.RETRY, 1.7, _tid(1)),
         (TL.END, 2.1, _tid(1), "f1", "task", 8, 0.5, 3, 2.0, 30, 0.2, None, 8),
         (TL.END, 4.2, _tid(4), "Actor", "actor_create", 9, None, None, 4.0, 0, 0.3, None, None),
         (TL.END, 4.6, _tid(5), "Actor.m", "actor_method", 9, 4.1, None, 4.5, 8, 0.1, None, 8)]
-    assert rec.records() == expected
-    rec.retire(w7)                                    # its worker died: read once, the ring closed
-    assert w7.ring is None and 7 not in rec.sendings and rec.records() == expected
-    rec.close([])
-    assert w8.ring is None and w9.ring is None
-
-
-def test_a_task_sent_twice_to_one_worker_has_each_attempt_joined_with_its_own_sending():
-    sending = TL.sendings_by_task([(2, 1.0, _tid(1) + _tid(2), array("d", [0.5, float("nan")]).tobytes(), None),
-                                   (1, 3.0, _tid(1), array("d", [0.5]).tobytes(), [4])])
-    assert sending[_tid(2)] == (1.0, None, None)                       # NaN: no submit
-    assert [TL.sending_of(sending, _tid(1), began) for began in (1.2, 3.1)] == [(1.0, 0.5, None), (3.0, 0.5, 4)]
-    assert TL.sending_of(sending, _tid(9), 1.0) == (None, None, None)  # no longer kept
 
 
 def test_the_recorder_is_bounded_and_keeps_no_object_per_task():
-    rec = TL.Recorder(max_records=5)
-    workers = [_ring_worker(wid, ["f"], capacity=5) for wid in range(1, 5)]
-    for w in workers:
-        rec.workers[w.wid] = w
-    for i in range(24):                               # 6 on each worker, each ring holds 5
-        rec.sent(i % 4 + 1, i - 0.5, [_sent(i)])
-        workers[i % 4].ring.write(i // 4, _values(i, float(i)))
-    assert all(rec.sent_count[w.wid] == 5 for w in workers)       # the sendings of the last 5 each
-    rec.add((TL.RETRY, 23.5, _tid(23)))
-    assert [e[1] for e in rec.records()] == [20.0, 21.0, 22.0, 23.0, 23.5]    # the last 5 by time
-    assert [e[8] for e in rec.records()[:4]] == [19.5, 20.5, 21.5, 22.5]     # each with its sending
-    for w in workers[:3]:                             # dead: the blobs of the dead hold 5, the last
-        rec.retire(w)
-    assert [(n, wid) for n, wid, *_ in rec.retired] == [(5, 3)] and rec.retired_count == 5
-    assert [e[1] for e in rec.records()] == [18.0, 19.0, 22.0, 23.0, 23.5]    # wid 3's and 4's
-    # what the driver keeps of a task is bytes: no task's id, float or tuple (kept as objects,
-    # they slowed the driver for the rest of the session)
+    rec = TL.Recorder(max_records=5)                    # a blob: 5 records
+
+    def ended(first, n):
+        rec.add_ended(7, _packed(*[(i, i + 0.5, 0.1, 0, -1) for i in range(first, first + n)]), ["f"] * n, [])
+
+    ended(0, 3)
+    rec.add((TL.RETRY, 3.0, _tid(2)))
+    assert rec.fresh_count == 4 and not rec.entries
+    ended(3, 2)                                         # 6 records: sealed in one blob
+    assert [n for n, _ in rec.entries] == [6] and rec.count == 6 and not rec.fresh
+    ended(5, 2)
+    assert [e[1] for e in rec.records()] == [3.0, 3.5, 4.5, 5.5, 6.5]
+    ended(7, 4)                                         # a second blob holds enough: the first goes
+    assert [n for n, _ in rec.entries] == [6] and rec.count == 6
+    assert [e[1] for e in rec.records()] == [6.5, 7.5, 8.5, 9.5, 10.5]
+    ended(11, 3)                                        # not sealed yet: both are read
+    assert [e[1] for e in rec.records()] == [9.5, 10.5, 11.5, 12.5, 13.5]
+
+    rec = TL.Recorder(max_records=5 * TL.CHUNK // 2)
+    for i in range(0, 10 * TL.CHUNK, 64):
+        ended(i, 64)
+    kept = rec.records()
+    assert len(kept) == rec.max_records and kept[-1][2] == _tid(10 * TL.CHUNK - 1)
+    assert rec.count <= rec.max_records + TL.CHUNK + 64
+    # what stays after a seal is one blob of bytes: no task's id, float or tuple outlives its
+    # chunk (kept as objects, they slowed the driver for the rest of the session)
+    assert all(type(b) is bytes for _, b in rec.entries) and rec.fresh_count < TL.CHUNK
     gc.collect()
-    kept = [e[3] for e in rec.retired] + [b for q in rec.sendings.values() for e in q for b in e[2:4]]
-    assert all(type(b) is bytes and not gc.is_tracked(b) for b in kept)
-    assert all(e[4] is None for q in rec.sendings.values() for e in q)       # all sent by the driver
-    assert list(rec.own) == [(TL.RETRY, 23.5, _tid(23))]
-    rec.close([])
+    assert not any(gc.is_tracked(e) for e in rec.entries)
 
 
 # ── real sessions ─────────────────────────────────────────────────────────────────────────────
@@ -481,8 +420,6 @@ def test_an_actor_call_cut_by_its_actors_death_is_a_bar_marked_so(make_session):
         core.get(a.die.remote(), timeout=60)
     bars = {e["name"]: e for e in core.timeline() if e["ph"] == "X"}
     assert bars["Fragile.die"]["pid"] == pid and bars["Fragile.die"]["args"]["outcome"] == "worker died"
-    # what it ran before stays: its ring was read when it died
-    assert [(bars[n]["pid"], bars[n]["args"]["outcome"]) for n in ("Fragile", "Fragile.pid")] == [(pid, "ok")] * 2
 
 def test_timeline_off_records_nothing_and_says_how_to_turn_it_on(make_session):
     make_session(num_cpus=1)                # off by default
@@ -505,7 +442,7 @@ def test_a_number_bounds_the_events_kept(make_session):
         return 1
 
     core.get([f.remote() for _ in range(10)])
-    assert len([e for e in core.timeline() if e["ph"] == "X"]) == 5
+    assert len(current().board.timeline.records()) == 5
 
 
 @pytest.mark.parametrize("bad", [0, -1, "yes", 2.5])

@@ -9,9 +9,9 @@
 
 What a dispatch cannot send after all goes back: arguments that no longer fit (`NoRoomNow`, or
 admission says wait) to the head of the queue, a lost argument to its rebuild, a failed one
-fails the task. With the session's timeline on, each task sent notes when it was sent, the
-recorder keeps the batch's sending (when, their ids and submits), and the Tasks message tells
-the worker to write an ENDED of each (`tasks/timeline.py`).
+fails the task. With the session's timeline on, each task sent notes when it was sent, its
+message carries its submit, and the Tasks message says when the batch was sent: its worker
+echoes both in the task's ENDED (`tasks/timeline.py`).
 """
 
 from __future__ import annotations
@@ -101,7 +101,6 @@ class Carrier:
         rec = board.timeline              # on: each task sent notes when (one clock read for all)
         if rec is not None:
             now = monotonic()
-            sent: list[Task] = []
         for task in batch:
             decision = "wait" if deferred else self.admission(task)
             if decision == "wait":
@@ -125,17 +124,19 @@ class Carrier:
             msgs.append(msg)
             task.worker = worker
             inflight.append(task)
-            if rec is not None:
+            if rec is not None:           # its worker echoes these in its ENDED (tasks/timeline.py)
                 task.t_sent = now
-                sent.append(task)
+                try:
+                    msg["t_submit"], msg["submitter"] = task.t_submit, task.submitter
+                except AttributeError:    # an actor's constructor: not submitted as a task
+                    pass
         if deferred:
             self._give_gpus(deferred)
             requeue_front(board, worker, deferred)
         if msgs:
             self._send_functions(worker, batch)
-            worker.chan.send(M.Tasks(M.TASKS, msgs, rec is not None))   # on: the worker writes ENDEDs
+            worker.chan.send(M.Tasks(M.TASKS, msgs, None if rec is None else now))   # on: ENDEDs kept
             if rec is not None:
-                rec.sent(worker.wid, now, sent)                        # the driver's side of them
                 rec.workers.setdefault(worker.wid, worker)     # its lane
         elif worker.actor_id is None and not inflight:
             unhold(board.ledger, worker, board.owing)

@@ -46,32 +46,6 @@ from core._private.tasks.transitions import Interrupt, KillWorker
 from core._private.taskspec import TaskSpec, pack_args, return_ids
 from core.exceptions import CoreError, GetTimeoutError, ObjectLostError, ObjectStoreFullError
 
-# core.timeline() waits at most this long for a worker to write the ENDEDs of the Dones it sent
-# (it does so just after sending them; only a worker that died in between never does)
-ENDED_WAIT = 1.0
-
-
-def _timeline(engine: "LocalEngine", path: str | None) -> list[dict]:
-    """LocalEngine.timeline: once each worker wrote the ENDEDs of the Dones it sent (just after
-    sending them: the driver may be first; ENDED_WAIT at most), the trace."""
-    rec = engine.board.timeline
-    if rec is None:
-        raise CoreError("this session records no timeline (off by default): core.init(timeline=True)")
-    deadline = time.monotonic() + ENDED_WAIT
-    while True:
-        with engine.locked:
-            if rec.caught_up() or time.monotonic() > deadline:
-                records, workers = rec.snapshot(engine.workers.values(), engine.board.tasks.values())
-                actors = {aid: a.name for aid, a in engine.board.actors.items()}
-                break
-        time.sleep(0.001)
-    # pids read outside the lock (a zygote's child may be forking)
-    lanes = TL.lanes([(w.wid, w.proc.pid, w.actor_id) for w in workers], actors)
-    out = TL.chrome_events(records, lanes, os.getpid(), rec.t0, time.monotonic())
-    if path is not None:
-        TL.write_trace(path, out)
-    return out
-
 
 class _Locked:
     """`with engine.locked:` takes the lock; applies queued ref events before releasing."""
@@ -121,11 +95,8 @@ class LocalEngine:
         self.workers = self.pool.workers       # wid -> WorkerProc, kept by the pool
         self.board = B.Board(self.resources, self.workers, pool_size=max(1, int(cpus)),
                              max_workers=max(4, int(cpus) * 4))
-        # True: the default bound; a number: the last that many task attempts. Kept here too:
-        # the workers' rings are the session's, whether the board records now or not
-        self.recorder = rec = TL.Recorder(TL.DEFAULT_MAX_RECORDS if timeline is True else int(timeline or 1))
-        if timeline:
-            self.board.timeline, self.pool.ring_capacity = rec, rec.max_records
+        if timeline:   # True: the default bound; a number: the last that many task attempts
+            self.board.timeline = TL.Recorder(TL.DEFAULT_MAX_RECORDS if timeline is True else int(timeline))
         self.table = ObjectTable(self.board, self.store, self.cond, self.pool.wake)
         self.locked = _Locked(self._lock, self.table.apply_ref_events)
         self.carrier = Carrier(self.board, self.table, self.store, self.pool)
@@ -463,7 +434,18 @@ class LocalEngine:
 
     def timeline(self, path: str | None = None) -> list[dict]:
         """core.timeline: the task events as Chrome trace events (tasks/timeline.py), to `path` too."""
-        return _timeline(self, path)
+        rec = self.board.timeline
+        if rec is None:
+            raise CoreError("this session records no timeline (off by default): core.init(timeline=True)")
+        with self.locked:
+            records, workers = rec.snapshot(self.workers.values(), self.board.tasks.values())
+            actors = {aid: a.name for aid, a in self.board.actors.items()}
+        # pids read outside the lock (a zygote's child may be forking)
+        lanes = TL.lanes([(w.wid, w.proc.pid, w.actor_id) for w in workers], actors)
+        out = TL.chrome_events(records, lanes, os.getpid(), rec.t0, time.monotonic())
+        if path is not None:
+            TL.write_trace(path, out)
+        return out
 
     # ── shutdown ────────────────────────────────────────────────────────────────────────────
     def build(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> ObjectRef:
@@ -477,7 +459,6 @@ class LocalEngine:
             # From here no decision spawns a worker: one spawned while pool.close() lists the
             # workers (a death handled by the io thread meanwhile) would be left running.
             self.board.closing = True
-            self.recorder.close(self.workers.values())   # unmapped: a death from here retires nothing
         self.pool.close()
         if self._background is not None:
             self._background.shutdown(wait=False, cancel_futures=True)

@@ -2,7 +2,7 @@
 
     pool io thread ── on_io(messages, dead workers) ──► (engine lock)
         Done    ──► board.finished ─► results sealed, task done │ failed_run: retry or Fail
-        Ended   ──► the errors' texts of the ENDEDs in its ring (tasks/timeline.py)
+        Ended   ──► the timeline's ENDEDs, kept as they came (tasks/timeline.py)
         Yield   ──► a stream item sealed          Put ──► a worker's object sealed
         Refs    ──► borrows counted / dropped, pins released
         Submit  ──► a task submitted inside a task     Request ──► requests.Requests
@@ -58,8 +58,10 @@ class Inbox:
         elif kind == M.BATCH:
             for m in msg.messages:
                 self.handle(worker, m)
-        elif kind == M.ENDED:                        # the errors' texts of its ring's ENDEDs
-            self.engine.recorder.add_errors(worker.wid, msg.errors)
+        elif kind == M.ENDED:                        # before the Dones: kept as it came
+            rec = self.board.timeline
+            if rec is not None:
+                rec.add_ended(worker.wid, msg.packed, msg.names, msg.errors)
         elif kind == M.REFS:
             self._on_refs(worker, msg)
         elif kind == M.YIELD:
@@ -152,8 +154,6 @@ class Inbox:
             return
         engine = self.engine
         how = engine.pool.reap(worker)
-        if worker.ring is not None:                  # what it recorded stays with the recorder
-            engine.recorder.retire(worker)
         self.store.unpin_all(worker.wid)
         for oid in worker.borrowed:
             self.table.decref(oid)

@@ -22,8 +22,9 @@ size) | ("error", exception).
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple, TypedDict, Union
+from typing import Any, Literal, NamedTuple, NotRequired, TypedDict, Union
 
+from core._private.tasks.timeline import KIND_CODE
 from core.exceptions import CoreError
 
 # ─── kinds ──────────────────────────────────────────────────────────────────────────────────────
@@ -63,6 +64,12 @@ class TaskMessage(TypedDict):
     num_returns: int
     streaming: bool
     env: dict[str, str] | None    # environment for the task's run (CUDA_VISIBLE_DEVICES)
+    # only while the session records its timeline, for the worker to echo in the task's ENDED:
+    # when it was submitted, and by which worker (None: the driver); both None for an actor's
+    # constructor (not submitted as a task). "t_sent" is the worker's own, from its Tasks message
+    t_submit: NotRequired[float | None]
+    submitter: NotRequired[int | None]
+    t_sent: NotRequired[float]
 
 
 class WireTask(TypedDict, total=False):
@@ -149,9 +156,9 @@ class Tasks(NamedTuple):
     """Tasks to run, in order (a worker queues them; a batch of short tasks, or the next one)."""
     kind: Literal["tasks"]
     tasks: list[TaskMessage]
-    # True while the session records its timeline: the worker writes an ENDED of each task
-    # (the driver keeps when it sent them, and their submits)
-    timeline: bool = False
+    # while the session records its timeline: when the batch was sent (the worker keeps an ENDED
+    # of each task, and echoes it there); None otherwise
+    timeline: float | None = None
 
 
 class Reply(NamedTuple):
@@ -241,10 +248,13 @@ class Refs(NamedTuple):
 
 
 class Ended(NamedTuple):
-    """While the session records its timeline, the errors' texts of the ENDEDs a worker writes
-    to its ring (local/timeline_ring.py) for the Dones that follow in the same batch."""
+    """The tasks whose Dones follow in the same batch, while the session records its timeline:
+    their ENDEDs (tasks/timeline.py), packed, their functions' names and the text of their
+    errors; the driver keeps them as they came until core.timeline() reads them."""
     kind: Literal["ended"]
-    errors: list[tuple[int, str]]   # (ENDED index: the worker's count, "Type: first line")
+    packed: bytes
+    names: list[str]                # one per ENDED
+    errors: list[tuple[int, str]]   # (index among the ENDEDs, "Type: first line")
 
 
 class Batch(NamedTuple):
@@ -263,6 +273,25 @@ _CLASSES: dict[str, Any] = {
 
 
 # ─── sizes, for the timeline ───────────────────────────────────────────────────────────────────
+NAN = float("nan")    # an ENDED's t_submit when there is none (an actor's constructor)
+
+
+def ended(task: TaskMessage, began: float, seconds: float, results: Any, t_sent: float) -> tuple:
+    """A task's ENDED values (tasks/timeline.py: ENDED_VALUES), as its worker keeps them while the
+    session records: what the driver's messages said of it (its submit, when it was sent), and
+    what the worker measured: its arguments' and results' bytes are read from their locations
+    (-1: no results). Most tasks (inline arguments without refs, one inline result) take no
+    call: this runs once per task."""
+    args = task["args"]
+    kind, payload, arg_locs = args
+    n_args = len(payload) if kind == "inline" and not arg_locs else arg_bytes(args)
+    if type(results) is list and len(results) == 1 and results[0][0][0] == "inline":
+        n_out = len(results[0][0][1])
+    else:
+        n_out = result_bytes(results)
+    t_submit, submitter = task.get("t_submit"), task.get("submitter")
+    return (task["task_id"], began, seconds, n_args, n_out, NAN if t_submit is None else t_submit, t_sent,
+            -1 if submitter is None else submitter, KIND_CODE[task["kind"]])
 
 
 def arg_bytes(args: tuple) -> int:

@@ -44,11 +44,11 @@ from core._private.local.held_results import FLUSH_INTERVAL, HeldResults
 from core._private.local.process import die_with_parent, extend_sys_path, install_cancel_handler
 from core._private.local import messages as M
 from core._private.local import protocol as P
-from core._private.local.timeline_ring import Ring, TraceWriter
 from core._private.objects import shm
 from core._private.objects.serialization import SerializedObject, deserialize, serialize
 from core._private.refs import IdSource, ObjectRef, return_id
 from core._private.taskspec import ArgPlaceholder, TaskSpec, pack_args, return_ids
+from core._private.tasks import timeline as TL
 from core._private.tasks.scheduler import FAST_TASK, demand
 from core.exceptions import ActorDiedError, CoreError, TaskCancelledError, TaskError
 
@@ -107,7 +107,9 @@ class WorkerClient(runtime.DriverOnlyCalls):
         self.current_task: bytes | None = None
         self.cancelled: set[bytes] = set()      # ids the driver asked to cancel (control pipe)
         self.load_seconds = 0.0                 # spent unpickling functions (imports), not running
-        self.trace: TraceWriter | None = None   # the session records its timeline: this worker's ring
+        self.ended: list = []                   # ENDEDs of the Dones in the outbox, flat (tasks/timeline.py)
+        self.ended_names: list[str] = []        # their functions' names
+        self.ended_errors: list[tuple[int, str]] = []   # (index among them, error text)
 
     def new_id(self, index: int = 0) -> bytes:
         return self._ids.new(index)
@@ -160,15 +162,23 @@ class WorkerClient(runtime.DriverOnlyCalls):
             self.outbox.append(msg)
 
     def done(self, task: M.TaskMessage, results: Any, error: Any, began: float, seconds: float) -> None:
-        """Queue a task's Done and, while the session records its timeline, note it: its ENDED
-        is made once the Done went (timeline_ring.py)."""
+        """Queue a task's Done and, if its Tasks message said when it was sent (the session
+        records its timeline), its ENDED."""
+        task_id = task["task_id"]
+        ended = None
+        t_sent = task.get("t_sent")
+        if t_sent is not None:
+            ended = M.ended(task, began, seconds, results, t_sent)
         delta = self._ref_delta()
         with self.send_lock:
             if delta:
                 self.outbox.append(delta)
-            self.outbox.append(M.Done(M.DONE, task["task_id"], results, error, seconds))
-            if self.trace is not None and self.trace.on:
-                self.trace.note(task, began, seconds, results, error)
+            self.outbox.append(M.Done(M.DONE, task_id, results, error, seconds))
+            if ended is not None:
+                if error is not None:
+                    self.ended_errors.append((len(self.ended) // TL.ENDED_VALUES, TL.error_text(error)))
+                self.ended += ended
+                self.ended_names.append(task["name"])
 
     def flush(self) -> None:
         delta = self._ref_delta()
@@ -188,14 +198,13 @@ class WorkerClient(runtime.DriverOnlyCalls):
         if not self.outbox:
             return
         msgs, self.outbox = self.outbox, []
-        trace = self.trace
-        text = trace.before_send() if trace is not None else None
-        if text is not None:   # the errors' texts of the ENDEDs these Dones promise
-            msgs.insert(0, text)
+        if self.ended:   # first: the driver keeps a task's ENDED before it may retry the task
+            msgs.insert(0, M.Ended(M.ENDED, TL.pack_endeds(self.ended), self.ended_names, self.ended_errors))
+            self.ended = []
+            self.ended_names = []
+            self.ended_errors = []
         msg = msgs[0] if len(msgs) == 1 else M.Batch(M.BATCH, msgs)
         self.bytes_sent += P.send_frame(self.sock, msg)
-        if trace is not None:
-            trace.after_send()   # off the path the Dones take: the driver reads them when asked
 
     def request(self, op: str, args: M.RequestArgs) -> Any:
         """Send a request and block for its reply, queueing anything else that arrives."""
@@ -484,16 +493,11 @@ def _restore_env(saved: dict) -> None:
 
 # ─── main loop ──────────────────────────────────────────────────────────────────────────────────
 def main(argv: list[str]) -> None:
-    """argv: the socket's and the control pipe's fds, the timeline ring's when the session records
-    (worker_pool.spawn), then this worker's id, the inline threshold and the ring's capacity."""
-    *fds, worker_id, inline_threshold, ring_capacity = (int(a) for a in argv)
-    fd, ctl_fd = fds[:2]
+    fd, ctl_fd, worker_id, inline_threshold = (int(a) for a in argv[:4])
     die_with_parent()
     extend_sys_path()
     sock = socket.socket(fileno=fd)
     client = WorkerClient(sock, worker_id, inline_threshold)
-    if ring_capacity:
-        client.trace = TraceWriter(Ring.attach(fds[2], ring_capacity))
     runtime.set_current(client)
     install_cancel_handler(client, ctl_fd)
     try:
@@ -522,8 +526,9 @@ def main(argv: list[str]) -> None:
                 msg = client.inbox.popleft()
                 kind = msg.kind
                 if kind == M.TASKS:
-                    if client.trace is not None:   # whether the session records (the benchmark switches)
-                        client.trace.on = msg.timeline
+                    if msg.timeline is not None:   # the session records: each task's ENDED says when
+                        for t in msg.tasks:
+                            t["t_sent"] = msg.timeline
                     tasks.extend(msg.tasks)
                 elif kind == M.RECLAIM:  # the task we ran blocked: the driver took these back
                     taken = set(msg.task_ids)

@@ -27,7 +27,6 @@ from typing import Callable
 
 from core._private.local import messages as M
 from core._private.local import protocol as P
-from core._private.local.timeline_ring import Ring
 from core._private.local.zygote import Zygote, ZygoteChild, worker_environment
 
 IO_TICK = 0.05  # seconds between io-thread wake-ups when nothing happens (timeouts, ref events)
@@ -55,7 +54,6 @@ class WorkerProc:
         self.function_bytes = 0       # function/class code shipped to it (once per function)
         # built objects (core.build) in its own memory: forked by the zygote after they were made
         self.inherits: frozenset[bytes] = getattr(proc, "inherits", frozenset())
-        self.ring: Ring | None = None  # its timeline ring, while the session records (timeline_ring.py)
 
 
 OnIo = Callable[[list[tuple[WorkerProc, M.Message]], list[WorkerProc]], None]
@@ -76,7 +74,6 @@ class WorkerPool:
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._want_write: set[P.Channel] = set()
         self._io = threading.Thread(target=self._io_loop, name="core-io", daemon=True)
-        self.ring_capacity = 0     # > 0 while the session records its timeline: each worker's ring
 
     def start(self) -> None:
         self._io.start()
@@ -87,26 +84,17 @@ class WorkerPool:
         wid = next(self._wids)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ctl_r, ctl_w = os.pipe()
-        ring_fd, ring = Ring.create(self.ring_capacity) if self.ring_capacity else (None, None)
-        fds = (child.fileno(), ctl_r) if ring_fd is None else (child.fileno(), ctl_r, ring_fd)
         try:
-            proc = self._start(wid, [str(wid), str(self.inline_threshold), str(self.ring_capacity)], fds)
-        except BaseException:
-            if ring is not None:
-                ring.close()
-            raise
+            proc = self._start(wid, [str(wid), str(self.inline_threshold)], (child.fileno(), ctl_r))
         finally:
             child.close()
             os.close(ctl_r)
-            if ring_fd is not None:
-                os.close(ring_fd)
         worker = WorkerProc(wid, proc, P.Channel(parent, self._want_flush), ctl_w, actor_id)
-        worker.ring = ring
         self.workers[wid] = worker
         self._sel.register(parent, selectors.EVENT_READ, worker)
         return worker
 
-    def _start(self, wid: int, args: list[str], fds: tuple[int, ...]) -> subprocess.Popen | ZygoteChild:
+    def _start(self, wid: int, args: list[str], fds: tuple[int, int]) -> subprocess.Popen | ZygoteChild:
         """A process running worker.main(fds + args)."""
         if self.zygote is not None and self.zygote.alive:
             try:

@@ -1,34 +1,33 @@
 """The session's task timeline: what the engine records as tasks run, and its Chrome trace.
 
     board.register ─── task.t_submit, task.submitter     noted on the Task (slot stores)
-    carrier.dispatch ─ task.t_sent; Recorder.sent: the batch's SENDING (when, to which worker,
-                       its tasks' ids and submits: bytes, one entry a batch), kept per worker
-    worker ─────────── an ENDED per task, with what only it knows (when the call started, how
-                       long it ran, its arguments' and results' bytes, its function's number),
-                       made after the frame with its Done went and written to the worker's
-                       ring in shared memory (local/timeline_ring.py, names there too); errors'
-                       texts in the frame (an Ended message: rare)
-    board.failed_run ─ RETRY ─┐
-    board.worker_died ─ DIED ─┴► Recorder.own: the driver's own records (as rare as retries)
-                                   core.timeline() ──► Recorder.records(): each ring's ENDEDs
-                                                       joined with their SENDINGs into END
-                                                       records, and the own, by time;
-                                                       + not_ended(...)
+    carrier.dispatch ─ task.t_sent; the task's message carries its submit (t_submit, submitter)
+                       and the Tasks message when it was sent (one time for the batch)
+    worker ─────────── an ENDED per task: all of that, echoed, and what only it knows (when the
+                       call started, how long it ran, its arguments' and results' bytes), and
+                       its error's text; those of a batch of Dones packed (73 bytes each, with
+                       their functions' names beside) in one Ended message, first in their frame
+    inbox ──────────── Ended ─┐
+    board.failed_run ─ RETRY ─┼─► Recorder.fresh: the Ended messages as they came (bytes, not
+    board.worker_died ─ DIED ─┘   read) and the driver's own records, in order; every CHUNK
+                                  records sealed into one blob (Recorder.seal)
+                                   core.timeline() ──► Recorder.records(): each ENDED unpacked
+                                                       into an END record; + not_ended(...)
                                                        ──► chrome_events(...) ──► [dict]
                                                        (pure; the JSON is built only here)
 
-The driver keeps no object per task and reads nothing per task until core.timeline() asks: its
-hot path (under the lock the submitting thread and the I/O thread share) costs one clock read
-per task submitted and one per batch sent, and per batch one entry of bytes. The worker's cost
-is a tuple per task until the frame goes, then one loop and one `struct` call for the frame.
-Where each part was first (the ENDEDs in the frames, the submits echoed by the workers), a
-no-op flood lost ~2.5% (benchmarks/RESULTS.md).
+The driver keeps nothing per task: its hot path (under the lock the submitting thread and the
+I/O thread share) costs one clock read per task submitted and one per batch sent, and two items
+in each task's message; a batch of Dones costs it one Ended message kept as it came, and every
+CHUNK records one `marshal` call seals them: nothing a task made outlives its chunk (see
+Recorder). Everything else is the worker's: it echoes the submit and the sending in the task's
+ENDED, adds what it measured, and packs a frame's ENDEDs with one `struct` call (pickling them,
+or a `struct` call per task, cost it several times more). Only core.timeline() unpacks them. A
+worker measures the tasks whose Tasks message says when they were sent (the session records).
 
-A worker's ring keeps its last `max_records` ENDEDs, and the recorder as many of its SENDINGs;
-a worker's death leaves both to the recorder (read once into a blob: `retired`). A worker that
-dies loses only the ENDEDs of Dones it sent just before: those tasks are done, and have no bar.
-Records are merged by time, so an END comes before the RETRY decided from its Done, whenever
-the worker wrote it.
+The Ended message goes first in the frame with the Dones, so an END is kept before the RETRY the
+driver decides on from its Done. A worker that dies loses only the ENDEDs of Dones the driver
+never got: those tasks were still in flight, and the driver records their DIED.
 
 Chrome's trace-event format (what Perfetto and chrome://tracing open): one "X" (complete) event
 per task attempt, on the lane (`pid`) of the worker that ran it, named after the function; "M"
@@ -42,25 +41,23 @@ exact. For an attempt with no END (running when the trace is asked for, or its w
 driver knows when it sent it: a worker runs its tasks one at a time in the order sent, so its
 bar starts then or when the worker's previous bar ended, whichever is later.
 
-Memory is bounded: a trace has the last `max_records` records (`DEFAULT_MAX_RECORDS`), each
-worker's ring as many (57 bytes an ENDED: ~6 MB, a page in use once written) and its SENDINGs
-(~29 bytes a task), the workers gone as many together, dropped a blob at a time. `chrome_events` is pure; `write_trace` is this
-module's one I/O, called by the runtimes at the edge.
+Memory is bounded: the recorder keeps the last `max_records` records (`DEFAULT_MAX_RECORDS`;
+~80 bytes a task attempt: ~8 MB); older ones are dropped a blob at a time. `chrome_events` is
+pure; `write_trace` is this module's one I/O, called by the runtimes at the edge.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import marshal
 import math
 import os
 import struct
 import tempfile
 import time
-from array import array
 from collections import deque
 from itertools import chain
-from operator import itemgetter
 from typing import Any, Iterable, NamedTuple
 
 # Record kinds: the first field of each tuple. An attempt's fields come first, in one order:
@@ -76,112 +73,82 @@ START = 1    # ATTEMPT                                            sent, running 
 SUBMIT = 0   # (SUBMIT, t_submit, task_id, name, submitter wid)   submitted, not sent
 
 # A worker's record of an attempt, packed: task_id (20 bytes), began, seconds, arg bytes, result
-# bytes (-1: none), task kind (its index in KINDS), its function's name (its index in the ring's
-# names). The rest of the attempt is the driver's SENDING (Recorder.sent).
-ENDED = struct.Struct("<20sddqqBI")
-ENDED_VALUES = 7                    # values per ENDED, as the worker keeps them before packing
+# bytes (-1: none), t_submit (NaN: none), t_sent, submitter wid (-1: the driver or none), task
+# kind (its index in KINDS); its function's name and its error's text beside it
+ENDED = struct.Struct("<20sddqqddiB")
+ENDED_VALUES = 9                    # values per ENDED, as the worker keeps them before packing
 KINDS = ("task", "actor_create", "actor_method")
 KIND_CODE = {kind: i for i, kind in enumerate(KINDS)}
 
 DEFAULT_MAX_RECORDS = 100_000
+CHUNK = 1024     # records sealed at a time (see Recorder)
 
 
 class Recorder:
     """The recorded attempts of one session (owned by the Board, added to under its lock).
 
-    What it keeps is bytes, not objects: the workers' ENDEDs are in their rings until
-    core.timeline() reads them, and the driver's SENDINGs are one entry of bytes a batch. Kept
-    as Python objects (a task id and a float a task), records left the driver ~5% slower for
-    the rest of the session, recording or not (its garbage collections took ~40% longer).
-    `own`: the driver's records, RETRY and DIED, as rare as retries and deaths. `workers`: those
-    sent a task while recording; each has its `ring` (local/timeline_ring.py) until it dies."""
+    `fresh`: in the order they came, the workers' Ended messages (packed ENDEDs kept as bytes,
+    their functions' names, their errors) and the driver's own records (RETRY, DIED: as rare as
+    retries and deaths). Every `CHUNK` records they are sealed into one `marshal` blob, so no
+    object a task made outlives its chunk: kept as Python objects (a task id and a float a
+    task), records left the driver ~5% slower for the rest of the session, recording or not
+    (its garbage collections took ~40% longer, as many of them over as many objects: the small
+    objects kept, likely, scattered the ones it allocates and walks). `entries` keeps enough
+    blobs to hold `max_records` records, dropped a blob at a time."""
 
-    __slots__ = ("own", "sendings", "sent_count", "errors", "retired", "retired_count", "max_records",
-                 "workers", "t0")
+    __slots__ = ("fresh", "fresh_count", "seal_at", "entries", "count", "max_records", "workers", "t0")
 
     def __init__(self, max_records: int = DEFAULT_MAX_RECORDS) -> None:
         self.max_records = max_records
-        self.own: deque[tuple] = deque(maxlen=max_records)
-        # wid -> its SENDINGs: (count, t_sent, task ids joined, submits as doubles, submitters
-        # or None when all were the driver), the last `max_records` tasks' at least
-        self.sendings: dict[int, deque[tuple]] = {}
-        self.sent_count: dict[int, int] = {}
-        self.errors: dict[int, dict[int, str]] = {}    # wid -> {ENDED index: error text}
-        # the dead workers': (count, wid, first index, packed ENDEDs, names, errors, sendings)
-        self.retired: deque[tuple] = deque()
-        self.retired_count = 0
-        self.workers: dict[int, Any] = {}      # wid -> WorkerProc, noted on its first measured dispatch
-        self.t0 = time.monotonic()             # the session's start: time 0 of the trace
+        self.seal_at = min(CHUNK, max_records)     # records in `fresh` that make a blob
+        self.fresh: list[tuple] = []   # (records, wid, packed, names, errors | None) | (1, None, record, None, None)
+        self.fresh_count = 0                       # records in `fresh`
+        self.entries: deque[tuple[int, bytes]] = deque()   # sealed (records, blob of `fresh` entries)
+        self.count = 0                             # records in `entries`
+        self.workers: dict[int, Any] = {}          # wid -> WorkerProc, noted on its first dispatch
+        self.t0 = time.monotonic()                 # the session's start: time 0 of the trace
+
+    def seal(self) -> None:
+        self.entries.append((self.fresh_count, marshal.dumps(self.fresh)))
+        self.count += self.fresh_count
+        self.fresh.clear()
+        self.fresh_count = 0
+        entries = self.entries
+        while self.count - entries[0][0] >= self.max_records:   # the rest still holds enough
+            self.count -= entries.popleft()[0]
 
     def add(self, record: tuple) -> None:
         """Keep one of the driver's records (RETRY, DIED)."""
-        self.own.append(record)
+        self.fresh.append((1, None, record, None, None))
+        self.fresh_count += 1
+        if self.fresh_count >= self.seal_at:
+            self.seal()
 
-    def sent(self, wid: int, t_sent: float, tasks: list) -> None:
-        """A batch of `tasks` sent to worker `wid` at `t_sent`: its SENDING. An actor's
-        constructor has no submit (NaN, None)."""
-        try:
-            submits = array("d", [t.t_submit for t in tasks])
-            submitters = [t.submitter for t in tasks]
-        except AttributeError:
-            submits = array("d", [getattr(t, "t_submit", math.nan) for t in tasks])
-            submitters = [getattr(t, "submitter", None) for t in tasks]
-        n = len(tasks)
-        entry = (n, t_sent, b"".join([t.task_id for t in tasks]), submits.tobytes(),
-                 None if submitters.count(None) == n else submitters)
-        kept = self.sendings.get(wid)
-        if kept is None:
-            kept = self.sendings[wid] = deque()
-            self.sent_count[wid] = 0
-        kept.append(entry)
-        count = self.sent_count[wid] + n
-        while count - kept[0][0] >= self.max_records:      # the rest still hold enough
-            count -= kept.popleft()[0]
-        self.sent_count[wid] = count
-
-    def add_errors(self, wid: int, errors: list[tuple[int, str]]) -> None:
-        """Worker `wid`'s Ended message: its errors' texts by ENDED index (the last
-        `max_records` kept)."""
-        kept = self.errors.setdefault(wid, {})
-        kept.update(errors)
-        while len(kept) > self.max_records:
-            del kept[next(iter(kept))]
-
-    def retire(self, worker: Any) -> None:
-        """`worker` is gone: keep what its ring holds as one blob, and close the ring."""
-        ring, worker.ring = worker.ring, None
-        first, packed, names = ring.read()
-        ring.close()
-        wid = worker.wid
-        errors, sendings = self.errors.pop(wid, {}), self.sendings.pop(wid, ())
-        self.sent_count.pop(wid, None)
+    def add_ended(self, wid: int, packed: bytes, names: list[str], errors: list[tuple[int, str]]) -> None:
+        """Keep worker `wid`'s Ended message as it came: ENDEDs `packed`, their functions'
+        `names`, and `errors` (index among them, error text)."""
         n = len(packed) // ENDED.size
-        if not n:
-            return
-        self.retired.append((n, wid, first, packed, names, errors, sendings))
-        self.retired_count += n
-        while self.retired_count - self.retired[0][0] >= self.max_records:   # the rest hold enough
-            self.retired_count -= self.retired.popleft()[0]
-
-    def caught_up(self) -> bool:
-        """Every live worker wrote the ENDEDs of the Dones it sent."""
-        return all(w.ring.caught_up() for w in self.workers.values() if w.ring is not None)
+        self.fresh.append((n, wid, packed, names, errors or None))
+        self.fresh_count += n
+        if self.fresh_count >= self.seal_at:
+            self.seal()
 
     def records(self) -> list[tuple]:
-        """The last `max_records` records by time: the workers' ENDEDs joined with their
-        SENDINGs (END records), and the driver's own."""
-        out: list[tuple] = list(self.own)
-        live = [(w.wid, *w.ring.read(), self.errors.get(w.wid, {}), self.sendings.get(w.wid, ()))
-                for w in self.workers.values() if w.ring is not None]
-        for wid, first, packed, names, errors, sendings in chain((e[1:] for e in self.retired), live):
-            sending = sendings_by_task(sendings)
-            for i, (task_id, began, seconds, arg_bytes, result_bytes, kind, name) in \
-                    enumerate(ENDED.iter_unpack(packed), first):
-                t_sent, t_submit, submitter = sending_of(sending, task_id, began)
-                out.append((END, began, task_id, names[name] if name < len(names) else "?", KINDS[kind], wid,
-                            t_submit, submitter, t_sent, arg_bytes, seconds, errors.get(i),
+        """The last `max_records` records, oldest first: the workers' ENDEDs (END records) and
+        the driver's own."""
+        out: list[tuple] = []
+        nan = math.isnan
+        sealed = chain.from_iterable(marshal.loads(blob) for _, blob in self.entries)
+        for _, wid, entry, names, errors in chain(sealed, self.fresh):
+            if wid is None:
+                out.append(entry)
+                continue
+            error_of = dict(errors or ())
+            for i, (task_id, began, seconds, arg_bytes, result_bytes, t_submit, t_sent, submitter,
+                    kind) in enumerate(ENDED.iter_unpack(entry)):
+                out.append((END, began, task_id, names[i], KINDS[kind], wid, None if nan(t_submit) else t_submit,
+                            None if submitter < 0 else submitter, t_sent, arg_bytes, seconds, error_of.get(i),
                             None if result_bytes < 0 else result_bytes))
-        out.sort(key=itemgetter(1))
         return out[-self.max_records:]
 
     def snapshot(self, workers: Iterable[Any], tasks: Iterable[Any]) -> tuple[list[tuple], list[Any]]:
@@ -190,43 +157,15 @@ class Recorder:
         workers seen (for their lanes)."""
         return self.records() + not_ended(workers, tasks), list(self.workers.values())
 
-    def close(self, workers: Iterable[Any]) -> None:
-        """The session ends: unmap the rings still open (of `workers`, the pool's, and those seen)."""
-        for w in chain(workers, self.workers.values()):
-            if w.ring is not None:
-                w.ring, ring = None, w.ring
-                ring.close()
 
-
-def sendings_by_task(sendings: Iterable[tuple]) -> dict[bytes, Any]:
-    """Task id -> (t_sent, t_submit, submitter) from a worker's SENDINGs, oldest first; a task
-    sent to it more than once (retried there) -> a list of those, in order."""
-    out: dict[bytes, Any] = {}
-    for n, t_sent, ids, submits, submitters in sendings:
-        times = array("d")
-        times.frombytes(submits)
-        for k in range(n):
-            task_id = ids[20 * k:20 * k + 20]
-            t_submit = times[k]
-            sent = (t_sent, None if t_submit != t_submit else t_submit, None if submitters is None else submitters[k])
-            before = out.get(task_id)
-            out[task_id] = sent if before is None else (before if type(before) is list else [before]) + [sent]
-    return out
-
-
-def sending_of(sending: dict[bytes, Any], task_id: bytes, began: float) -> tuple:
-    """(t_sent, t_submit, submitter) of the sending an attempt that began at `began` ran from:
-    the last before it; (None, None, None) when it is no longer kept."""
-    sent = sending.get(task_id)
-    if type(sent) is list:
-        earlier = [s for s in sent if s[0] <= began]
-        return earlier[-1] if earlier else sent[0]
-    return sent if sent is not None else (None, None, None)
+def pack_endeds(values: list) -> bytes:
+    """A worker's ENDEDs, ENDED_VALUES flat values each, packed in one call (`ENDED` each)."""
+    return _endeds_struct(len(values) // ENDED_VALUES).pack(*values)
 
 
 @functools.lru_cache(maxsize=256)
-def endeds_struct(n: int) -> struct.Struct:
-    """`n` ENDEDs back to back (built once per count: a worker writes a few counts over and over)."""
+def _endeds_struct(n: int) -> struct.Struct:
+    """`n` ENDEDs back to back (built once per count: a worker flushes a few counts over and over)."""
     return struct.Struct("<" + ENDED.format[1:] * n)
 
 
@@ -381,6 +320,6 @@ def write_trace(path: str | os.PathLike, events: list[dict]) -> None:
         raise
 
 
-__all__ = ["Recorder", "sendings_by_task", "sending_of", "Lane", "short_name", "chrome_events", "write_trace", "error_text", "attempt",
-           "endeds_struct", "not_ended", "DEFAULT_MAX_RECORDS", "ENDED", "ENDED_VALUES", "KINDS",
+__all__ = ["Recorder", "Lane", "short_name", "chrome_events", "write_trace", "error_text", "attempt",
+           "pack_endeds", "not_ended", "DEFAULT_MAX_RECORDS", "CHUNK", "ENDED", "ENDED_VALUES", "KINDS",
            "KIND_CODE", "SUBMIT", "START", "END", "RETRY", "DIED"]
