@@ -91,20 +91,29 @@ def test_get_timeout_raises_get_timeout_error(backend):
     core.cancel(ref, force=True)
 
 
-def test_wait_keeps_order_and_splits_ready(backend):
+def test_wait_keeps_order_and_splits_ready(backend, tmp_path):
     @core.remote
-    def sleeper(s):
-        time.sleep(s)
-        return s
+    def held(path):        # runs until the test lets it go: never ready before the others
+        while not os.path.exists(path):
+            time.sleep(0.01)
+        return 1
 
-    # 30 s: far longer than Ray takes to start the second worker for sleeper(0) on a busy machine
-    # (a run where that took over 5 s saw the sleeper of 5 s finish first); it is cancelled below.
-    refs = [sleeper.remote(30), sleeper.remote(0), core.put(1)]
-    ready, not_ready = core.wait(refs, num_returns=2, timeout=60)
-    assert ready == [refs[1], refs[2]] and not_ready == [refs[0]]
-    ready, not_ready = core.wait(refs, num_returns=3, timeout=0.1)
-    assert refs[0] in not_ready and len(ready) + len(not_ready) == 3
-    core.cancel(refs[0], force=True)
+    @core.remote
+    def quick():
+        return 0
+
+    # The first is held by a marker file, not a sleep: a sleep of 30 s once finished before Ray
+    # had a second worker up for the quick one on a busy machine. No time decides the order.
+    release = tmp_path / "release"
+    refs = [held.remote(str(release)), quick.remote(), core.put(1)]
+    try:
+        ready, not_ready = core.wait(refs, num_returns=2, timeout=300)
+        assert ready == [refs[1], refs[2]] and not_ready == [refs[0]]
+        ready, not_ready = core.wait(refs, num_returns=3, timeout=0.1)
+        assert ready == [refs[1], refs[2]] and not_ready == [refs[0]]
+    finally:
+        release.touch()
+    assert core.get(refs, timeout=60) == [1, 0, 1]
 
 
 def test_free_makes_get_fail_at_once_naming_the_object(backend):
