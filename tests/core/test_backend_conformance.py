@@ -102,8 +102,8 @@ def test_wait_keeps_order_and_splits_ready(backend, tmp_path):
     def quick():
         return 0
 
-    # The first is held by a marker file, not a sleep: a sleep of 30 s once finished before Ray
-    # had a second worker up for the quick one on a busy machine. No time decides the order.
+    # The first is held by a marker file, not a sleep: on a busy machine a sleep of 30 s was once
+    # ready first (the quick one had not run within 30 s on Ray). No time decides the order.
     release = tmp_path / "release"
     refs = [held.remote(str(release)), quick.remote(), core.put(1)]
     try:
