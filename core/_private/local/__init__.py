@@ -4,6 +4,7 @@
     carrier.py       the I/O layer: carries out the decisions' instructions
     inbox.py         worker messages and deaths, applied (the io thread's side)
     requests.py      workers' nested core calls (get, wait, create, cancel, kill, ...)
+    readiness.py     get and wait blocking until their objects are ready
     object_table.py  reference counts, sealing and failing objects, lineage rebuilds
     worker_pool.py   worker processes, their sockets, the io thread
     zygote.py        the process that imports once and forks the workers

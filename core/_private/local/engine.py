@@ -29,6 +29,7 @@ from core._private.local.builder import Builder
 from core._private.local.carrier import Carrier, interrupt
 from core._private.local.inbox import Inbox
 from core._private.local.object_table import DRIVER, ObjectTable
+from core._private.local.readiness import wait_ready
 from core._private.local.requests import Requests
 from core._private.local.worker_pool import WorkerPool
 from core._private.objects.memory_summary import render
@@ -176,7 +177,7 @@ class LocalEngine:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self.locked:
-                self._wait_ready(oids, len(oids), deadline)
+                wait_ready(self.board.objects, oids, len(oids), deadline, self.cond, self.table.missing)
                 plan = [self._read_plan(oid) for oid in oids]
             try:
                 return [self._materialize(oid, p, writable) for oid, p in zip(oids, plan)]
@@ -184,26 +185,6 @@ class LocalEngine:
                 with self.locked:
                     if self.table.recover_lost(lost.oid, lost):  # type: ignore[attr-defined]
                         self.schedule()
-
-    def _wait_ready(self, oids: list[bytes], num: int, deadline: float | None) -> None:
-        objects = self.board.objects
-        while True:
-            ready = 0
-            for oid in oids:
-                obj = objects.get(oid)
-                if obj is None:
-                    raise self.table.missing(oid)
-                if obj.status != "pending":
-                    ready += 1
-            if ready >= num:
-                return
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                pending = [o.hex() for o in oids if objects[o].status == "pending"]
-                raise GetTimeoutError(
-                    f"{len(pending)} of {len(oids)} objects not ready after the timeout "
-                    f"(first: {pending[0]}); raise `timeout` or check the tasks that make them")
-            self.cond.wait(remaining if remaining is None else min(remaining, 1.0))
 
     def _read_plan(self, oid: bytes) -> tuple:
         obj = self.board.objects[oid]
@@ -234,7 +215,7 @@ class LocalEngine:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.locked:
             try:
-                self._wait_ready(oids, num_returns, deadline)
+                wait_ready(self.board.objects, oids, num_returns, deadline, self.cond, self.table.missing)
             except GetTimeoutError:
                 pass
             done = [self.board.objects[o].status != "pending" for o in oids]
@@ -466,3 +447,4 @@ class LocalEngine:
         self.board.tasks.clear()
         self.store.shutdown()
         self.session.close()
+
