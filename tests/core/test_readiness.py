@@ -79,6 +79,20 @@ def test_a_get_waits_for_an_object_made_pending_again_after_it_was_seen_ready():
     assert cond.count == 2
 
 
+def test_a_wait_does_not_count_an_object_made_pending_again():
+    objects, oids = objects_of(3)
+    statuses = {1: {0: "ready"}, 2: {1: "ready", 0: "pending"}, 3: {0: "ready"}}
+
+    def step(objs: dict, count: int) -> None:   # the first is lost and rebuilt meanwhile
+        for i, status in statuses[count].items():
+            dict.__getitem__(objs, oids[i]).status = status
+
+    cond = Wakeups(objects, step)
+    wait_ready(objects, oids, 2, None, cond, missing)
+    assert cond.count == 3
+    assert still_pending(objects, oids) == oids[2:]
+
+
 def test_a_wait_returns_once_enough_are_ready_in_any_order():
     objects, oids = objects_of(6)
 

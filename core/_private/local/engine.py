@@ -447,4 +447,3 @@ class LocalEngine:
         self.board.tasks.clear()
         self.store.shutdown()
         self.session.close()
-

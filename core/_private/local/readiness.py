@@ -4,11 +4,11 @@ The io thread wakes every waiter (`cond.notify_all`) once per batch of worker me
 get of a 10k-task flood wakes some 250 times. Each wake-up looks again only at what it has not
 seen ready yet: a get scans from the first object still pending (objects mostly become ready in
 the order their tasks were submitted), a wait filters the ones still pending. A get of n objects
-takes ~n checks in all, where a full scan per wake-up took ~n per wake-up (~15% of the driver's
-time in a no-op flood, the main thread's list iteration and lookups, profiled).
+takes ~n checks in all, where a full scan per wake-up took ~n per wake-up, under the lock the io
+thread needs (a no-op flood ran 9% faster without it: benchmarks/RESULTS.md).
 
-An object seen ready can be pending again (lost and being rebuilt, or an actor's restart): a get
-that waited checks them all once more before it returns.
+An object seen ready can be pending again (lost and being rebuilt, or an actor's restart): a
+get or wait that waited looks at all of them once more before it returns.
 """
 
 from __future__ import annotations
@@ -33,17 +33,18 @@ def wait_ready(objects: dict[bytes, Obj], oids: list[bytes], num: int, deadline:
         try:
             if num == len(oids):
                 at = first_pending(objects, oids, at)
-                if at == len(oids) and waited:   # seen ready over several wake-ups: once more
-                    at = first_pending(objects, oids, 0)
-                if at == len(oids):
-                    return
+                enough = at == len(oids)
             else:
                 pending = still_pending(objects, pending)
-                if len(oids) - len(pending) >= num:
-                    return
+                enough = len(oids) - len(pending) >= num
         except KeyError as gone:   # freed meanwhile
             unknown = gone.args[0]
             continue
+        if enough and waited:   # seen ready over several wake-ups: look at all once more
+            pending, at, waited = oids, 0, False
+            continue
+        if enough:
+            return
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             late = [oid.hex() for oid in oids if objects[oid].status == "pending"]
