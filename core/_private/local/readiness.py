@@ -26,10 +26,10 @@ def wait_ready(objects: dict[bytes, Obj], oids: list[bytes], num: int, deadline:
     """Block (on `cond`, whose lock the caller holds) until `num` of `oids` are ready (not
     pending), or raise GetTimeoutError at `deadline`, or `missing(oid)` for an unknown object."""
     unknown = next((oid for oid in oids if oid not in objects), None)
+    if unknown is not None:
+        raise missing(unknown)
     pending, at, waited = oids, 0, False
     while True:
-        if unknown is not None:
-            raise missing(unknown)
         try:
             if num == len(oids):
                 at = first_pending(objects, oids, at)
@@ -38,8 +38,7 @@ def wait_ready(objects: dict[bytes, Obj], oids: list[bytes], num: int, deadline:
                 pending = still_pending(objects, pending)
                 enough = len(oids) - len(pending) >= num
         except KeyError as gone:   # freed meanwhile
-            unknown = gone.args[0]
-            continue
+            raise missing(gone.args[0]) from None
         if enough and waited:   # seen ready over several wake-ups: look at all once more
             pending, at, waited = oids, 0, False
             continue
